@@ -1,0 +1,5 @@
+"""`python -m scorer` is the same as the `scorer` console script."""
+
+from scorer.cli import main
+
+raise SystemExit(main())

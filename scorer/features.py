@@ -1,0 +1,241 @@
+"""FEATURE_NAMES and the one feature engine used by training, evaluation and the streaming scorer.
+
+Training replays recorded history through exactly this code, so offline and online features cannot drift
+apart. No Kafka or onnxruntime here. Every step works on a whole batch with numpy; the only per-event
+Python work is the key -> slot dictionary lookup.
+
+Windows are day buckets (see state.py): a w-day window ending at instant t counts the buckets of the w
+days up to t's day and the share of the day before them that lies inside (t - w, t]. Events are applied
+in the order given (the replay sorts by event time); a late event joins its own day's bucket while that
+day is still in the key's ring and is scored on the window that ends at its own event time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from scorer.events import MS_PER_DAY, LabelBatch, TransactionBatch
+from scorer.state import DayRing, Window, occurrence_rank
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+WINDOW_DAYS = (1, 7, 30)
+CATEGORICAL_FIELDS = ("currency", "channel", "merchant_category")
+MISSING_CODE = -1.0  # optional field absent
+UNSEEN_CODE = -2.0  # a value the model never saw in training
+NO_HISTORY = -1.0  # ratio features when the customer has no earlier transaction in the window
+SINCE_LAST_CAP_S = 30 * 86_400.0  # "no transaction for 30 days or more" and "never seen" look the same
+LATE_GRACE_DAYS = 2  # keys outlive their ring by this much, so events up to this late still see them
+
+STATELESS_NAMES = (
+    "amount",
+    "log_amount",
+    "hour_of_day",
+    "is_weekend",
+    "is_night",
+    *(f"{name}_code" for name in CATEGORICAL_FIELDS),
+)
+CUSTOMER_NAMES = (
+    *(f"cust_tx_count_{w}d" for w in WINDOW_DAYS),
+    *(f"cust_amount_mean_{w}d" for w in WINDOW_DAYS),
+    "cust_amount_ratio_7d",
+    "cust_amount_ratio_30d",
+    "cust_seconds_since_last",
+)
+TERMINAL_NAMES = (
+    *(f"term_tx_count_{w}d" for w in WINDOW_DAYS),
+    *(f"term_risk_{w}d" for w in WINDOW_DAYS),
+    *(f"term_fresh_risk_{w}d" for w in WINDOW_DAYS),
+)
+FEATURE_NAMES: tuple[str, ...] = STATELESS_NAMES + CUSTOMER_NAMES + TERMINAL_NAMES
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    """What shapes the features; stored in model.json so serving uses the training values."""
+
+    label_delay_days: int = 7  # terminal risk covers windows ending this long before the event
+    customer_ring_days: int = 32  # >= 31 so a 30-day window is complete; the rest is slack for late events
+    categories: Mapping[str, Sequence[str]] = field(default_factory=dict)  # training vocabulary per field
+
+    @property
+    def terminal_ring_days(self) -> int:
+        return self.label_delay_days + 32
+
+
+def stateless_features(batch: TransactionBatch, vocab: Mapping[str, Mapping[str, int]]) -> F64:
+    """Amount, time-of-day and categorical codes: nothing that needs history."""
+    ts = batch.event_ts_ms
+    day = ts // MS_PER_DAY
+    hour = (ts % MS_PER_DAY) / 3_600_000.0
+    weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    columns = [batch.amount, np.log1p(batch.amount), hour, weekday >= 5, hour < 6.0]
+    for name in CATEGORICAL_FIELDS:
+        columns.append(encode_category(getattr(batch, name), vocab.get(name, {})))
+    return np.column_stack(columns).astype(np.float64)
+
+
+def encode_category(values: Sequence[str | None], codes: Mapping[str, int]) -> F64:
+    """Training vocabulary index, MISSING_CODE when absent, UNSEEN_CODE for a value never trained on."""
+    return np.fromiter(
+        (MISSING_CODE if v is None else codes.get(v, UNSEEN_CODE) for v in values),
+        dtype=np.float64,
+        count=len(values),
+    )
+
+
+def rounds(slots: I64) -> list[I64]:
+    """Split batch positions into rounds in which every key appears once, keeping each key's order.
+
+    A round is vectorised; successive rounds let a key's later event see its earlier ones in the batch.
+    """
+    if len(slots) == 0:
+        return []
+    rank = occurrence_rank(slots)
+    top = int(rank.max())
+    if top == 0:
+        return [np.arange(len(slots))]
+    order = np.argsort(rank, kind="stable")
+    bounds = np.searchsorted(rank[order], np.arange(1, top + 1))
+    return np.split(order, bounds)
+
+
+class CustomerFeatures:
+    """Per-customer counts, mean amounts and amount ratios over 1/7/30 days, including the current event."""
+
+    def __init__(self, config: FeatureConfig) -> None:
+        self.ring = DayRing(config.customer_ring_days, ("count", "amount"), MS_PER_DAY)
+        self.windows = [Window(w) for w in WINDOW_DAYS]
+
+    def update_and_compute(self, customer_id: Sequence[str], ts_ms: I64, amount: F64) -> F64:
+        slots = self.ring.slots(customer_id)
+        out = np.empty((len(slots), len(CUSTOMER_NAMES)), dtype=np.float64)
+        for idx in rounds(slots):
+            out[idx] = self._round(slots[idx], ts_ms[idx], amount[idx])
+        return out
+
+    def _round(self, slots: I64, ts_ms: I64, amount: F64) -> F64:
+        ring = self.ring
+        since_last = np.clip((ts_ms - ring.newest_ms[slots]) / 1000.0, 0.0, SINCE_LAST_CAP_S)
+        ring.advance(slots, ts_ms)
+        counts = [ring.window_sums("count", slots, ts_ms, w) for w in self.windows]
+        sums = [ring.window_sums("amount", slots, ts_ms, w) for w in self.windows]
+        day = ts_ms // MS_PER_DAY
+        ring.add("count", slots, day, np.ones(len(slots)))
+        ring.add("amount", slots, day, amount)
+        means = [(s + amount) / (c + 1.0) for c, s in zip(counts, sums, strict=True)]
+        ratios = [_ratio(amount, counts[i], sums[i]) for i in (1, 2)]
+        return np.column_stack([*(c + 1.0 for c in counts), *means, *ratios, since_last])
+
+
+def _ratio(amount: F64, count: F64, total: F64) -> F64:
+    """Amount over the customer's earlier mean in the window (NO_HISTORY when there is none)."""
+    ratio = np.full(len(amount), NO_HISTORY)
+    has = count > 0
+    np.divide(amount * count, total, out=ratio, where=has & (total > 0))
+    ratio[has & (total <= 0)] = NO_HISTORY
+    return ratio
+
+
+class TerminalFeatures:
+    """Per-terminal counts and fraud risk, from transactions and the delayed labels known so far.
+
+    `term_*` windows end `label_delay_days` before the event (their labels are complete);
+    `term_fresh_risk_*` windows end at the event and use whatever labels have arrived.
+    Features are computed from the state *before* the event, as a remote aggregator would serve them.
+    """
+
+    def __init__(self, config: FeatureConfig) -> None:
+        self.ring = DayRing(config.terminal_ring_days, ("count", "fraud"), MS_PER_DAY)
+        self.delay_days = config.label_delay_days
+        self.delayed = [Window(w, config.label_delay_days) for w in WINDOW_DAYS]
+        self.fresh = [Window(w) for w in WINDOW_DAYS]
+
+    def update_and_compute(self, terminal_id: Sequence[str], ts_ms: I64) -> F64:
+        slots = self.ring.slots(terminal_id)
+        out = np.empty((len(slots), len(TERMINAL_NAMES)), dtype=np.float64)
+        for idx in rounds(slots):
+            out[idx] = self.compute(slots[idx], ts_ms[idx])
+            self.ring.advance(slots[idx], ts_ms[idx])
+            self.ring.add("count", slots[idx], ts_ms[idx] // MS_PER_DAY, np.ones(len(idx)))
+        return out
+
+    def compute(self, slots: I64, ts_ms: I64) -> F64:
+        """Features of events at `ts_ms` from the current state of `slots` (no update)."""
+        ring = self.ring
+        counts = [ring.window_sums("count", slots, ts_ms, w) for w in self.delayed]
+        frauds = [ring.window_sums("fraud", slots, ts_ms, w) for w in self.delayed]
+        risks = [_share(f, c) for f, c in zip(frauds, counts, strict=True)]
+        fresh = [
+            _share(ring.window_sums("fraud", slots, ts_ms, w), ring.window_sums("count", slots, ts_ms, w))
+            for w in self.fresh
+        ]
+        return np.column_stack([*counts, *risks, *fresh])
+
+    def apply_labels(self, labels: LabelBatch) -> int:
+        """Count fraud labels on their transaction's day; returns how many were stored."""
+        fraud = np.flatnonzero(labels.is_fraud)
+        slots = self.ring.slots([labels.terminal_id[i] for i in fraud], create=False)
+        tx_ms = labels.tx_ts_ms[fraud]
+        fallback = labels.reported_ts_ms[fraud] - self.delay_days * MS_PER_DAY
+        days = np.where(tx_ms >= 0, tx_ms, fallback) // MS_PER_DAY
+        known = slots >= 0
+        return self.ring.add("fraud", slots[known], days[known], np.ones(int(known.sum())))
+
+
+def _share(part: F64, whole: F64) -> F64:
+    out = np.zeros(len(part))
+    np.divide(part, whole, out=out, where=whole > 0)
+    return out
+
+
+class FeatureEngine:
+    """Stateless + customer + terminal features for a batch, in FEATURE_NAMES order, as float32."""
+
+    def __init__(self, config: FeatureConfig | None = None) -> None:
+        self.config = config or FeatureConfig()
+        self.vocab = {k: {v: i for i, v in enumerate(vals)} for k, vals in self.config.categories.items()}
+        self.customers = CustomerFeatures(self.config)
+        self.terminals = TerminalFeatures(self.config)
+        self.today = np.iinfo(np.int64).min  # expiry clock: newest 'oldest day of a batch' seen
+
+    def update_and_compute(self, batch: TransactionBatch) -> F32:
+        if len(batch) == 0:
+            return np.zeros((0, len(FEATURE_NAMES)), dtype=np.float32)
+        self._expire(int(batch.event_ts_ms.min()) // MS_PER_DAY)
+        ts = batch.event_ts_ms
+        parts = (
+            stateless_features(batch, self.vocab),
+            self.customers.update_and_compute(batch.customer_id, ts, batch.amount),
+            self.terminals.update_and_compute(batch.terminal_id, ts),
+        )
+        return np.hstack(parts).astype(np.float32)
+
+    def apply_labels(self, labels: LabelBatch) -> int:
+        return self.terminals.apply_labels(labels)
+
+    def _expire(self, day: int) -> None:
+        """Drop keys no window can reach any more, so memory follows the active keys.
+
+        `day` is the oldest event day of the batch, so spread inside a batch never expires a key too
+        early. A key idle for longer than its ring plus LATE_GRACE_DAYS has only empty windows for
+        every event at most LATE_GRACE_DAYS older than that, so dropping it changes no feature.
+        """
+        if day > self.today:
+            self.today = day
+            for ring in (self.customers.ring, self.terminals.ring):
+                ring.expire(day - ring.n_days - LATE_GRACE_DAYS + 1)
+
+    @property
+    def state_keys(self) -> int:
+        return len(self.customers.ring) + len(self.terminals.ring)
+
+    @property
+    def state_bytes(self) -> int:
+        return self.customers.ring.nbytes + self.terminals.ring.nbytes

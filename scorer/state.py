@@ -1,0 +1,181 @@
+"""Per-key day-bucket window state (numpy rings): bounded memory, event-time windows, snapshot + restore.
+
+Each key (a customer or a terminal) owns a ring of `n_days` day buckets per field. The ring position of
+day `d` is `d % n_days`; which day a position holds follows from the key's newest day, so no per-bucket
+day stamp is stored. Moving a key to a newer day clears the positions that fall out of its ring, and keys
+whose newest day left every ring are dropped (`expire`), so memory is bounded by the active keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+NO_MS = np.iinfo(np.int64).min // 2  # the newest event time of an unused slot (far before any real day)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A window of `days` days ending at an event-time instant, `lag_days` before the event."""
+
+    days: int
+    lag_days: int = 0
+
+
+def occurrence_rank(slots: I64) -> I64:
+    """For each element, how many earlier elements of the array share its value (0 for the first)."""
+    order = np.argsort(slots, kind="stable")
+    ordered = slots[order]
+    starts = np.ones(len(slots), dtype=bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(slots)), 0))
+    rank = np.empty(len(slots), dtype=np.int64)
+    rank[order] = np.arange(len(slots)) - group_start
+    return rank
+
+
+class DayRing:
+    """Day buckets for many keys; every method is vectorised over a batch of *distinct* slots."""
+
+    def __init__(self, n_days: int, fields: Sequence[str], ms_per_day: int, capacity: int = 1024) -> None:
+        self.n_days = n_days
+        self.ms_per_day = ms_per_day
+        self.fields = tuple(fields)
+        self.index: dict[str, int] = {}
+        self._keys: list[str | None] = []
+        self._free: list[int] = []
+        self.newest_ms = np.full(0, NO_MS, dtype=np.int64)  # newest event time seen per slot
+        self.buckets = {name: np.zeros((0, n_days), dtype=np.float32) for name in self.fields}
+        self._grow(capacity)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for the keys in use: arrays per slot plus an estimate of the key index."""
+        per_slot = self.newest_ms.itemsize + sum(b.itemsize * self.n_days for b in self.buckets.values())
+        key_bytes = sum(len(k) for k in self.index) + 100 * len(self.index)  # str object + dict entry + int
+        return per_slot * len(self.index) + key_bytes
+
+    def _grow(self, capacity: int) -> None:
+        old = len(self.newest_ms)
+        if capacity <= old:
+            return
+        self.newest_ms = np.concatenate([self.newest_ms, np.full(capacity - old, NO_MS, np.int64)])
+        for name, arr in self.buckets.items():
+            self.buckets[name] = np.concatenate([arr, np.zeros((capacity - old, self.n_days), np.float32)])
+        self._keys.extend([None] * (capacity - old))
+        self._free.extend(range(capacity - 1, old - 1, -1))
+
+    def slots(self, keys: Iterable[str], create: bool = True) -> I64:
+        """Slot of each key; unknown keys get a new slot, or -1 when `create` is false."""
+        index = self.index
+        if not create:
+            return np.fromiter((index.get(k, -1) for k in keys), dtype=np.int64)
+        out: list[int] = []
+        for key in keys:
+            slot = index.get(key)
+            if slot is None:
+                slot = self._allocate(key)
+            out.append(slot)
+        return np.asarray(out, dtype=np.int64)
+
+    def _allocate(self, key: str) -> int:
+        if not self._free:
+            self._grow(max(1024, 2 * len(self.newest_ms)))
+        slot = self._free.pop()
+        self.index[key] = slot
+        self._keys[slot] = key
+        return slot
+
+    def newest_day(self, slots: I64) -> I64:
+        """The newest event day seen for each slot (far in the past for unused slots)."""
+        return self.newest_ms[slots] // self.ms_per_day
+
+    def held_days(self, slots: I64) -> I64:
+        """(n, n_days): the day each ring position of each slot currently stands for."""
+        newest = self.newest_day(slots)[:, None]
+        return newest - ((newest - np.arange(self.n_days)) % self.n_days)
+
+    def advance(self, slots: I64, ts_ms: I64) -> None:
+        """Move distinct keys forward to `ts_ms` (when newer), clearing positions that leave their ring."""
+        newer = ts_ms > self.newest_ms[slots]
+        if not newer.any():
+            return
+        s, t = slots[newer], ts_ms[newer]
+        stale = self.held_days(s) <= (t // self.ms_per_day - self.n_days)[:, None]
+        if stale.any():
+            for arr in self.buckets.values():
+                rows = arr[s]
+                rows[stale] = 0.0
+                arr[s] = rows
+        self.newest_ms[s] = t
+
+    def add(self, field: str, slots: I64, days: I64, values: F64) -> int:
+        """Add values into each slot's bucket for `days`; returns how many were stored.
+
+        Days outside the key's ring (too old, or newer than the key has been advanced to) are not
+        stored. `slots` may repeat (np.add.at).
+        """
+        newest = self.newest_day(slots)
+        kept = (days > newest - self.n_days) & (days <= newest)
+        np.add.at(self.buckets[field], (slots[kept], days[kept] % self.n_days), values[kept])
+        return int(kept.sum())
+
+    def window_sums(self, field: str, slots: I64, end_ms: I64, window: Window) -> F64:
+        """Sum of a field over (end - days, end]: whole buckets, plus the oldest day pro rata.
+
+        The day holding `end` counts whole; the day `days` before it counts by the share of it that
+        lies inside the window. This keeps counts continuous across midnight with day-sized buckets.
+        """
+        end_day = end_ms // self.ms_per_day - window.lag_days
+        frac = (end_ms % self.ms_per_day) / self.ms_per_day
+        held = self.held_days(slots)
+        first = (end_day - window.days)[:, None]
+        weight = ((held > first) & (held <= end_day[:, None])).astype(np.float64)
+        weight += np.where(held == first, 1.0 - frac[:, None], 0.0)
+        sums: F64 = np.einsum("ij,ij->i", weight, self.buckets[field][slots])
+        return sums
+
+    def expire(self, before_day: int) -> int:
+        """Drop keys whose newest day is before `before_day`; returns how many went."""
+        used = self.newest_ms != NO_MS
+        gone = np.flatnonzero(used & (self.newest_ms // self.ms_per_day < before_day))
+        for slot in gone.tolist():
+            key = self._keys[slot]
+            if key is not None:
+                del self.index[key]
+            self._keys[slot] = None
+            self._free.append(slot)
+        self.newest_ms[gone] = NO_MS
+        for arr in self.buckets.values():
+            arr[gone] = 0.0
+        return len(gone)
+
+    def export(self, keys: Sequence[str]) -> dict[str, npt.NDArray[np.generic]]:
+        """The rows of `keys` (known ones only) as plain arrays, for snapshots and the terminal table."""
+        slots = self.slots(keys, create=False)
+        known = slots >= 0
+        rows = slots[known]
+        out: dict[str, npt.NDArray[np.generic]] = {"newest_ms": self.newest_ms[rows].copy()}
+        for name, arr in self.buckets.items():
+            out[name] = arr[rows].copy()
+        return out
+
+    def load(self, keys: Sequence[str], rows: dict[str, npt.NDArray[np.generic]]) -> I64:
+        """Overwrite (or create) the rows of `keys` from `export` output; returns their slots."""
+        slots = self.slots(keys)
+        self.newest_ms[slots] = rows["newest_ms"]
+        for name, arr in self.buckets.items():
+            arr[slots] = rows[name]
+        return slots
+
+    def keys_in_use(self) -> list[str]:
+        """Every key with state, in slot order (stable for snapshots)."""
+        return [k for k in self._keys if k is not None]

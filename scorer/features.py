@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from scorer.batches import concat_labels, take_labels
 from scorer.events import MS_PER_DAY, LabelBatch, TransactionBatch
 from scorer.state import DayRing, Window, occurrence_rank
 
@@ -144,49 +145,72 @@ def _ratio(amount: F64, count: F64, total: F64) -> F64:
 
 
 class TerminalFeatures:
-    """Per-terminal counts and fraud risk, from transactions and the delayed labels known so far.
+    """Per-terminal counts and fraud risk over *closed* days, from transactions and delayed labels.
 
-    `term_*` windows end `label_delay_days` before the event (their labels are complete);
-    `term_fresh_risk_*` windows end at the event and use whatever labels have arrived.
-    Features are computed from the state *before* the event, as a remote aggregator would serve them.
+    An event on day D sees the terminal as it stood when day D-1 closed: transactions of days <= D-1
+    and the fraud labels reported before D began (labels wait in a buffer until the close after their
+    report time). `term_*` windows end `label_delay_days` before D (their labels are complete);
+    `term_fresh_risk_*` windows end at D-1 with whatever labels had arrived. Because the state a day
+    sees is fixed at its close, a remote aggregator can publish it and every scorer gets the same value.
     """
 
     def __init__(self, config: FeatureConfig) -> None:
         self.ring = DayRing(config.terminal_ring_days, ("count", "fraud"), MS_PER_DAY)
         self.delay_days = config.label_delay_days
-        self.delayed = [Window(w, config.label_delay_days) for w in WINDOW_DAYS]
-        self.fresh = [Window(w) for w in WINDOW_DAYS]
+        self.closed_day = np.iinfo(np.int64).min  # newest day whose close has been applied
+        self._pending: list[LabelBatch] = []
+        self._changed: set[int] = set()
 
-    def update_and_compute(self, terminal_id: Sequence[str], ts_ms: I64) -> F64:
-        slots = self.ring.slots(terminal_id)
-        out = np.empty((len(slots), len(TERMINAL_NAMES)), dtype=np.float64)
-        for idx in rounds(slots):
-            out[idx] = self.compute(slots[idx], ts_ms[idx])
-            self.ring.advance(slots[idx], ts_ms[idx])
-            self.ring.add("count", slots[idx], ts_ms[idx] // MS_PER_DAY, np.ones(len(idx)))
-        return out
-
-    def compute(self, slots: I64, ts_ms: I64) -> F64:
-        """Features of events at `ts_ms` from the current state of `slots` (no update)."""
-        ring = self.ring
-        counts = [ring.window_sums("count", slots, ts_ms, w) for w in self.delayed]
-        frauds = [ring.window_sums("fraud", slots, ts_ms, w) for w in self.delayed]
-        risks = [_share(f, c) for f, c in zip(frauds, counts, strict=True)]
+    def compute(self, slots: I64, day: I64) -> F64:
+        """Features of events on `day` from the closed-day state of `slots` (no update)."""
+        ring, fresh_end, delayed_end = self.ring, day - 1, day - 1 - self.delay_days
+        counts = [ring.day_sums("count", slots, delayed_end, w) for w in WINDOW_DAYS]
+        frauds = [ring.day_sums("fraud", slots, delayed_end, w) for w in WINDOW_DAYS]
         fresh = [
-            _share(ring.window_sums("fraud", slots, ts_ms, w), ring.window_sums("count", slots, ts_ms, w))
-            for w in self.fresh
+            _share(ring.day_sums("fraud", slots, fresh_end, w), ring.day_sums("count", slots, fresh_end, w))
+            for w in WINDOW_DAYS
         ]
-        return np.column_stack([*counts, *risks, *fresh])
+        return np.column_stack(
+            [*counts, *(_share(f, c) for f, c in zip(frauds, counts, strict=True)), *fresh]
+        )
 
-    def apply_labels(self, labels: LabelBatch) -> int:
-        """Count fraud labels on their transaction's day; returns how many were stored."""
+    def add_transactions(self, terminal_id: Sequence[str], ts_ms: I64) -> I64:
+        """Count transactions into their day buckets; returns their slots."""
+        slots = self.ring.slots(terminal_id)
+        self.ring.advance(slots, ts_ms)
+        self.ring.add("count", slots, ts_ms // MS_PER_DAY, np.ones(len(slots)))
+        self._changed.update(np.unique(slots).tolist())
+        return slots
+
+    def buffer_labels(self, labels: LabelBatch) -> None:
+        """Hold fraud labels until the close of the day they were reported on."""
         fraud = np.flatnonzero(labels.is_fraud)
-        slots = self.ring.slots([labels.terminal_id[i] for i in fraud], create=False)
-        tx_ms = labels.tx_ts_ms[fraud]
-        fallback = labels.reported_ts_ms[fraud] - self.delay_days * MS_PER_DAY
-        days = np.where(tx_ms >= 0, tx_ms, fallback) // MS_PER_DAY
+        if len(fraud):
+            self._pending.append(take_labels(labels, fraud))
+
+    def close(self, day: int) -> set[int]:
+        """Close every day up to `day`: apply the labels reported before day+1; returns changed slots."""
+        self.closed_day = max(self.closed_day, day)
+        if self._pending:
+            pending = concat_labels(self._pending)
+            due = pending.reported_ts_ms < (day + 1) * MS_PER_DAY
+            self._apply(take_labels(pending, np.flatnonzero(due)))
+            self._pending = [take_labels(pending, np.flatnonzero(~due))] if (~due).any() else []
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def _apply(self, labels: LabelBatch) -> None:
+        """Count fraud labels on their transaction's day (the report day minus the delay if unknown)."""
+        slots = self.ring.slots(labels.terminal_id, create=False)
+        fallback = labels.reported_ts_ms - self.delay_days * MS_PER_DAY
+        days = np.where(labels.tx_ts_ms >= 0, labels.tx_ts_ms, fallback) // MS_PER_DAY
         known = slots >= 0
-        return self.ring.add("fraud", slots[known], days[known], np.ones(int(known.sum())))
+        self.ring.add("fraud", slots[known], days[known], np.ones(int(known.sum())))
+        self._changed.update(np.unique(slots[known]).tolist())
+
+    @property
+    def pending_labels(self) -> int:
+        return sum(len(b) for b in self._pending)
 
 
 def _share(part: F64, whole: F64) -> F64:
@@ -213,12 +237,28 @@ class FeatureEngine:
         parts = (
             stateless_features(batch, self.vocab),
             self.customers.update_and_compute(batch.customer_id, ts, batch.amount),
-            self.terminals.update_and_compute(batch.terminal_id, ts),
+            self._terminal_features(batch.terminal_id, ts),
         )
         return np.hstack(parts).astype(np.float32)
 
-    def apply_labels(self, labels: LabelBatch) -> int:
-        return self.terminals.apply_labels(labels)
+    def _terminal_features(self, terminal_id: Sequence[str], ts_ms: I64) -> F64:
+        """Day by day: close the previous day, read the closed state, then count the day's transactions."""
+        terminals = self.terminals
+        day = ts_ms // MS_PER_DAY
+        out = np.empty((len(day), len(TERMINAL_NAMES)), dtype=np.float64)
+        for d in np.unique(day).tolist():
+            idx = np.flatnonzero(day == d)
+            if d - 1 > terminals.closed_day:
+                terminals.close(d - 1)
+            ids = [terminal_id[i] for i in idx.tolist()]
+            slots = terminals.ring.slots(ids)
+            out[idx] = terminals.compute(slots, day[idx])
+            terminals.add_transactions(ids, ts_ms[idx])
+        return out
+
+    def apply_labels(self, labels: LabelBatch) -> None:
+        """Labels become visible to terminal features from the day after their report (see TerminalFeatures)."""
+        self.terminals.buffer_labels(labels)
 
     def _expire(self, day: int) -> None:
         """Drop keys no window can reach any more, so memory follows the active keys.

@@ -7,44 +7,17 @@ time is at or after that instant, never earlier, so no feature sees the future.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import numpy.typing as npt
 
+from scorer.batches import take_labels, take_transactions
 from scorer.events import LabelBatch, TransactionBatch
 from scorer.features import FEATURE_NAMES, FeatureEngine
 
 I64 = npt.NDArray[np.int64]
 DEFAULT_CHUNK = 4096
-
-
-def take_transactions(batch: TransactionBatch, idx: I64) -> TransactionBatch:
-    """The rows `idx` of a batch, in that order."""
-    rows = idx.tolist()
-    return TransactionBatch(
-        transaction_id=[batch.transaction_id[i] for i in rows],
-        customer_id=[batch.customer_id[i] for i in rows],
-        terminal_id=[batch.terminal_id[i] for i in rows],
-        amount=batch.amount[idx],
-        event_ts_ms=batch.event_ts_ms[idx],
-        currency=[batch.currency[i] for i in rows],
-        channel=[batch.channel[i] for i in rows],
-        merchant_category=[batch.merchant_category[i] for i in rows],
-    )
-
-
-def take_labels(labels: LabelBatch, idx: I64) -> LabelBatch:
-    """The rows `idx` of a label batch, in that order."""
-    rows = idx.tolist()
-    return LabelBatch(
-        transaction_id=[labels.transaction_id[i] for i in rows],
-        customer_id=[labels.customer_id[i] for i in rows],
-        terminal_id=[labels.terminal_id[i] for i in rows],
-        is_fraud=labels.is_fraud[idx],
-        reported_ts_ms=labels.reported_ts_ms[idx],
-        tx_ts_ms=labels.tx_ts_ms[idx],
-    )
 
 
 def replay_steps(tx_ts_ms: I64, reported_ts_ms: I64, chunk: int = DEFAULT_CHUNK) -> Iterator[tuple[I64, I64]]:
@@ -74,13 +47,18 @@ def replay(
     labels: LabelBatch,
     engine: FeatureEngine | None = None,
     chunk: int = DEFAULT_CHUNK,
+    progress: Callable[[int, int], None] | None = None,
 ) -> npt.NDArray[np.float32]:
     """Features of every transaction (rows in input order) as the streaming scorer would compute them."""
     engine = engine or FeatureEngine()
     out = np.zeros((len(transactions), len(FEATURE_NAMES)), dtype=np.float32)
+    done = 0
     for label_idx, tx_idx in replay_steps(transactions.event_ts_ms, labels.reported_ts_ms, chunk):
         if len(label_idx):
             engine.apply_labels(take_labels(labels, label_idx))
         if len(tx_idx):
             out[tx_idx] = engine.update_and_compute(take_transactions(transactions, tx_idx))
+            done += len(tx_idx)
+            if progress is not None:
+                progress(done, len(transactions))
     return out

@@ -104,7 +104,15 @@ class DayRing:
         return newest - ((newest - np.arange(self.n_days)) % self.n_days)
 
     def advance(self, slots: I64, ts_ms: I64) -> None:
-        """Move distinct keys forward to `ts_ms` (when newer), clearing positions that leave their ring."""
+        """Move keys forward to `ts_ms` (when newer), clearing positions that leave their ring.
+
+        Slots may repeat: each key moves to the newest of its times.
+        """
+        unique, inverse = np.unique(slots, return_inverse=True)
+        if len(unique) != len(slots):
+            newest = np.full(len(unique), NO_MS, dtype=np.int64)
+            np.maximum.at(newest, inverse, ts_ms)
+            slots, ts_ms = unique, newest
         newer = ts_ms > self.newest_ms[slots]
         if not newer.any():
             return
@@ -141,6 +149,13 @@ class DayRing:
         weight = ((held > first) & (held <= end_day[:, None])).astype(np.float64)
         weight += np.where(held == first, 1.0 - frac[:, None], 0.0)
         sums: F64 = np.einsum("ij,ij->i", weight, self.buckets[field][slots])
+        return sums
+
+    def day_sums(self, field: str, slots: I64, last_day: I64, days: int) -> F64:
+        """Sum of a field over the whole days [last_day - days + 1, last_day] (closed-day windows)."""
+        held = self.held_days(slots)
+        inside = (held > (last_day - days)[:, None]) & (held <= last_day[:, None])
+        sums: F64 = np.einsum("ij,ij->i", inside.astype(np.float64), self.buckets[field][slots])
         return sums
 
     def expire(self, before_day: int) -> int:

@@ -57,9 +57,23 @@ class Reference:
         self.config = config
         self.customers: dict[str, RefKey] = {}
         self.terminals: dict[str, RefKey] = {}
+        self.pending: list[tuple[str, int, int]] = []
+        self.closed_day = -(10**9)
 
-    def event(self, customer: str, terminal: str, ts: int, amount: float) -> list[float]:
-        return self._customer(customer, ts, amount) + self._terminal(terminal, ts)
+    def batch(self, cust: list[str], term: list[str], ts: list[int], amount: list[float]) -> list[list[float]]:
+        """Customers event by event; terminals day by day (a day's events see only closed days)."""
+        customer_rows = [self._customer(c, t, a) for c, t, a in zip(cust, ts, amount, strict=True)]
+        terminal_rows: dict[int, list[float]] = {}
+        days = [t // MS_PER_DAY for t in ts]
+        for day in sorted(set(days)):
+            group = [i for i, d in enumerate(days) if d == day]
+            if day - 1 > self.closed_day:
+                self._close(day - 1)
+            for i in group:
+                terminal_rows[i] = self._terminal_features(term[i], day)
+            for i in group:
+                self._terminal_add(term[i], ts[i])
+        return [customer_rows[i] + terminal_rows[i] for i in range(len(cust))]
 
     def _customer(self, cid: str, ts: int, amount: float) -> list[float]:
         ring = self.config.customer_ring_days
@@ -79,34 +93,43 @@ class Reference:
         ratios = [amount / (sums[i] / counts[i]) if counts[i] > 0 and sums[i] > 0 else NO_HISTORY for i in (1, 2)]
         return [*(c + 1 for c in counts), *means, *ratios, min(max(since, 0.0), SINCE_LAST_CAP_S)]
 
-    def _terminal(self, tid: str, ts: int) -> list[float]:
-        ring = self.config.terminal_ring_days
-        delay = self.config.label_delay_days
+    def _terminal_features(self, tid: str, day: int) -> list[float]:
+        ring, delay = self.config.terminal_ring_days, self.config.label_delay_days
         key = self.terminals.setdefault(tid, RefKey())
         live = [d for d, _ in key.stored if key.newest_ms is not None and alive(key, d, ring)]
         frauds = [d for d in key.frauds if key.newest_ms is not None and alive(key, d, ring)]
 
-        def total(days: list[int], w: int, lag: int) -> float:
-            return sum(window_weight(d, ts, w, lag) for d in days)
+        def total(days: list[int], w: int, last: int) -> float:
+            return float(sum(1 for d in days if last - w < d <= last))
 
-        counts = [total(live, w, delay) for w in WINDOW_DAYS]
-        risks = [total(frauds, w, delay) / c if c > 0 else 0.0 for w, c in zip(WINDOW_DAYS, counts, strict=True)]
+        counts = [total(live, w, day - 1 - delay) for w in WINDOW_DAYS]
+        risks = [total(frauds, w, day - 1 - delay) / c if c else 0.0 for w, c in zip(WINDOW_DAYS, counts, strict=True)]
         fresh = []
         for w in WINDOW_DAYS:
-            n = total(live, w, 0)
-            fresh.append(total(frauds, w, 0) / n if n > 0 else 0.0)
-        key.newest_ms = ts if key.newest_ms is None else max(key.newest_ms, ts)
-        if alive(key, ts // MS_PER_DAY, ring):
-            key.stored.append((ts // MS_PER_DAY, 1.0))
+            n = total(live, w, day - 1)
+            fresh.append(total(frauds, w, day - 1) / n if n else 0.0)
         return [*counts, *risks, *fresh]
 
-    def label(self, terminal: str, tx_ts: int) -> None:
-        key = self.terminals.get(terminal)
-        if key is None or key.newest_ms is None:
-            return
-        day = tx_ts // MS_PER_DAY
-        if alive(key, day, self.config.terminal_ring_days) and day <= key.newest_ms // MS_PER_DAY:
-            key.frauds.append(day)
+    def _terminal_add(self, tid: str, ts: int) -> None:
+        key = self.terminals[tid]
+        key.newest_ms = ts if key.newest_ms is None else max(key.newest_ms, ts)
+        if alive(key, ts // MS_PER_DAY, self.config.terminal_ring_days):
+            key.stored.append((ts // MS_PER_DAY, 1.0))
+
+    def label(self, terminal: str, tx_ts: int, reported_ms: int) -> None:
+        self.pending.append((terminal, tx_ts, reported_ms))
+
+    def _close(self, day: int) -> None:
+        self.closed_day = day
+        due = [p for p in self.pending if p[2] < (day + 1) * MS_PER_DAY]
+        self.pending = [p for p in self.pending if p[2] >= (day + 1) * MS_PER_DAY]
+        for terminal, tx_ts, _ in due:
+            key = self.terminals.get(terminal)
+            if key is None or key.newest_ms is None:
+                continue
+            d = tx_ts // MS_PER_DAY
+            if alive(key, d, self.config.terminal_ring_days) and d <= key.newest_ms // MS_PER_DAY:
+                key.frauds.append(d)
 
 
 def make_batch(cust: list[str], term: list[str], ts: list[int], amount: list[float]) -> TransactionBatch:
@@ -162,14 +185,14 @@ def test_engine_matches_reference_on_out_of_order_streams(seed: int) -> None:
         size = int(rng.integers(1, 60))
         end = min(len(cust), start + size)
         got = engine.update_and_compute(make_batch(cust[start:end], term[start:end], ts[start:end], amount[start:end]))
-        want = [ref.event(cust[i], term[i], ts[i], amount[i]) for i in range(start, end)]
+        want = ref.batch(cust[start:end], term[start:end], ts[start:end], amount[start:end])
         np.testing.assert_allclose(got[:, len(STATELESS_NAMES) :], np.asarray(want), rtol=2e-5, atol=1e-3)
         # a few fraud labels on recent transactions, released between batches
         picks = [i for i in range(start, end) if rng.random() < 0.3]
         if picks:
             engine.apply_labels(make_labels([term[i] for i in picks], [ts[i] for i in picks], [ts[end - 1]] * len(picks)))
             for i in picks:
-                ref.label(term[i], ts[i])
+                ref.label(term[i], ts[i], ts[end - 1])
         start = end
 
 
@@ -241,9 +264,9 @@ def test_replay_equals_streaming_in_time_order() -> None:
     want = []
     for i in range(len(cust)):
         while pending and pending[0][0] <= ts[i]:
-            _, tid, tx_ts = pending.pop(0)
-            ref.label(tid, tx_ts)
-        want.append(ref.event(cust[i], term[i], ts[i], amount[i]))
+            reported, tid, tx_ts = pending.pop(0)
+            ref.label(tid, tx_ts, reported)
+        want.append(ref.batch([cust[i]], [term[i]], [ts[i]], [amount[i]])[0])
     np.testing.assert_allclose(offline[:, len(STATELESS_NAMES) :], np.asarray(want), rtol=2e-5, atol=1e-3)
     assert engine.state_keys == 0  # the replay used its own engine
 
@@ -256,6 +279,6 @@ def test_late_event_after_idle_gap_still_sees_old_history() -> None:
     steps = [("c", START_MS + noon), ("other", START_MS + 33 * MS_PER_DAY), ("c", START_MS + 30 * MS_PER_DAY + 3)]
     for cust, ts in steps:
         got = engine.update_and_compute(make_batch([cust], [cust], [ts], [50.0]))
-        want = ref.event(cust, cust, ts, 50.0)
+        want = ref.batch([cust], [cust], [ts], [50.0])[0]
         np.testing.assert_allclose(got[0, len(STATELESS_NAMES) :], want, rtol=2e-5, atol=1e-3)
     assert got[0, FEATURE_NAMES.index("cust_tx_count_30d")] > 1.0

@@ -159,7 +159,6 @@ class TerminalFeatures:
         self.delay_days = config.label_delay_days
         self.closed_day = np.iinfo(np.int64).min  # newest day whose close has been applied
         self._pending: list[LabelBatch] = []
-        self._changed: set[int] = set()
 
     def compute(self, slots: I64, day: I64) -> F64:
         """Features of events on `day` from the closed-day state of `slots` (no update)."""
@@ -179,7 +178,6 @@ class TerminalFeatures:
         slots = self.ring.slots(terminal_id)
         self.ring.advance(slots, ts_ms)
         self.ring.add("count", slots, ts_ms // MS_PER_DAY, np.ones(len(slots)))
-        self._changed.update(np.unique(slots).tolist())
         return slots
 
     def buffer_labels(self, labels: LabelBatch) -> None:
@@ -188,16 +186,14 @@ class TerminalFeatures:
         if len(fraud):
             self._pending.append(take_labels(labels, fraud))
 
-    def close(self, day: int) -> set[int]:
-        """Close every day up to `day`: apply the labels reported before day+1; returns changed slots."""
+    def close(self, day: int) -> None:
+        """Close every day up to `day`: apply the labels reported before day+1 (ring.dirty tracks changes)."""
         self.closed_day = max(self.closed_day, day)
         if self._pending:
             pending = concat_labels(self._pending)
             due = pending.reported_ts_ms < (day + 1) * MS_PER_DAY
             self._apply(take_labels(pending, np.flatnonzero(due)))
             self._pending = [take_labels(pending, np.flatnonzero(~due))] if (~due).any() else []
-        changed, self._changed = self._changed, set()
-        return changed
 
     def _apply(self, labels: LabelBatch) -> None:
         """Count fraud labels on their transaction's day (the report day minus the delay if unknown)."""
@@ -206,7 +202,6 @@ class TerminalFeatures:
         days = np.where(labels.tx_ts_ms >= 0, labels.tx_ts_ms, fallback) // MS_PER_DAY
         known = slots >= 0
         self.ring.add("fraud", slots[known], days[known], np.ones(int(known.sum())))
-        self._changed.update(np.unique(slots[known]).tolist())
 
     @property
     def pending_labels(self) -> int:
@@ -270,7 +265,7 @@ class FeatureEngine:
         if day > self.today:
             self.today = day
             for ring in (self.customers.ring, self.terminals.ring):
-                ring.expire(day - ring.n_days - LATE_GRACE_DAYS + 1)
+                ring.expire_idle(day, LATE_GRACE_DAYS)
 
     @property
     def state_keys(self) -> int:

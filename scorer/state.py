@@ -50,6 +50,8 @@ class DayRing:
         self._keys: list[str | None] = []
         self._free: list[int] = []
         self.newest_ms = np.full(0, NO_MS, dtype=np.int64)  # newest event time seen per slot
+        self.dirty = np.zeros(0, dtype=bool)  # changed since the last drain_changes()
+        self._expired: list[str] = []  # keys dropped since the last drain_changes()
         self.buckets = {name: np.zeros((0, n_days), dtype=np.float32) for name in self.fields}
         self._grow(capacity)
 
@@ -68,6 +70,7 @@ class DayRing:
         if capacity <= old:
             return
         self.newest_ms = np.concatenate([self.newest_ms, np.full(capacity - old, NO_MS, np.int64)])
+        self.dirty = np.concatenate([self.dirty, np.zeros(capacity - old, dtype=bool)])
         for name, arr in self.buckets.items():
             self.buckets[name] = np.concatenate([arr, np.zeros((capacity - old, self.n_days), np.float32)])
         self._keys.extend([None] * (capacity - old))
@@ -134,6 +137,7 @@ class DayRing:
         newest = self.newest_day(slots)
         kept = (days > newest - self.n_days) & (days <= newest)
         np.add.at(self.buckets[field], (slots[kept], days[kept] % self.n_days), values[kept])
+        self.dirty[slots] = True
         return int(kept.sum())
 
     def window_sums(self, field: str, slots: I64, end_ms: I64, window: Window) -> F64:
@@ -162,16 +166,32 @@ class DayRing:
         """Drop keys whose newest day is before `before_day`; returns how many went."""
         used = self.newest_ms != NO_MS
         gone = np.flatnonzero(used & (self.newest_ms // self.ms_per_day < before_day))
-        for slot in gone.tolist():
+        self._expired.extend(self._free_slots(gone))
+        return len(gone)
+
+    def expire_idle(self, today: int, grace_days: int) -> int:
+        """Drop keys idle for longer than the ring plus `grace_days` at `today` (no window reaches them)."""
+        return self.expire(today - self.n_days - grace_days + 1)
+
+    def remove(self, keys: Sequence[str]) -> None:
+        """Forget keys (a tombstone from a table)."""
+        slots = self.slots(keys, create=False)
+        self._free_slots(slots[slots >= 0])
+
+    def _free_slots(self, slots: I64) -> list[str]:
+        keys: list[str] = []
+        for slot in slots.tolist():
             key = self._keys[slot]
             if key is not None:
                 del self.index[key]
+                keys.append(key)
             self._keys[slot] = None
             self._free.append(slot)
-        self.newest_ms[gone] = NO_MS
+        self.newest_ms[slots] = NO_MS
+        self.dirty[slots] = False
         for arr in self.buckets.values():
-            arr[gone] = 0.0
-        return len(gone)
+            arr[slots] = 0.0
+        return keys
 
     def export(self, keys: Sequence[str]) -> dict[str, npt.NDArray[np.generic]]:
         """The rows of `keys` (known ones only) as plain arrays, for snapshots and the terminal table."""
@@ -190,6 +210,14 @@ class DayRing:
         for name, arr in self.buckets.items():
             arr[slots] = rows[name]
         return slots
+
+    def drain_changes(self) -> tuple[list[str], I64, list[str]]:
+        """(changed keys, their slots, expired keys) since the last call: what a changelog must write."""
+        slots = np.flatnonzero(self.dirty).astype(np.int64)
+        self.dirty[slots] = False
+        keys = [self._keys[s] for s in slots.tolist()]
+        expired, self._expired = self._expired, []
+        return [k for k in keys if k is not None], slots, expired
 
     def keys_in_use(self) -> list[str]:
         """Every key with state, in slot order (stable for snapshots)."""

@@ -1,0 +1,171 @@
+"""argparse -> the commands. Every failure a user can cause ends as one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import orjson
+
+from scorer import __version__
+from scorer.errors import ConfigError, ScorerError
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default" / "1"
+
+
+def _date(text: str) -> datetime.date:
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from exc
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def add_simulation_args(p: argparse.ArgumentParser) -> None:
+    from scorer.simulate import SimulationParams
+
+    d = SimulationParams()
+    p.add_argument("--customers", type=_positive, default=d.customers, help="number of customers (cards)")
+    p.add_argument("--terminals", type=_positive, default=d.terminals, help="number of terminals")
+    p.add_argument("--days", type=_positive, default=d.days, help="days of history to generate")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed: same seed, same bytes")
+    p.add_argument("--start", type=_date, default=d.start, help="first day, YYYY-MM-DD (UTC)")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from scorer.simulate import SimulationParams, simulate, write_jsonl
+
+    params = SimulationParams(
+        customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed, start=args.start
+    )
+    data = simulate(params)
+    tx_path, label_path = write_jsonl(data, Path(args.out))
+    print(
+        f"wrote {len(data.transaction_id):,} transactions to {tx_path} and {len(data.label_index):,} labels to {label_path}"
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from scorer.console import ProgressBar
+    from scorer.dataset import load_history
+    from scorer.evaluate import metrics_table
+    from scorer.quality import ThresholdPolicy
+    from scorer.train import TrainParams, train, write_artefact
+
+    out = Path(args.out)
+    params = TrainParams(
+        name=args.name or out.parent.name,
+        version=args.version or out.name,
+        seed=args.seed,
+        train_days=args.train_days,
+        holdout_days=args.holdout_days,
+        policy=ThresholdPolicy(args.policy, args.policy_value),
+    )
+    history = load_history(Path(args.data))
+    result = train(history, Path(args.data), params, say=_err, progress=ProgressBar("replaying features"))
+    write_artefact(out, result)
+    print(f"model {params.name}/{params.version} written to {out}")
+    print("validation metrics (the week after the training fold, after the label-delay gap):")
+    print(metrics_table(result.validation))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from scorer.console import ProgressBar
+    from scorer.dataset import load_history
+    from scorer.evaluate import evaluate, metrics_table, write_scores
+    from scorer.model import OnnxModel
+
+    model = OnnxModel(Path(args.model))
+    history = load_history(Path(args.data))
+    progress = None if args.json else ProgressBar("replaying features")
+    result = evaluate(history, model, args.test_days, progress)
+    if args.scores_out:
+        write_scores(Path(args.scores_out), result)
+    if args.json:
+        print(orjson.dumps({**result.report, "test_days": list(result.test_days)}).decode())
+    else:
+        print(f"model {model.label}, test days {result.test_days[0]} .. {result.test_days[1]}")
+        print(metrics_table(result.report))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from scorer.demo import run_offline_demo
+
+    return run_offline_demo(args)
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scorer", description="Real-time streaming fraud scorer.")
+    parser.add_argument("--version", action="version", version=f"scorer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("simulate", help="generate transactions.jsonl and labels.jsonl")
+    p.add_argument("--out", required=True, help="output directory")
+    add_simulation_args(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("train", help="train a model on a simulate-format directory, export to ONNX")
+    p.add_argument("--data", required=True, help="directory with transactions.jsonl and labels.jsonl")
+    p.add_argument("--out", required=True, help="artefact directory, e.g. models/default/2")
+    p.add_argument("--name", help="model name (default: the parent directory of --out)")
+    p.add_argument("--version", help="model version (default: the name of --out)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--train-days", type=_positive, help="keep only the last N labelled days")
+    p.add_argument(
+        "--holdout-days", type=int, default=0, help="ignore the last N days (keep them for evaluate)"
+    )
+    p.add_argument("--policy", choices=["alert_budget", "precision_target", "fixed"], default="alert_budget")
+    p.add_argument(
+        "--policy-value", type=float, default=100.0, help="alerts/day, a precision, or a threshold"
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a model on the last test days of a directory")
+    p.add_argument("--data", required=True, help="directory with transactions.jsonl and labels.jsonl")
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="model artefact directory")
+    p.add_argument("--test-days", type=_positive, default=7)
+    p.add_argument("--scores-out", help="write transaction_id,score for every scored transaction")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="simulate -> train -> evaluate on the defaults, with a results table")
+    p.add_argument("--workdir", default="demo-data", help="where data and the demo model go")
+    add_simulation_args(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ConfigError as exc:
+        print(f"scorer: error: {exc}", file=sys.stderr)
+        return 2
+    except ScorerError as exc:
+        print(f"scorer: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("scorer: interrupted", file=sys.stderr)
+        return 130

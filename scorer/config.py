@@ -1,0 +1,237 @@
+"""Settings: the one typed, frozen config object; built from TOML file < SCORER_* env vars < CLI flags.
+
+Any librdkafka property passes through (`[kafka]` table, `SCORER_KAFKA_<PROP>` with dots as underscores,
+or `--kafka-opt key=value`), so SASL/SSL need no code. `SCORER_X_FILE=/path` reads X from a file
+(Kubernetes/Docker secrets). Invalid settings raise ConfigError (the CLI exits 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from scorer.errors import ConfigError
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default" / "1"
+ENV_PREFIX = "SCORER_"
+SECRET_WORDS = ("password", "secret", "token", "key.pem", "keystore", "private", "credential", "jaas")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the scorer and aggregator can be told; read once at startup, never changed."""
+
+    brokers: str = "localhost:9092"
+    group: str = "fraud-scorer"
+    input_topic: str = "transactions"
+    decisions_topic: str = "fraud-decisions"
+    flags_topic: str = "fraud-flags"
+    dlq_topic: str = "transactions-dlq"
+    labels_topic: str = "fraud-labels"
+    terminal_topic: str = "terminal-features"  # compacted table published by `scorer aggregate`
+    terminal_events_topic: str = "terminal-events"  # transactions + labels re-keyed by terminal
+    state_topic: str = "scorer-state"  # compacted changelog of per-customer window state
+    control_topic: str = "scorer-control"  # compacted: model deployment plans
+    aggregator_group: str = "fraud-scorer-aggregator"
+    model: str = str(DEFAULT_MODEL)
+    batch_max: int = 2000  # records per consume() call
+    batch_wait_s: float = 0.02  # how long consume() may wait to fill a batch
+    commit_interval_s: float = 1.0  # state snapshot + offset commit cadence
+    fetch_wait_max_ms: int = 10  # broker-side fetch wait: latency vs CPU (see README)
+    onnx_threads: int = 1
+    max_value_bytes: int = 65_536  # larger records are dead-lettered as oversized_value
+    terminal_wait_s: float = 0.0  # how long to wait for the aggregator's close of the previous day
+    day_close_grace_s: float = 0.0  # aggregator: event-time slack before closing a day
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped
+    metrics_port: int = 9108  # 0 disables the endpoint
+    log_level: str = "INFO"
+    kafka: Mapping[str, str] = field(default_factory=dict)  # passed through to librdkafka
+
+    def consumer_config(self, group: str | None = None) -> dict[str, str | int | bool | float]:
+        """librdkafka consumer settings; offsets are committed by the pipeline, never automatically."""
+        return {
+            "bootstrap.servers": self.brokers,
+            "group.id": group or self.group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": self.fetch_wait_max_ms,
+            "session.timeout.ms": 10_000,
+            "partition.assignment.strategy": "range",
+            **self.kafka,
+        }
+
+    def producer_config(self) -> dict[str, str | int | bool | float]:
+        """Idempotent, acks=all: a decision acknowledged once is never lost or reordered."""
+        return {
+            "bootstrap.servers": self.brokers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 2,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 200_000,
+            **{k: v for k, v in self.kafka.items() if not _consumer_only(k)},
+        }
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a dict with every secret replaced, for the startup log."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["kafka"] = {k: ("***" if is_secret(k) else v) for k, v in self.kafka.items()}
+        return out
+
+
+def _consumer_only(key: str) -> bool:
+    return key in {
+        "session.timeout.ms",
+        "fetch.wait.max.ms",
+        "auto.offset.reset",
+        "group.id",
+        "max.poll.interval.ms",
+    }
+
+
+def is_secret(key: str) -> bool:
+    lowered = key.lower()
+    return any(word in lowered for word in SECRET_WORDS)
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Settings)
+
+
+def coerce(name: str, raw: Any) -> Any:
+    """Convert a raw value (TOML value or string) to the field's type, or raise ConfigError."""
+    kind = _field_types()[name]
+    if name == "kafka":
+        if not isinstance(raw, Mapping):
+            raise ConfigError("kafka must be a table of librdkafka properties")
+        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}
+    try:
+        if kind is int and not isinstance(raw, bool):
+            value: Any = int(raw)
+        elif kind is float and not isinstance(raw, bool):
+            value = float(raw)
+        elif kind is str and isinstance(raw, str | int | float) and not isinstance(raw, bool):
+            value = str(raw)
+        else:
+            raise TypeError
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: expected {getattr(kind, '__name__', kind)}, got {raw!r}") from exc
+    return value
+
+
+def from_toml(path: Path) -> dict[str, Any]:
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not a valid TOML file ({exc})") from exc
+    return doc
+
+
+def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """SCORER_<FIELD> and SCORER_KAFKA_<PROP>; a `_FILE` suffix reads the value from that file."""
+    names = {f.name for f in fields(Settings)} - {"kafka"}
+    out: dict[str, Any] = {}
+    kafka: dict[str, str] = {}
+    for key, value in sorted(environ.items()):
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name.endswith("_file"):
+            name, value = name[: -len("_file")], _read_secret_file(key, value)
+        if name.startswith("kafka_"):
+            kafka[name[len("kafka_") :].replace("_", ".")] = value
+        elif name in names:
+            out[name] = value
+        elif name not in {"config"}:
+            raise ConfigError(
+                f"{key}: unknown setting (known: {', '.join(sorted(names))}, or SCORER_KAFKA_<prop>)"
+            )
+    if kafka:
+        out["kafka"] = kafka
+    return out
+
+
+def _read_secret_file(key: str, path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path} ({exc.strerror})") from exc
+
+
+def parse_kafka_opts(opts: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--kafka-opt {opt!r}: expected key=value")
+        out[key.strip()] = value
+    return out
+
+
+def load_settings(
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge code defaults < TOML file < env vars < CLI overrides (None means 'not given'); validate."""
+    environ = os.environ if environ is None else environ
+    config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    layers = [from_toml(Path(config_file)) if config_file else {}, from_env(environ)]
+    layers.append({k: v for k, v in (overrides or {}).items() if v is not None})
+    merged: dict[str, Any] = {}
+    kafka: dict[str, str] = {}
+    known = {f.name for f in fields(Settings)}
+    for layer in layers:
+        for name, raw in layer.items():
+            if name not in known:
+                raise ConfigError(f"unknown setting {name!r} (known: {', '.join(sorted(known))})")
+            if name == "kafka":
+                kafka.update(coerce("kafka", raw))
+            else:
+                merged[name] = coerce(name, raw)
+    settings = Settings(**merged, kafka=kafka)
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    """Reject values that would only fail later, far from their cause."""
+    problems = []
+    for name in ("batch_max", "onnx_threads", "max_value_bytes"):
+        if getattr(s, name) < 1:
+            problems.append(f"{name} must be at least 1")
+    for name in (
+        "batch_wait_s",
+        "commit_interval_s",
+        "terminal_wait_s",
+        "day_close_grace_s",
+        "fetch_wait_max_ms",
+    ):
+        if getattr(s, name) < 0:
+            problems.append(f"{name} must not be negative")
+    if not 0 <= s.metrics_port <= 65535:
+        problems.append(f"metrics_port {s.metrics_port} is not a TCP port")
+    if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        problems.append(f"log_level {s.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+    if not s.brokers.strip():
+        problems.append("brokers must not be empty")
+    topics = [f.name for f in fields(s) if f.name.endswith("_topic")]
+    problems += [f"{t} must not be empty" for t in topics if not getattr(s, t).strip()]
+    if problems:
+        raise ConfigError("invalid settings: " + "; ".join(problems))
+
+
+def replace(settings: Settings, **changes: Any) -> Settings:
+    """A copy with some fields changed (validated), e.g. for the demo's embedded broker."""
+    new = dataclasses.replace(settings, **changes)
+    validate(new)
+    return new

@@ -1,0 +1,170 @@
+"""Every Prometheus metric of the scorer and the aggregator, built on an injected registry, plus the HTTP
+endpoint that serves them with /healthz (alive) and /readyz (assigned and consuming).
+
+Labels come from small fixed sets (reason, partition, kind, model version), never a card, terminal or
+transaction id. Every dead-letter reason is pre-created so dashboards show zeros, not gaps.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+LATENCY_BUCKETS_S = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
+INFERENCE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    """The scorer's metrics; one instance per process (tests give each its own registry)."""
+
+    def __init__(self, registry: CollectorRegistry, reasons: Iterable[str] = ()) -> None:
+        r = registry
+        self.registry = registry
+        self.consumed = Counter("scorer_events_consumed", "Records read from the input topic.", registry=r)
+        self.scored = Counter("scorer_events_scored", "Transactions scored (one decision each).", registry=r)
+        self.flagged = Counter("scorer_events_flagged", "Decisions with flagged=true.", registry=r)
+        self.dead_letters = Counter(
+            "scorer_dead_letters", "Records sent to the dead-letter topic, by reason.", ["reason"], registry=r
+        )
+        for reason in reasons:
+            self.dead_letters.labels(reason)
+        self.batch_size = Histogram(
+            "scorer_batch_size_records", "Records per consumed batch.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.inference = Histogram(
+            "scorer_inference_seconds", "onnxruntime time per batch.", ["model_version"],
+            buckets=INFERENCE_BUCKETS_S, registry=r,
+        )  # fmt: skip
+        self.batch_seconds = Histogram(
+            "scorer_batch_seconds", "Wall time to decode, score and hand a batch to the producer.",
+            buckets=INFERENCE_BUCKETS_S, registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "scorer_end_to_end_latency_seconds",
+            "Decision produced minus the transaction's Kafka timestamp.",
+            buckets=LATENCY_BUCKETS_S, registry=r,
+        )  # fmt: skip
+        self.lag = Gauge(
+            "scorer_consumer_lag_records", "High watermark minus position.", ["partition"], registry=r
+        )
+        self.assigned = Gauge(
+            "scorer_assigned_partitions", "Input partitions assigned to this process.", registry=r
+        )
+        self.state_keys = Gauge("scorer_state_keys", "Keys held in window state.", ["kind"], registry=r)
+        self.state_bytes = Gauge("scorer_state_bytes", "Bytes held by window state.", ["kind"], registry=r)
+        self.model_info = Info("scorer_model", "The model version(s) in use.", registry=r)
+        self.rebalances = Counter(
+            "scorer_rebalances", "Partition assignments and revocations.", ["kind"], registry=r
+        )
+        for kind in ("assign", "revoke", "lost"):
+            self.rebalances.labels(kind)
+        self.commits = Counter(
+            "scorer_commits", "Offset commits after every output was acknowledged.", registry=r
+        )
+        self.restored = Counter(
+            "scorer_state_restored_keys", "Customer keys restored on assignment.", registry=r
+        )
+        self.backpressure = Counter(
+            "scorer_producer_backpressure",
+            "Times the producer queue was full and the loop waited.",
+            registry=r,
+        )
+        self.terminal_stale = Counter(
+            "scorer_terminal_features_stale",
+            "Transactions scored before the aggregator had closed the previous day.",
+            registry=r,
+        )
+        self.terminal_day = Gauge(
+            "scorer_terminal_table_closed_day_timestamp_seconds",
+            "Start of the newest day closed by the aggregator and applied to the terminal table.",
+            registry=r,
+        )
+        self.produce_errors = Counter(
+            "scorer_delivery_errors", "Outputs the broker refused after all retries.", ["topic"], registry=r
+        )
+
+
+class AggregatorMetrics:
+    """Metrics of `scorer aggregate` (terminal features)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.registry = registry
+        self.events = Counter(
+            "scorer_aggregator_events", "Events folded into terminal state.", ["kind"], registry=r
+        )
+        for kind in ("transaction", "label"):
+            self.events.labels(kind)
+        self.repartitioned = Counter(
+            "scorer_aggregator_repartitioned", "Records re-keyed by terminal.", ["kind"], registry=r
+        )
+        self.closed_day = Gauge(
+            "scorer_aggregator_closed_day_timestamp_seconds", "Start of the newest closed day.", registry=r
+        )
+        self.rows = Counter(
+            "scorer_aggregator_rows_published", "Terminal rows published at day close.", registry=r
+        )
+        self.late = Counter(
+            "scorer_aggregator_late_events", "Events for a day that was already closed.", ["kind"], registry=r
+        )
+        self.state_keys = Gauge("scorer_aggregator_state_keys", "Terminals held in state.", registry=r)
+        self.state_bytes = Gauge("scorer_aggregator_state_bytes", "Bytes held by terminal state.", registry=r)
+        self.lag = Gauge(
+            "scorer_aggregator_lag_records", "Lag per input partition.", ["topic", "partition"], registry=r
+        )
+
+
+class HealthServer:
+    """GET /metrics, /healthz and /readyz on one port, served from a daemon thread."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int, ready: Callable[[], bool]) -> None:
+        handler = _handler(registry, ready)
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    def start(self) -> HealthServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _handler(registry: CollectorRegistry, ready: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                self._send(200, b"ok\n", "text/plain")
+            elif path == "/readyz":
+                ok = ready()
+                self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain")
+            else:
+                self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - scrapes are not news
+            return
+
+    return Handler

@@ -1,0 +1,360 @@
+"""`scorer run`: consume a batch -> decode -> features -> one model call -> produce -> commit when safe.
+
+At-least-once, in three steps per commit (see snapshots.py): seal the producer epoch holding the batch's
+decisions; once the broker acknowledged it, write the customer-state snapshot for those offsets; once
+that is acknowledged, commit the offsets. None of it blocks the loop. On revocation and shutdown the same
+steps run synchronously for the partitions concerned. This module holds the only broad `except`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from scorer.config import Settings
+from scorer.decisions import Explainer, ScoredBatch, encode_decisions
+from scorer.errors import ScorerError
+from scorer.events import TransactionBatch, decode_transactions
+from scorer.features import CUSTOMER_NAMES, FEATURE_NAMES, stateless_features
+from scorer.metrics import HealthServer, Metrics
+from scorer.model import OnnxModel
+from scorer.sink import Sink
+from scorer.snapshots import CustomerStore
+from scorer.terminals import TerminalTable
+
+logger = logging.getLogger(__name__)
+I64 = npt.NDArray[np.int64]
+DLQ_REASONS = (
+    "empty_value", "oversized_value", "invalid_utf8", "invalid_json", "not_an_object", "missing_field",
+    "wrong_type", "empty_field", "field_too_long", "invalid_amount", "invalid_timestamp", "invalid_currency",
+)  # fmt: skip
+ACK_TIMEOUT_S = 30.0
+GAUGE_INTERVAL_S = 2.0
+
+
+@dataclass(slots=True)
+class PendingCommit:
+    """Offsets waiting for their decisions (stage 1) and then their state snapshot (stage 2)."""
+
+    epoch: int
+    offsets: dict[int, int]
+    snapshot: list[tuple[int, list[dict[str, Any]]]] = field(default_factory=list)
+    stage: int = 1
+
+
+class Pipeline:
+    """One scorer process: a member of the consumer group on the transactions topic."""
+
+    def __init__(
+        self, settings: Settings, model: OnnxModel, registry: CollectorRegistry | None = None
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.explainer = Explainer.from_meta(model.meta.raw, FEATURE_NAMES)
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry, DLQ_REASONS)
+        self.metrics.model_info.info({"version": model.label, "threshold": f"{model.threshold:.6f}"})
+        self.sink = Sink(settings.producer_config(), self.metrics)
+        config = model.meta.feature_config
+        reader = settings.consumer_config(group=f"{settings.group}-reader")
+        self.customers = CustomerStore(config, reader, settings.state_topic)
+        self.table = TerminalTable(
+            config, reader, settings.terminal_topic, settings.terminal_wait_s, self.metrics.terminal_stale.inc
+        )
+        self.consumer = Consumer(settings.consumer_config())
+        self.progress: dict[int, int] = {}  # next offset to commit, per assigned partition
+        self.pending: list[PendingCommit] = []
+        self.assigned: set[int] = set()
+        self.lag_partitions: set[int] = set()
+        self.last_commit = time.monotonic()
+        self.last_gauges = 0.0
+        self.consuming = False
+        self.fatal: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        return self.consuming and bool(self.assigned) and self.fatal is None
+
+    def run(self, stop: threading.Event) -> int:
+        """Score until `stop` is set (SIGTERM/SIGINT) or a fatal error; returns the exit code."""
+        server = self._start_server()
+        try:
+            self.table.start()
+            self.table.catch_up(timeout_s=10.0)
+            self.consumer.subscribe(
+                [self.settings.input_topic],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            logger.info("started", extra={"model": self.model.label, "settings": self.settings.masked()})
+            while not stop.is_set() and self.fatal is None:
+                self.step()
+            self._shutdown()
+        finally:
+            if server is not None:
+                server.stop()
+        if self.fatal is not None:
+            logger.error("stopped_on_fatal_error", extra={"error": self.fatal})
+            return 1
+        logger.info("stopped")
+        return 0
+
+    def _start_server(self) -> HealthServer | None:
+        if self.settings.metrics_port == 0:
+            return None
+        try:
+            return HealthServer(
+                self.registry, self.settings.metrics_host, self.settings.metrics_port, self.ready
+            ).start()
+        except OSError as exc:
+            raise ScorerError(
+                f"cannot serve metrics on port {self.settings.metrics_port}: {exc.strerror}"
+            ) from exc
+
+    def step(self) -> None:
+        """One loop turn: a batch (if any), table updates, commit progress, gauges."""
+        msgs = self.consumer.consume(self.settings.batch_max, self.settings.batch_wait_s)
+        self.consuming = True
+        self.table.poll()
+        if msgs:
+            self.process(msgs)
+        self._advance_commits()
+        if self.sink.failure is not None:
+            self.fatal = self.sink.failure
+        now = time.monotonic()
+        if now - self.last_commit >= self.settings.commit_interval_s:
+            self._begin_commit()
+        if now - self.last_gauges >= GAUGE_INTERVAL_S:
+            self._update_gauges()
+
+    def _shutdown(self) -> None:
+        """Finish: commit everything processed (if the sink is healthy), leave the group, flush."""
+        if self.fatal is None:
+            self._commit_sync(sorted(self.assigned))
+        self.consumer.close()
+        self.table.close()
+        self.sink.close()
+
+    # -- the hot path ----------------------------------------------------------------------------------
+
+    def process(self, msgs: Sequence[Message]) -> None:
+        """Score one consumed batch: decode all, dead-letter the bad, one feature pass, one model call."""
+        started = time.monotonic()
+        records = [m for m in msgs if self._usable(m)]
+        if not records:
+            return
+        self.metrics.consumed.inc(len(records))
+        self.metrics.batch_size.observe(len(records))
+        decoded = decode_transactions([m.value() for m in records], self.settings.max_value_bytes)
+        for index, rejected in decoded.rejected:
+            self._dead_letter(records[index], rejected.reason, rejected.detail)
+        if len(decoded.batch):
+            kept = [records[i] for i in decoded.kept.tolist()]
+            self._score(decoded.batch, kept)
+        for m in records:
+            self.progress[m.partition() or 0] = (m.offset() or 0) + 1
+        self.metrics.batch_seconds.observe(time.monotonic() - started)
+
+    def _usable(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return True
+        if err.code() == KafkaError._PARTITION_EOF:
+            return False
+        if err.fatal():
+            self.fatal = f"fatal Kafka error: {err}"
+        logger.warning("consume_error", extra={"error": str(err)})
+        return False
+
+    def features(self, batch: TransactionBatch, partitions: I64) -> npt.NDArray[np.float32]:
+        """Stateless + per-partition customer windows + terminal table, in FEATURE_NAMES order."""
+        vocab = self._vocab()
+        customer = np.empty((len(batch), len(CUSTOMER_NAMES)), dtype=np.float64)
+        for p in np.unique(partitions).tolist():
+            idx = np.flatnonzero(partitions == p)
+            ids = [batch.customer_id[i] for i in idx.tolist()]
+            state = self.customers.get(p)
+            customer[idx] = state.update_and_compute(ids, batch.event_ts_ms[idx], batch.amount[idx])
+        terminal = self.table.features(batch.terminal_id, batch.event_ts_ms)
+        return np.hstack([stateless_features(batch, vocab), customer, terminal]).astype(np.float32)
+
+    def _vocab(self) -> dict[str, dict[str, int]]:
+        cats = self.model.meta.feature_config.categories
+        return {k: {v: i for i, v in enumerate(vals)} for k, vals in cats.items()}
+
+    def _score(self, batch: TransactionBatch, kept: Sequence[Message]) -> None:
+        partitions = np.fromiter((m.partition() or 0 for m in kept), dtype=np.int64, count=len(kept))
+        X = self.features(batch, partitions)
+        t0 = time.perf_counter()
+        scores = self.model.predict(X)
+        self.metrics.inference.labels(self.model.label).observe(time.perf_counter() - t0)
+        flagged = scores >= self.model.threshold
+        now_ms = int(time.time() * 1000)
+        scored = ScoredBatch(batch, X, scores, flagged, self.model.threshold, self.model.label)
+        values = encode_decisions(scored, self.explainer, now_ms)
+        keys = [c.encode() for c in batch.customer_id]
+        self.sink.send(
+            self.settings.decisions_topic, [{"key": k, "value": v} for k, v in zip(keys, values, strict=True)]
+        )
+        flag_idx = np.flatnonzero(flagged).tolist()
+        if flag_idx:
+            self.sink.send(
+                self.settings.flags_topic, [{"key": keys[i], "value": values[i]} for i in flag_idx]
+            )
+        self.metrics.scored.inc(len(batch))
+        self.metrics.flagged.inc(len(flag_idx))
+        produced_ts = np.fromiter((m.timestamp()[1] for m in kept), dtype=np.int64, count=len(kept))
+        for latency in ((now_ms - produced_ts[produced_ts > 0]) / 1000.0).tolist():
+            self.metrics.latency.observe(max(latency, 0.0))
+
+    def _dead_letter(self, msg: Message, reason: str, detail: str) -> None:
+        headers = [
+            ("reason", reason.encode()),
+            ("detail", detail[:500].encode("utf-8", "replace")),
+            ("source.topic", (msg.topic() or "").encode()),
+            ("source.partition", str(msg.partition()).encode()),
+            ("source.offset", str(msg.offset()).encode()),
+            ("source.timestamp", str(msg.timestamp()[1]).encode()),
+            ("dead_lettered_at", str(int(time.time() * 1000)).encode()),
+        ]
+        original = msg.headers() or []
+        for name, value in original.items() if isinstance(original, dict) else original:
+            headers.append((f"original.{name}", value if isinstance(value, bytes) else str(value).encode()))
+        self.sink.send_one(self.settings.dlq_topic, msg.value(), msg.key(), headers)
+        self.metrics.dead_letters.labels(reason).inc()
+
+    # -- commits ---------------------------------------------------------------------------------------
+
+    def _begin_commit(self) -> None:
+        self.last_commit = time.monotonic()
+        offsets = {p: o for p, o in self.progress.items() if p in self.assigned}
+        if not offsets:
+            return
+        snapshot = [(p, self.customers.snapshot(p, o)) for p, o in offsets.items()]
+        self.pending.append(PendingCommit(self.sink.seal(), offsets, snapshot))
+        self.progress = {}
+
+    def _advance_commits(self) -> None:
+        while self.pending and self.sink.acknowledged(self.pending[0].epoch):
+            head = self.pending[0]
+            if head.stage == 1:
+                for _, messages in head.snapshot:
+                    self.sink.send(self.settings.state_topic, messages)
+                head.snapshot, head.stage, head.epoch = [], 2, self.sink.seal()
+                continue
+            self._commit_offsets(head.offsets, asynchronous=True)
+            self.pending.pop(0)
+
+    def _commit_offsets(self, offsets: dict[int, int], asynchronous: bool) -> None:
+        live = [
+            TopicPartition(self.settings.input_topic, p, o) for p, o in offsets.items() if p in self.assigned
+        ]
+        if not live:
+            return
+        try:
+            if asynchronous:
+                self.consumer.commit(offsets=live, asynchronous=True)
+            else:
+                self.consumer.commit(offsets=live, asynchronous=False)
+            self.metrics.commits.inc()
+        except KafkaException as exc:
+            logger.warning("commit_failed", extra={"error": str(exc)})
+
+    def _commit_sync(self, partitions: Sequence[int]) -> None:
+        """Run every outstanding commit step for `partitions` now (revocation, shutdown)."""
+        self.last_commit = 0.0
+        self._begin_commit()
+        deadline = time.monotonic() + ACK_TIMEOUT_S
+        while self.pending and time.monotonic() < deadline and self.sink.failure is None:
+            self.sink.wait(self.pending[0].epoch, max(0.0, deadline - time.monotonic()))
+            self._advance_commits()
+        if self.pending:
+            logger.error(
+                "commit_incomplete", extra={"partitions": list(partitions), "error": self.sink.failure}
+            )
+
+    # -- rebalance -------------------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels("assign").inc()
+        for tp in partitions:
+            offset = self.customers.restore(tp.partition)
+            if offset is not None:
+                tp.offset = offset  # state and position must agree (see snapshots.py)
+            self.assigned.add(tp.partition)
+        consumer.assign(partitions)
+        self.metrics.assigned.set(len(self.assigned))
+        logger.info("partitions_assigned", extra={"partitions": [tp.partition for tp in partitions]})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels("revoke").inc()
+        revoked = [tp.partition for tp in partitions]
+        self._commit_sync(revoked)
+        self._forget(revoked)
+        logger.info("partitions_revoked", extra={"partitions": revoked})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels("lost").inc()
+        lost = [tp.partition for tp in partitions]
+        self._forget(lost)
+        logger.warning("partitions_lost", extra={"partitions": lost})
+
+    def _forget(self, partitions: Sequence[int]) -> None:
+        for p in partitions:
+            self.assigned.discard(p)
+            self.customers.drop(p)
+            self.progress.pop(p, None)
+            if p in self.lag_partitions:
+                self.metrics.lag.remove(str(p))
+                self.lag_partitions.discard(p)
+        self.metrics.assigned.set(len(self.assigned))
+
+    # -- gauges ----------------------------------------------------------------------------------------
+
+    def _update_gauges(self) -> None:
+        self.last_gauges = time.monotonic()
+        self.metrics.state_keys.labels("customer").set(self.customers.keys)
+        self.metrics.state_bytes.labels("customer").set(self.customers.nbytes)
+        self.metrics.state_keys.labels("terminal").set(self.table.keys)
+        self.metrics.state_bytes.labels("terminal").set(self.table.nbytes)
+        if self.table.applied_day > -(2**61):
+            self.metrics.terminal_day.set(self.table.applied_day * 86_400)
+        positions = self.consumer.position(
+            [TopicPartition(self.settings.input_topic, p) for p in sorted(self.assigned)]
+        )
+        for tp in positions:
+            try:
+                _, high = self.consumer.get_watermark_offsets(tp, timeout=1.0, cached=True)
+            except KafkaException:
+                continue
+            if tp.offset >= 0:
+                self.metrics.lag.labels(str(tp.partition)).set(max(0, high - tp.offset))
+                self.lag_partitions.add(tp.partition)
+
+
+def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
+    """SIGTERM/SIGINT set `stop`: the loop finishes its batch, commits and exits 0."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        logger.info("signal_received", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    return restore

@@ -1,0 +1,54 @@
+"""The training reference stored in model.json: binned feature and score distributions plus a scored sample.
+
+Drift checks compare live binned counts against these bins; the validation gate re-scores the sample to
+prove an artefact still computes what training computed; decision reasons use the quantiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+N_BINS = 10
+SAMPLE_ROWS = 200
+
+
+def distribution(values: npt.NDArray[np.floating[Any]]) -> dict[str, Any]:
+    """Decile edges (deduplicated) and the share of values in each of the len(edges)+1 bins."""
+    v = np.asarray(values, dtype=np.float64)
+    edges = np.unique(np.quantile(v, np.linspace(0, 1, N_BINS + 1)[1:-1])) if len(v) else np.zeros(0)
+    counts = np.bincount(np.searchsorted(edges, v, side="right"), minlength=len(edges) + 1)
+    share = counts / max(1, len(v))
+    return {
+        "edges": [round(float(e), 6) for e in edges],
+        "share": [round(float(s), 6) for s in share],
+        "min": float(v.min()) if len(v) else 0.0,
+        "max": float(v.max()) if len(v) else 0.0,
+        "mean": float(v.mean()) if len(v) else 0.0,
+    }
+
+
+def build_reference(X: F32, scores: F64, names: Sequence[str], seed: int) -> dict[str, Any]:
+    """Per-feature and score distributions over the training rows, and a seeded sample with its scores."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(X), size=min(SAMPLE_ROWS, len(X)), replace=False))
+    return {
+        "n_rows": len(X),
+        "features": {name: distribution(X[:, i]) for i, name in enumerate(names)},
+        "score": distribution(scores),
+        "sample": {"features": X[rows].tolist(), "scores": scores[rows].tolist()},
+    }
+
+
+def quantile_position(reference: Mapping[str, Any], names: Sequence[str], X: F32) -> F64:
+    """(n, features): where each value falls in its training distribution, 0 (lowest bin) to 1 (highest)."""
+    out = np.zeros(X.shape, dtype=np.float64)
+    for i, name in enumerate(names):
+        edges = np.asarray(reference["features"][name]["edges"], dtype=np.float64)
+        out[:, i] = np.searchsorted(edges, X[:, i], side="right") / max(1, len(edges))
+    return out

@@ -1,0 +1,74 @@
+"""The commands end to end at tiny sizes, and every user mistake as one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from scorer.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "scorer", *args], capture_output=True, text=True, timeout=600)
+
+
+def assert_clean_failure(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) <= 3, proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    proc = run_cli(
+        "demo", "--workdir", str(tmp_path), "--customers", "200", "--terminals", "400", "--days", "70", "--seed", "5"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Average Precision" in proc.stdout and "Card Precision@100" in proc.stdout
+    assert (tmp_path / "models" / "demo" / "1" / "model.onnx").is_file()
+
+
+def test_evaluate_json_and_scores_out(tiny_data: Path, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scores = tmp_path / "scores.csv"
+    assert main(["evaluate", "--data", str(tiny_data), "--model", str(tiny_model), "--json", "--scores-out", str(scores)]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    for key in ("roc_auc", "average_precision", "card_precision_at_100", "n_transactions", "n_fraud"):
+        assert key in report
+    lines = scores.read_text().splitlines()
+    assert lines[0] == "transaction_id,score"
+    assert len(lines) - 1 == report["n_transactions"]
+
+
+def test_simulate_writes_files(tmp_path: Path) -> None:
+    args = ["simulate", "--out", str(tmp_path), "--customers", "50", "--terminals", "100", "--days", "5"]
+    assert main(args) == 0
+    assert (tmp_path / "transactions.jsonl").stat().st_size > 0
+    assert (tmp_path / "labels.jsonl").exists()
+
+
+def test_missing_data_dir(tmp_path: Path) -> None:
+    assert_clean_failure(run_cli("evaluate", "--data", str(tmp_path / "nope")), "nope")
+
+
+def test_unknown_model_path(tiny_data: Path, tmp_path: Path) -> None:
+    assert_clean_failure(run_cli("evaluate", "--data", str(tiny_data), "--model", str(tmp_path / "m")), "model")
+
+
+def test_malformed_line_is_reported_with_its_number(tiny_data: Path, tiny_model: Path, tmp_path: Path) -> None:
+    lines = (tiny_data / "transactions.jsonl").read_bytes().splitlines(keepends=True)
+    lines[41] = b'{"transaction_id": "x", "oops"\n'
+    (tmp_path / "transactions.jsonl").write_bytes(b"".join(lines))
+    (tmp_path / "labels.jsonl").write_bytes((tiny_data / "labels.jsonl").read_bytes())
+    proc = run_cli("evaluate", "--data", str(tmp_path), "--model", str(tiny_model))
+    assert_clean_failure(proc, ":42:", "invalid_json")
+
+
+def test_bad_arguments_exit_2(tmp_path: Path) -> None:
+    proc = run_cli("simulate", "--out", str(tmp_path), "--customers", "zero")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -1,0 +1,89 @@
+"""Training: reproducible, ONNX parity with scikit-learn, artefacts complete, threshold from the policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from scorer.dataset import load_history, replay_features
+from scorer.errors import DataError, ModelError
+from scorer.features import FEATURE_NAMES, FeatureConfig
+from scorer.model import OnnxModel
+from scorer.quality import ThresholdPolicy
+from scorer.train import TrainParams, check_parity, fit, plan_periods, to_onnx, train
+from tests.conftest import TINY
+
+
+def test_artefact_is_complete_and_loads(tiny_model: Path) -> None:
+    meta = orjson.loads((tiny_model / "model.json").read_bytes())
+    assert meta["feature_names"] == list(FEATURE_NAMES)
+    assert meta["threshold_policy"]["kind"] == "alert_budget"
+    assert len(meta["training"]["data_sha256"]) == 64
+    assert meta["known_faults"] and meta["limits"]
+    assert set(meta["reference"]["features"]) == set(FEATURE_NAMES)
+    card = (tiny_model / "MODEL_CARD.md").read_text()
+    assert "## Known faults" in card and meta["known_faults"][0][:30] in card
+    model = OnnxModel(tiny_model)
+    sample = meta["reference"]["sample"]
+    scores = model.predict(np.asarray(sample["features"], dtype=np.float32))
+    np.testing.assert_allclose(scores, sample["scores"], atol=1e-6)
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_onnx_matches_sklearn_on_every_row(tiny_data: Path) -> None:
+    history = load_history(tiny_data)
+    X = replay_features(history, FeatureConfig())
+    y = np.zeros(len(X), dtype=bool)
+    y[::50] = True
+    params = TrainParams(grid=({"n_estimators": 40, "max_depth": 4, "learning_rate": 0.1},))
+    model = fit(X, y, params.grid[0], params)
+    onnx_bytes = to_onnx(model)
+    assert check_parity(model, onnx_bytes, X) <= 1e-5
+
+
+def test_training_is_reproducible(tiny_data: Path) -> None:
+    params = TrainParams(holdout_days=7, grid=({"n_estimators": 20, "max_depth": 3, "learning_rate": 0.2},))
+    history = load_history(tiny_data)
+    a = train(history, tiny_data, params, say=lambda _: None)
+    b = train(history, tiny_data, params, say=lambda _: None)
+    assert a.onnx_bytes == b.onnx_bytes
+    assert a.validation == b.validation
+    assert a.meta["threshold"] == b.meta["threshold"]
+
+
+def test_alert_budget_threshold_is_stored_and_respected(tiny_model: Path) -> None:
+    meta = orjson.loads((tiny_model / "model.json").read_bytes())
+    validation = meta["metrics"]["validation"]
+    flagged = validation["tp"] + validation["fp"]
+    assert flagged <= 100 * 7  # the budget: 100 alerts per validation day
+    assert 0.0 < meta["threshold"] <= 1.0
+
+
+def test_too_short_history_is_a_clear_error(tiny_data: Path) -> None:
+    history = load_history(tiny_data)
+    with pytest.raises(DataError, match="not enough history"):
+        plan_periods(history, TrainParams(holdout_days=TINY.days - 20))
+
+
+def test_periods_keep_the_label_delay_gap(tiny_data: Path) -> None:
+    periods = plan_periods(load_history(tiny_data), TrainParams(holdout_days=7))
+    assert periods.validation[0] - periods.fold_train[1] == 7
+    assert periods.train[1] == periods.validation[1]
+
+
+def test_model_with_other_features_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.onnx").write_bytes((tiny_model / "model.onnx").read_bytes())
+    meta = orjson.loads((tiny_model / "model.json").read_bytes())
+    meta["feature_names"] = list(reversed(meta["feature_names"]))
+    (bad / "model.json").write_bytes(orjson.dumps(meta))
+    with pytest.raises(ModelError, match="different order"):
+        OnnxModel(bad)
+
+
+def test_policy_description_is_human() -> None:
+    assert "100" in ThresholdPolicy("alert_budget", 100.0).describe()

@@ -30,6 +30,7 @@ from scorer.metrics import AggregatorMetrics, HealthServer
 from scorer.sink import Sink
 from scorer.tables import MARKER_KEY, encode_marker, load_rows, read_partition
 from scorer.terminals import terminal_codec
+from scorer.topics import check_topics
 
 logger = logging.getLogger(__name__)
 TX = struct.Struct("<cq")  # b"T", event_ts_ms
@@ -73,6 +74,8 @@ class Aggregator:
         self.running = False
 
     def run(self, stop: threading.Event) -> int:
+        s = self.settings
+        check_topics(s, [(s.terminal_events_topic, s.terminal_topic)])
         server = None
         if self.settings.metrics_port:
             server = HealthServer(
@@ -233,9 +236,9 @@ class Aggregator:
         values = self.codec.encode(terminals.ring, slots) if len(slots) else []
         topic = self.settings.terminal_topic
         messages: list[dict[str, object]] = [
-            {"key": k.encode(), "value": v, "partition": p} for k, v in zip(keys, values, strict=True)
+            {"key": k.encode(), "value": v} for k, v in zip(keys, values, strict=True)
         ]
-        messages += [{"key": k.encode(), "value": None, "partition": p} for k in expired]
+        messages += [{"key": k.encode(), "value": None} for k in expired]
         cutoff = (day + 1) * MS_PER_DAY
         part.label_offsets = [(o, r) for o, r in part.label_offsets if r >= cutoff]
         replay_from = min([o for o, _ in part.label_offsets], default=part.position)
@@ -245,8 +248,8 @@ class Aggregator:
             "replay_from": replay_from,
             "ring_days": self.codec.n_days,
         }
-        messages.append({"key": MARKER_KEY, "value": encode_marker(marker), "partition": p})
-        self.sink.send(topic, messages)
+        messages.append({"key": MARKER_KEY, "value": encode_marker(marker)})
+        self.sink.send(topic, messages, partition=p)
         self.metrics.rows.inc(len(keys))
         self.metrics.state_keys.set(sum(len(x.terminals.ring) for x in self.parts.values()))
         self.metrics.state_bytes.set(sum(x.terminals.ring.nbytes for x in self.parts.values()))

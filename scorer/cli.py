@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 
 from scorer import __version__
+from scorer.config import Settings
 from scorer.errors import ConfigError, ScorerError
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default" / "1"
@@ -103,6 +104,87 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_kafka_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that talks to Kafka; each beats SCORER_* env vars and --config."""
+    p.add_argument("--config", help="TOML settings file (also SCORER_CONFIG)")
+    p.add_argument("--brokers", help="bootstrap servers, HOST:PORT[,HOST:PORT]")
+    p.add_argument("--group", help="consumer group of the scorers")
+    p.add_argument("--input-topic", help="transactions topic")
+    p.add_argument("--decisions-topic", help="decisions topic")
+    p.add_argument("--model", help="model artefact directory")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics, /healthz, /readyz port (0: off)")
+    p.add_argument("--batch-max", type=int, help="records per batch")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument(
+        "--kafka-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="librdkafka property (repeatable)",
+    )
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    from scorer.config import load_settings, parse_kafka_opts
+
+    names = (
+        "brokers",
+        "group",
+        "input_topic",
+        "decisions_topic",
+        "model",
+        "metrics_port",
+        "batch_max",
+        "log_level",
+    )
+    overrides: dict[str, object] = {n: getattr(args, n, None) for n in names}
+    kafka = parse_kafka_opts(getattr(args, "kafka_opt", []) or [])
+    if kafka:
+        overrides["kafka"] = kafka
+    return load_settings(getattr(args, "config", None), overrides=overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import threading
+
+    from scorer import logs
+    from scorer.model import OnnxModel
+    from scorer.pipeline import Pipeline, install_signal_handlers
+
+    settings = settings_from(args)
+    logs.configure(settings.log_level)
+    model = OnnxModel(Path(settings.model), threads=settings.onnx_threads)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    return Pipeline(settings, model).run(stop)
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    import threading
+
+    from scorer import logs
+    from scorer.aggregate import Aggregator
+    from scorer.model import read_meta, resolve_artefact
+    from scorer.pipeline import install_signal_handlers
+
+    settings = settings_from(args)
+    logs.configure(settings.log_level)
+    meta = read_meta(resolve_artefact(Path(settings.model)))
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    return Aggregator(settings, meta.feature_config).run(stop)
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from scorer.topics import create_topics, topic_specs
+
+    settings = settings_from(args)
+    create_topics(settings, args.partitions)
+    for spec in topic_specs(settings, args.partitions):
+        print(f"{spec.name}: {spec.partitions} partition(s){' compacted' if spec.compacted else ''}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from scorer.demo import run_offline_demo
 
@@ -146,6 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores-out", help="write transaction_id,score for every scored transaction")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("run", help="score transactions from Kafka (a member of the consumer group)")
+    add_kafka_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("aggregate", help="publish terminal features for every scorer (own consumer group)")
+    add_kafka_args(p)
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("topics", help="create the topics (partitions, compaction) the system needs")
+    add_kafka_args(p)
+    p.add_argument("--partitions", type=_positive, default=4, help="partitions of the keyed topics")
+    p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("demo", help="simulate -> train -> evaluate on the defaults, with a results table")
     p.add_argument("--workdir", default="demo-data", help="where data and the demo model go")

@@ -79,6 +79,13 @@ class Settings:
             **{k: v for k, v in self.kafka.items() if not _consumer_only(k)},
         }
 
+    def admin_config(self) -> dict[str, str | int | float | bool]:
+        """Connection settings (security included) for admin and metadata requests."""
+        return {
+            "bootstrap.servers": self.brokers,
+            **{k: v for k, v in self.kafka.items() if not _consumer_only(k)},
+        }
+
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with every secret replaced, for the startup log."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -30,6 +30,7 @@ from scorer.model import OnnxModel
 from scorer.sink import Sink
 from scorer.snapshots import CustomerStore
 from scorer.terminals import TerminalTable
+from scorer.topics import check_topics
 
 logger = logging.getLogger(__name__)
 I64 = npt.NDArray[np.int64]
@@ -87,6 +88,8 @@ class Pipeline:
 
     def run(self, stop: threading.Event) -> int:
         """Score until `stop` is set (SIGTERM/SIGINT) or a fatal error; returns the exit code."""
+        s = self.settings
+        check_topics(s, [(s.input_topic, s.state_topic), (s.terminal_events_topic, s.terminal_topic)])
         server = self._start_server()
         try:
             self.table.start()
@@ -245,15 +248,15 @@ class Pipeline:
         self.pending.append(PendingCommit(self.sink.seal(), offsets, snapshot))
         self.progress = {}
 
-    def _advance_commits(self) -> None:
+    def _advance_commits(self, asynchronous: bool = True) -> None:
         while self.pending and self.sink.acknowledged(self.pending[0].epoch):
             head = self.pending[0]
             if head.stage == 1:
-                for _, messages in head.snapshot:
-                    self.sink.send(self.settings.state_topic, messages)
+                for partition, messages in head.snapshot:
+                    self.sink.send(self.settings.state_topic, messages, partition=partition)
                 head.snapshot, head.stage, head.epoch = [], 2, self.sink.seal()
                 continue
-            self._commit_offsets(head.offsets, asynchronous=True)
+            self._commit_offsets(head.offsets, asynchronous=asynchronous)
             self.pending.pop(0)
 
     def _commit_offsets(self, offsets: dict[int, int], asynchronous: bool) -> None:
@@ -278,7 +281,7 @@ class Pipeline:
         deadline = time.monotonic() + ACK_TIMEOUT_S
         while self.pending and time.monotonic() < deadline and self.sink.failure is None:
             self.sink.wait(self.pending[0].epoch, max(0.0, deadline - time.monotonic()))
-            self._advance_commits()
+            self._advance_commits(asynchronous=False)
         if self.pending:
             logger.error(
                 "commit_incomplete", extra={"partitions": list(partitions), "error": self.sink.failure}

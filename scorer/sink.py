@@ -54,14 +54,21 @@ class Sink:
             self.failure = f"delivery to {topic} failed: {err}"
             logger.error("delivery_failed", extra={"topic": topic, "error": str(err)})
 
-    def send(self, topic: str, messages: Sequence[Message]) -> None:
-        """Queue many messages ({'value', 'key', 'partition'?}); waits (polling) while the queue is full."""
+    def send(self, topic: str, messages: Sequence[Message], partition: int | None = None) -> None:
+        """Queue many messages ({'value', 'key'}), all to `partition` when given (else by key).
+
+        A per-message 'partition' is not reliably honoured by produce_batch, hence the argument.
+        Waits (polling) while the producer queue is full.
+        """
         pending = list(messages)
         epoch = self.epoch
         cb = self._callback(epoch)
         while pending:
             try:
-                queued = self.producer.produce_batch(topic, pending, on_delivery=cb)
+                if partition is None:
+                    queued = self.producer.produce_batch(topic, pending, on_delivery=cb)
+                else:
+                    queued = self.producer.produce_batch(topic, pending, partition=partition, on_delivery=cb)
             except BufferError:
                 queued = 0
                 for m in pending:

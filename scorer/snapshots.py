@@ -80,20 +80,17 @@ class CustomerStore:
         self.partitions.pop(partition, None)
 
     def snapshot(self, partition: int, next_offset: int) -> list[Message]:
-        """Changed rows, tombstones and the marker for partition p, as messages for that partition."""
+        """Changed rows, tombstones and the marker of partition p: to be sent to partition p."""
         state = self.partitions.get(partition)
         messages: list[Message] = []
         if state is not None:
             ring = state.customers.ring
             keys, slots, expired = ring.drain_changes()
             values = self.codec.encode(ring, slots) if len(slots) else []
-            messages += [
-                {"key": k.encode(), "value": v, "partition": partition}
-                for k, v in zip(keys, values, strict=True)
-            ]
-            messages += [{"key": k.encode(), "value": None, "partition": partition} for k in expired]
+            messages += [{"key": k.encode(), "value": v} for k, v in zip(keys, values, strict=True)]
+            messages += [{"key": k.encode(), "value": None} for k in expired]
         marker = encode_marker({"offset": next_offset, "ring_days": self.codec.n_days})
-        messages.append({"key": MARKER_KEY, "value": marker, "partition": partition})
+        messages.append({"key": MARKER_KEY, "value": marker})
         return messages
 
     @property

@@ -90,8 +90,9 @@ def plan_periods(history: History, params: TrainParams) -> Periods:
         span = (history.end_ms - history.start_ms) / MS_PER_DAY
         raise DataError(
             f"not enough history to train: {span:.0f} days of data, need at least "
-            f"{30 + 2 * delay + params.validation_days + 7 + params.holdout_days} "
-            "(warm-up 30+delay, 7 training days, gap, validation, hold-out)"
+            f"{30 + 3 * delay + params.validation_days + 7 + params.holdout_days} "
+            "(warm-up 30 days + label delay, 7 training days, a label-delay gap, the validation days, "
+            "the label delay before labels are known, the hold-out)"
         )
     return Periods((start, labelled_end), (start, fold_end), (val_start, labelled_end), cutoff_ms)
 
@@ -119,6 +120,7 @@ def to_onnx(model: Any) -> bytes:
 
     onx = convert_sklearn(
         model,
+        name="scorer",  # a fixed graph name (the default is a random uuid) keeps exports byte-identical
         initial_types=[("features", FloatTensorType([None, len(FEATURE_NAMES)]))],
         options={id(model): {"zipmap": False}},
         target_opset={"": 17, "ai.onnx.ml": 3},

@@ -9,7 +9,7 @@ import pytest
 
 from scorer.simulate import SimulationParams, simulate, write_jsonl
 
-TINY = SimulationParams(customers=300, terminals=600, days=75, seed=3, start=datetime.date(2026, 1, 1))
+TINY = SimulationParams(customers=300, terminals=600, days=80, seed=3, start=datetime.date(2026, 1, 1))
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +25,8 @@ def tiny_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     from scorer.train import TrainParams, train, write_artefact
 
     out = tmp_path_factory.mktemp("models") / "tiny" / "1"
-    params = TrainParams(name="tiny", holdout_days=7, grid=({"n_estimators": 30, "max_depth": 3, "learning_rate": 0.2},))
+    params = TrainParams(
+        name="tiny", holdout_days=7, grid=({"n_estimators": 30, "max_depth": 3, "learning_rate": 0.2},)
+    )
     result = train(load_history(tiny_data), tiny_data, params, say=lambda _: None)
     return write_artefact(out, result)

@@ -13,7 +13,9 @@ from scorer.cli import main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "scorer", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "scorer", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def assert_clean_failure(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -27,16 +29,42 @@ def assert_clean_failure(proc: subprocess.CompletedProcess[str], *needles: str) 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     proc = run_cli(
-        "demo", "--workdir", str(tmp_path), "--customers", "200", "--terminals", "400", "--days", "70", "--seed", "5"
+        "demo",
+        "--workdir",
+        str(tmp_path),
+        "--customers",
+        "200",
+        "--terminals",
+        "400",
+        "--days",
+        "80",
+        "--seed",
+        "5",
     )
     assert proc.returncode == 0, proc.stderr
     assert "Average Precision" in proc.stdout and "Card Precision@100" in proc.stdout
     assert (tmp_path / "models" / "demo" / "1" / "model.onnx").is_file()
 
 
-def test_evaluate_json_and_scores_out(tiny_data: Path, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_json_and_scores_out(
+    tiny_data: Path, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     scores = tmp_path / "scores.csv"
-    assert main(["evaluate", "--data", str(tiny_data), "--model", str(tiny_model), "--json", "--scores-out", str(scores)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(tiny_data),
+                "--model",
+                str(tiny_model),
+                "--json",
+                "--scores-out",
+                str(scores),
+            ]
+        )
+        == 0
+    )
     report = orjson.loads(capsys.readouterr().out)
     for key in ("roc_auc", "average_precision", "card_precision_at_100", "n_transactions", "n_fraud"):
         assert key in report
@@ -57,10 +85,14 @@ def test_missing_data_dir(tmp_path: Path) -> None:
 
 
 def test_unknown_model_path(tiny_data: Path, tmp_path: Path) -> None:
-    assert_clean_failure(run_cli("evaluate", "--data", str(tiny_data), "--model", str(tmp_path / "m")), "model")
+    assert_clean_failure(
+        run_cli("evaluate", "--data", str(tiny_data), "--model", str(tmp_path / "m")), "model"
+    )
 
 
-def test_malformed_line_is_reported_with_its_number(tiny_data: Path, tiny_model: Path, tmp_path: Path) -> None:
+def test_malformed_line_is_reported_with_its_number(
+    tiny_data: Path, tiny_model: Path, tmp_path: Path
+) -> None:
     lines = (tiny_data / "transactions.jsonl").read_bytes().splitlines(keepends=True)
     lines[41] = b'{"transaction_id": "x", "oops"\n'
     (tmp_path / "transactions.jsonl").write_bytes(b"".join(lines))

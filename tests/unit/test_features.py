@@ -60,7 +60,9 @@ class Reference:
         self.pending: list[tuple[str, int, int]] = []
         self.closed_day = -(10**9)
 
-    def batch(self, cust: list[str], term: list[str], ts: list[int], amount: list[float]) -> list[list[float]]:
+    def batch(
+        self, cust: list[str], term: list[str], ts: list[int], amount: list[float]
+    ) -> list[list[float]]:
         """Customers event by event; terminals day by day (a day's events see only closed days)."""
         customer_rows = [self._customer(c, t, a) for c, t, a in zip(cust, ts, amount, strict=True)]
         terminal_rows: dict[int, list[float]] = {}
@@ -90,7 +92,9 @@ class Reference:
         if alive(key, day, ring):
             key.stored.append((day, amount))
         means = [(s + amount) / (c + 1) for c, s in zip(counts, sums, strict=True)]
-        ratios = [amount / (sums[i] / counts[i]) if counts[i] > 0 and sums[i] > 0 else NO_HISTORY for i in (1, 2)]
+        ratios = [
+            amount / (sums[i] / counts[i]) if counts[i] > 0 and sums[i] > 0 else NO_HISTORY for i in (1, 2)
+        ]
         return [*(c + 1 for c in counts), *means, *ratios, min(max(since, 0.0), SINCE_LAST_CAP_S)]
 
     def _terminal_features(self, tid: str, day: int) -> list[float]:
@@ -103,7 +107,10 @@ class Reference:
             return float(sum(1 for d in days if last - w < d <= last))
 
         counts = [total(live, w, day - 1 - delay) for w in WINDOW_DAYS]
-        risks = [total(frauds, w, day - 1 - delay) / c if c else 0.0 for w, c in zip(WINDOW_DAYS, counts, strict=True)]
+        risks = [
+            total(frauds, w, day - 1 - delay) / c if c else 0.0
+            for w, c in zip(WINDOW_DAYS, counts, strict=True)
+        ]
         fresh = []
         for w in WINDOW_DAYS:
             n = total(live, w, day - 1)
@@ -184,13 +191,17 @@ def test_engine_matches_reference_on_out_of_order_streams(seed: int) -> None:
     while start < len(cust):
         size = int(rng.integers(1, 60))
         end = min(len(cust), start + size)
-        got = engine.update_and_compute(make_batch(cust[start:end], term[start:end], ts[start:end], amount[start:end]))
+        got = engine.update_and_compute(
+            make_batch(cust[start:end], term[start:end], ts[start:end], amount[start:end])
+        )
         want = ref.batch(cust[start:end], term[start:end], ts[start:end], amount[start:end])
         np.testing.assert_allclose(got[:, len(STATELESS_NAMES) :], np.asarray(want), rtol=2e-5, atol=1e-3)
         # a few fraud labels on recent transactions, released between batches
         picks = [i for i in range(start, end) if rng.random() < 0.3]
         if picks:
-            engine.apply_labels(make_labels([term[i] for i in picks], [ts[i] for i in picks], [ts[end - 1]] * len(picks)))
+            engine.apply_labels(
+                make_labels([term[i] for i in picks], [ts[i] for i in picks], [ts[end - 1]] * len(picks))
+            )
             for i in picks:
                 ref.label(term[i], ts[i], ts[end - 1])
         start = end
@@ -221,7 +232,9 @@ def test_window_counts_roll_across_midnight() -> None:
 
 
 def test_stateless_features_and_categories() -> None:
-    engine = FeatureEngine(FeatureConfig(categories={"currency": ["EUR", "USD"], "merchant_category": ["5411"]}))
+    engine = FeatureEngine(
+        FeatureConfig(categories={"currency": ["EUR", "USD"], "merchant_category": ["5411"]})
+    )
     saturday_2am = START_MS + 2 * MS_PER_DAY + 2 * 3_600_000  # 2026-01-03 is a Saturday
     batch = make_batch(["c", "d"], ["t", "u"], [saturday_2am, START_MS + 14 * 3_600_000], [100.0, 0.0])
     batch.currency = ["USD", "GBP"]
@@ -260,7 +273,9 @@ def test_replay_equals_streaming_in_time_order() -> None:
     labels = make_labels(term[::7], ts[::7], [t + 2 * MS_PER_DAY for t in ts[::7]])
     offline = replay(batch, labels, chunk=33)
     engine, ref = FeatureEngine(), Reference(FeatureConfig())
-    pending = sorted(zip(labels.reported_ts_ms.tolist(), labels.terminal_id, labels.tx_ts_ms.tolist(), strict=True))
+    pending = sorted(
+        zip(labels.reported_ts_ms.tolist(), labels.terminal_id, labels.tx_ts_ms.tolist(), strict=True)
+    )
     want = []
     for i in range(len(cust)):
         while pending and pending[0][0] <= ts[i]:
@@ -276,7 +291,11 @@ def test_late_event_after_idle_gap_still_sees_old_history() -> None:
     config = FeatureConfig()
     engine, ref = FeatureEngine(config), Reference(config)
     noon = MS_PER_DAY // 2
-    steps = [("c", START_MS + noon), ("other", START_MS + 33 * MS_PER_DAY), ("c", START_MS + 30 * MS_PER_DAY + 3)]
+    steps = [
+        ("c", START_MS + noon),
+        ("other", START_MS + 33 * MS_PER_DAY),
+        ("c", START_MS + 30 * MS_PER_DAY + 3),
+    ]
     for cust, ts in steps:
         got = engine.update_and_compute(make_batch([cust], [cust], [ts], [50.0]))
         want = ref.batch([cust], [cust], [ts], [50.0])[0]

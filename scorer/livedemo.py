@@ -1,0 +1,284 @@
+"""`scorer demo`: the whole system live on the embedded tansu broker (or `--brokers`), zero configuration.
+
+It starts the broker, creates the topics, runs `scorer aggregate` and `scorer run` as child processes,
+streams simulated transactions (in event-time order, with each fraud label released when the stream
+reaches its report time) at `--rate` events/s, and reads the decisions back to show events/s, p50/p99
+end-to-end latency, lag, flag rate and the precision of the flags (the simulator knows the truth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, Producer
+
+from scorer.broker import EmbeddedBroker, free_port
+from scorer.config import Settings
+from scorer.console import table
+from scorer.simulate import SimulatedData, SimulationParams, simulate
+from scorer.topics import create_topics
+
+PARTITIONS = 4
+
+
+@dataclass(slots=True)
+class Tally:
+    """What the demo has seen of the decisions so far."""
+
+    decided: int = 0
+    flagged: int = 0
+    flagged_fraud: int = 0
+    frauds_decided: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    window: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time, decided) for events/s
+
+    def rate(self) -> float:
+        if len(self.window) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self.window[0], self.window[-1]
+        return (n1 - n0) / max(1e-9, t1 - t0)
+
+    def percentile(self, q: float) -> float:
+        recent = self.latencies_ms[-20_000:]
+        return float(np.percentile(recent, q)) if recent else float("nan")
+
+
+def transaction_values(data: SimulatedData, idx: np.ndarray) -> list[bytes]:
+    """JSON values of the transactions `idx`, per schemas/transaction.schema.json."""
+    ts = np.datetime_as_string(data.event_ts_ms[idx].astype("datetime64[ms]"), unit="ms")
+    amounts = data.amount[idx].tolist()
+    out = []
+    for j, i in enumerate(idx.tolist()):
+        doc = {
+            "transaction_id": data.transaction_id[i],
+            "timestamp": f"{ts[j]}Z",
+            "customer_id": data.customer_id[i],
+            "terminal_id": data.terminal_id[i],
+            "amount": amounts[j],
+            "currency": data.currency[i],
+            "channel": data.channel[i],
+            "merchant_category": data.merchant_category[i],
+        }
+        out.append(orjson.dumps(doc))
+    return out
+
+
+def label_value(data: SimulatedData, k: int) -> tuple[bytes, bytes]:
+    i = int(data.label_index[k])
+    reported = np.datetime_as_string(np.datetime64(int(data.label_reported_ts_ms[k]), "ms"), unit="ms")
+    event = np.datetime_as_string(np.datetime64(int(data.event_ts_ms[i]), "ms"), unit="ms")
+    doc = {
+        "transaction_id": data.transaction_id[i],
+        "customer_id": data.customer_id[i],
+        "terminal_id": data.terminal_id[i],
+        "is_fraud": True,
+        "reported_at": f"{reported}Z",
+        "timestamp": f"{event}Z",
+    }
+    return data.terminal_id[i].encode(), orjson.dumps(doc)
+
+
+class Streamer:
+    """Produces the simulated history at a fixed rate; labels go out once the stream passes their report time."""
+
+    def __init__(self, settings: Settings, data: SimulatedData, rate: float) -> None:
+        self.settings = settings
+        self.data = data
+        self.rate = rate
+        self.producer = Producer({"bootstrap.servers": settings.brokers, "linger.ms": 5, **settings.kafka})
+        self.next_tx = 0
+        self.next_label = 0
+        self.started = time.monotonic()
+        self.produced_ms = np.zeros(len(data.transaction_id), dtype=np.float64)  # wall time each tx was sent
+
+    def pump(self) -> int:
+        """Send what is due by now; returns how many transactions went out."""
+        due = min(len(self.data.transaction_id), int((time.monotonic() - self.started) * self.rate))
+        if due <= self.next_tx:
+            self.producer.poll(0)
+            return 0
+        idx = np.arange(self.next_tx, due)
+        values = transaction_values(self.data, idx)
+        keys = [self.data.customer_id[i].encode() for i in idx.tolist()]
+        self.produced_ms[idx] = time.time() * 1000
+        messages = [{"key": k, "value": v} for k, v in zip(keys, values, strict=True)]
+        self.producer.produce_batch(self.settings.input_topic, messages)
+        self._labels_until(int(self.data.event_ts_ms[due - 1]))
+        self.producer.poll(0)
+        self.next_tx = due
+        return len(idx)
+
+    def _labels_until(self, now_ms: int) -> None:
+        reported = self.data.label_reported_ts_ms
+        while self.next_label < len(reported) and reported[self.next_label] <= now_ms:
+            key, value = label_value(self.data, self.next_label)
+            self.producer.produce(self.settings.labels_topic, value=value, key=key)
+            self.next_label += 1
+
+    @property
+    def done(self) -> bool:
+        return self.next_tx >= len(self.data.transaction_id)
+
+    def close(self) -> None:
+        self.producer.flush(10)
+
+
+def child(
+    command: str, settings: Settings, model: str, metrics_port: int, extra_env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """A `scorer run` / `scorer aggregate` child process configured through SCORER_* variables."""
+    env = {
+        **os.environ,
+        "SCORER_BROKERS": settings.brokers,
+        "SCORER_MODEL": model,
+        "SCORER_METRICS_PORT": str(metrics_port),
+        "SCORER_FETCH_WAIT_MAX_MS": "5",
+        "SCORER_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "SCORER_TERMINAL_WAIT_S": "2",
+        **extra_env,
+    }
+    return subprocess.Popen([sys.executable, "-m", "scorer", command], env=env)  # noqa: S603 - our own CLI
+
+
+def run_live_demo(args: argparse.Namespace) -> int:
+    from scorer.cli import DEFAULT_MODEL
+
+    model = str(args.model or DEFAULT_MODEL)
+    params = SimulationParams(
+        customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed, start=args.start
+    )
+    print(
+        f"simulating {params.customers:,} customers / {params.terminals:,} terminals / {params.days} days ...",
+        flush=True,
+    )
+    data = simulate(params)
+    index = {tx: i for i, tx in enumerate(data.transaction_id)}
+    with ExitStack() as stack:
+        brokers = args.brokers
+        if not brokers:
+            log = Path(tempfile.mkdtemp(prefix="scorer-demo-")) / "tansu.log"
+            broker = stack.enter_context(EmbeddedBroker(log_path=log))
+            brokers = broker.bootstrap
+            print(f"embedded tansu broker on {brokers} (pid {broker.pid})")
+        settings = Settings(brokers=brokers, kafka={"session.timeout.ms": "6000"} if not args.brokers else {})
+        create_topics(settings, PARTITIONS)
+        metrics_port = args.metrics_port or free_port()
+        agg = child("aggregate", settings, model, free_port(), {})
+        scorer = child("run", settings, model, metrics_port, {})
+        stack.callback(_stop_children, [scorer, agg])
+        print(f"scorer metrics: http://127.0.0.1:{metrics_port}/metrics  (/healthz, /readyz)")
+        return _loop(args, settings, data, index, metrics_port, [scorer, agg])
+
+
+def _loop(
+    args: argparse.Namespace,
+    settings: Settings,
+    data: SimulatedData,
+    index: dict[str, int],
+    port: int,
+    children: list[subprocess.Popen[bytes]],
+) -> int:
+    streamer = Streamer(settings, data, args.rate)
+    reader = Consumer(
+        {
+            "bootstrap.servers": settings.brokers,
+            "group.id": "scorer-demo-monitor",
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 5,
+            **settings.kafka,
+        }
+    )
+    reader.subscribe([settings.decisions_topic])
+    tally = Tally()
+    deadline = time.monotonic() + args.duration if args.duration else float("inf")
+    last_print = 0.0
+    try:
+        while time.monotonic() < deadline:
+            if any(c.poll() is not None for c in children):
+                print("a child process stopped unexpectedly", file=sys.stderr)
+                return 1
+            streamer.pump()
+            _read(reader, tally, index, streamer)
+            if time.monotonic() - last_print > 1.0:
+                last_print = time.monotonic()
+                _status(tally, streamer)
+    except KeyboardInterrupt:
+        print()
+    finally:
+        streamer.close()
+        reader.close()
+    _summary(tally, streamer, port)
+    return 0
+
+
+def _read(reader: Consumer, tally: Tally, index: dict[str, int], streamer: Streamer) -> None:
+    """Count decisions; latency = the decision's Kafka timestamp minus when the demo sent the transaction."""
+    for msg in reader.consume(5000, 0.05):
+        if msg.error() or msg.value() is None:
+            continue
+        doc = orjson.loads(msg.value() or b"{}")
+        i = index.get(doc.get("transaction_id", ""))
+        if i is None:
+            continue
+        tally.decided += 1
+        fraud = bool(streamer.data.is_fraud[i])
+        tally.frauds_decided += fraud
+        if doc["flagged"]:
+            tally.flagged += 1
+            tally.flagged_fraud += fraud
+        decided_ms = msg.timestamp()[1]
+        if decided_ms > 0 and streamer.produced_ms[i] > 0:
+            tally.latencies_ms.append(max(0.0, decided_ms - streamer.produced_ms[i]))
+    tally.window.append((time.monotonic(), tally.decided))
+    tally.window = tally.window[-10:]
+
+
+def _status(tally: Tally, streamer: Streamer) -> None:
+    lag = streamer.next_tx - tally.decided
+    precision = tally.flagged_fraud / tally.flagged if tally.flagged else float("nan")
+    flag_rate = tally.flagged / tally.decided if tally.decided else 0.0
+    print(
+        f"\rsent {streamer.next_tx:>9,}  decided {tally.decided:>9,}  {tally.rate():>7,.0f} ev/s  "
+        f"p50 {tally.percentile(50):6.1f} ms  p99 {tally.percentile(99):6.1f} ms  "
+        f"lag {lag:>7,}  flag rate {flag_rate:6.2%}  flag precision {precision:6.1%}",
+        end="",
+        flush=True,
+    )
+
+
+def _summary(tally: Tally, streamer: Streamer, port: int) -> None:
+    precision = tally.flagged_fraud / tally.flagged if tally.flagged else float("nan")
+    recall = tally.flagged_fraud / tally.frauds_decided if tally.frauds_decided else float("nan")
+    rows = [
+        ("transactions sent", streamer.next_tx),
+        ("decisions received", tally.decided),
+        ("flagged", tally.flagged),
+        ("precision of flags", precision),
+        ("recall of flags", recall),
+        ("latency p50 (ms)", tally.percentile(50)),
+        ("latency p99 (ms)", tally.percentile(99)),
+    ]
+    print("\n" + table(["summary", "value"], rows))
+    print(f"metrics were at http://127.0.0.1:{port}/metrics")
+
+
+def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    for c in children:
+        if c.poll() is None:
+            c.send_signal(signal.SIGTERM)
+    for c in children:
+        try:
+            c.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            c.kill()

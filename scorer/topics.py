@@ -33,9 +33,8 @@ def topic_specs(settings: Settings, partitions: int) -> list[TopicSpec]:
 
 
 def create_topics(settings: Settings, partitions: int) -> None:
-    admin = settings.admin_config()
-    admin.pop("bootstrap.servers")
-    ensure_topics(settings.brokers, topic_specs(settings, partitions), kafka=admin)
+    security = {k: str(v) for k, v in settings.admin_config().items() if k != "bootstrap.servers"}
+    ensure_topics(settings.brokers, topic_specs(settings, partitions), kafka=security)
 
 
 def partition_counts(settings: Settings, topics: list[str], timeout_s: float = 10.0) -> Mapping[str, int]:

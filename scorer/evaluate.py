@@ -67,6 +67,7 @@ def metrics_table(report: dict[str, Any]) -> str:
         ("ROC AUC", report["roc_auc"]),
         ("Average Precision", report["average_precision"]),
         ("Card Precision@100", report["card_precision_at_100"]),
+        ("Card Precision@100 (handbook: drop detected)", report["card_precision_at_100_detected"]),
         (f"precision @ threshold {report['threshold']:.4f}", report["precision"]),
         ("recall @ threshold", report["recall"]),
         ("transactions scored", int(report["n_transactions"])),

@@ -4,7 +4,9 @@ Customers and terminals live on a 100x100 grid; each customer uses the terminals
 with its own amount and frequency profile. Three fraud scenarios: (1) any amount above 220; (2) two
 terminals a day are compromised and every transaction on them in the next 28 days is fraud; (3) three
 customers a day are compromised and, for 14 days, a third of their transactions get five times the amount
-and are fraud. Every fraud is labelled after a report delay drawn between 1 hour and `label_delay_days`.
+and are fraud. Every fraud is labelled after a report delay drawn uniformly between 1 hour and
+`label_delay_days` (cardholder calls come early, chargebacks late): every label is known once the
+delay has passed, as the handbook's protocol assumes, and some are known sooner.
 Same parameters, same bytes.
 """
 

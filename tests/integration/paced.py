@@ -40,8 +40,12 @@ class Collector:
 
     def __post_init__(self) -> None:
         self.consumer = Consumer(
-            {"bootstrap.servers": self.settings.brokers, "group.id": f"collector-{time.monotonic_ns()}",
-             "auto.offset.reset": "earliest", **FAST}  # fmt: skip
+            {
+                "bootstrap.servers": self.settings.brokers,
+                "group.id": f"collector-{time.monotonic_ns()}",
+                "auto.offset.reset": "earliest",
+                **FAST,
+            }  # fmt: skip
         )
         self.consumer.subscribe([self.settings.decisions_topic])
         self.scores: dict[str, list[float]] = {}
@@ -71,7 +75,9 @@ def wait_rekeyed(settings: Settings, timeout_s: float = 30.0) -> None:
     probe = Consumer({"bootstrap.servers": settings.brokers, "group.id": group, "enable.auto.commit": False})
     try:
         meta = probe.list_topics(settings.labels_topic, timeout=10)
-        parts = [TopicPartition(settings.labels_topic, p) for p in meta.topics[settings.labels_topic].partitions]
+        parts = [
+            TopicPartition(settings.labels_topic, p) for p in meta.topics[settings.labels_topic].partitions
+        ]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             committed = {tp.partition: tp.offset for tp in probe.committed(parts, timeout=5)}
@@ -90,13 +96,14 @@ def stream_by_day(
     collector: Collector,
     on_day: Callable[[int], None] | None = None,
 ) -> None:
-    """Produce each event-day's transactions and the labels reported that day; wait until decided."""
+    """Produce each event-day's transactions and the labels reported that day; wait until decided.
+
+    `on_day(n)` runs right after day n is produced, while the scorers are working on it.
+    """
     producer = Producer({"bootstrap.servers": settings.brokers, "linger.ms": 2})
     days = data.event_ts_ms // MS_PER_DAY
     label_days = data.label_reported_ts_ms // MS_PER_DAY
     for n, day in enumerate(np.unique(days).tolist()):
-        if on_day is not None:
-            on_day(n)
         idx = np.flatnonzero(days == day)
         values = transaction_values(data, idx)
         for i, value in zip(idx.tolist(), values, strict=True):
@@ -105,6 +112,8 @@ def stream_by_day(
             key, value = label_value(data, k)
             producer.produce(settings.labels_topic, value=value, key=key)
         assert producer.flush(30) == 0
+        if on_day is not None:
+            on_day(n)
         collector.wait_for([data.transaction_id[i] for i in idx.tolist()])
         wait_rekeyed(settings)
 

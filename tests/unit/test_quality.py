@@ -342,7 +342,7 @@ def test_quality_report_is_consistent(seed: int) -> None:
     known = rng.random(n) < 0.05
     report = quality_report(day, card, y, s, known, 0.6)
     assert set(report) == {
-        "roc_auc", "average_precision", "card_precision_at_100", "precision", "recall",
+        "roc_auc", "average_precision", "card_precision_at_100", "card_precision_at_100_detected", "precision", "recall",
         "tp", "fp", "tn", "fn", "n_transactions", "n_fraud", "threshold",
     }  # fmt: skip
     assert report["tp"] + report["fp"] + report["tn"] + report["fn"] == report["n_transactions"] == n
@@ -350,3 +350,15 @@ def test_quality_report_is_consistent(seed: int) -> None:
     assert report["card_precision_at_100"] == card_precision_at_k(day, card, y, s, known, 100)
     assert report["threshold"] == 0.6
     assert all(isinstance(report[key], int) for key in ("tp", "fp", "tn", "fn", "n_transactions", "n_fraud"))
+
+
+def test_card_precision_detected_drops_only_cards_found_on_earlier_days() -> None:
+    from scorer.quality import card_precision_at_k_detected
+
+    # day 0: card 1 fraud (top), card 2 genuine; day 1: card 1 fraud again (dropped: detected), card 3 fraud
+    day = np.array([0, 0, 1, 1], dtype=np.int64)
+    card = np.array([1, 2, 1, 3], dtype=np.int64)
+    y = np.array([True, False, True, True])
+    score = np.array([0.9, 0.1, 0.95, 0.2])
+    assert card_precision_at_k_detected(day, card, y, score, k=1) == pytest.approx((1 + 1) / 2)
+    assert card_precision_at_k_detected(day, card, y, score, k=2) == pytest.approx((1 + 1) / 4)

@@ -186,9 +186,13 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from scorer.demo import run_offline_demo
+    if args.offline:
+        from scorer.demo import run_offline_demo
 
-    return run_offline_demo(args)
+        return run_offline_demo(args)
+    from scorer.livedemo import run_live_demo
+
+    return run_live_demo(args)
 
 
 def _err(message: str) -> None:
@@ -242,8 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=_positive, default=4, help="partitions of the keyed topics")
     p.set_defaults(func=cmd_topics)
 
-    p = sub.add_parser("demo", help="simulate -> train -> evaluate on the defaults, with a results table")
-    p.add_argument("--workdir", default="demo-data", help="where data and the demo model go")
+    p = sub.add_parser(
+        "demo", help="the whole system live on an embedded broker (--offline: simulate/train/evaluate)"
+    )
+    p.add_argument("--brokers", help="use this Kafka instead of starting the embedded broker")
+    p.add_argument("--rate", type=float, default=1000.0, help="transactions per second to stream")
+    p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
+    p.add_argument("--model", help="model artefact (default: models/default/1)")
+    p.add_argument("--metrics-port", type=int, default=9108, help="the scorer's metrics port")
+    p.add_argument("--offline", action="store_true", help="run simulate -> train -> evaluate instead")
+    p.add_argument("--workdir", default="demo-data", help="--offline: where data and the demo model go")
     add_simulation_args(p)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -135,7 +135,7 @@ class Streamer:
 
 
 def child(
-    command: str, settings: Settings, model: str, metrics_port: int, extra_env: dict[str, str]
+    command: str, settings: Settings, model: str, metrics_port: int, log: Path
 ) -> subprocess.Popen[bytes]:
     """A `scorer run` / `scorer aggregate` child process configured through SCORER_* variables."""
     env = {
@@ -146,9 +146,11 @@ def child(
         "SCORER_FETCH_WAIT_MAX_MS": "5",
         "SCORER_KAFKA_SESSION_TIMEOUT_MS": "6000",
         "SCORER_TERMINAL_WAIT_S": "2",
-        **extra_env,
     }
-    return subprocess.Popen([sys.executable, "-m", "scorer", command], env=env)  # noqa: S603 - our own CLI
+    with log.open("ab") as out:  # JSON logs go to a file so the live status line stays readable
+        return subprocess.Popen(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "scorer", command], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def run_live_demo(args: argparse.Namespace) -> int:
@@ -164,20 +166,20 @@ def run_live_demo(args: argparse.Namespace) -> int:
     )
     data = simulate(params)
     index = {tx: i for i, tx in enumerate(data.transaction_id)}
+    logs = Path(tempfile.mkdtemp(prefix="scorer-demo-"))
     with ExitStack() as stack:
         brokers = args.brokers
         if not brokers:
-            log = Path(tempfile.mkdtemp(prefix="scorer-demo-")) / "tansu.log"
-            broker = stack.enter_context(EmbeddedBroker(log_path=log))
+            broker = stack.enter_context(EmbeddedBroker(log_path=logs / "tansu.log"))
             brokers = broker.bootstrap
             print(f"embedded tansu broker on {brokers} (pid {broker.pid})")
         settings = Settings(brokers=brokers, kafka={"session.timeout.ms": "6000"} if not args.brokers else {})
         create_topics(settings, PARTITIONS)
         metrics_port = args.metrics_port or free_port()
-        agg = child("aggregate", settings, model, free_port(), {})
-        scorer = child("run", settings, model, metrics_port, {})
+        agg = child("aggregate", settings, model, free_port(), logs / "aggregate.log")
+        scorer = child("run", settings, model, metrics_port, logs / "scorer.log")
         stack.callback(_stop_children, [scorer, agg])
-        print(f"scorer metrics: http://127.0.0.1:{metrics_port}/metrics  (/healthz, /readyz)")
+        print(f"scorer metrics: http://127.0.0.1:{metrics_port}/metrics  (/healthz, /readyz); logs in {logs}")
         return _loop(args, settings, data, index, metrics_port, [scorer, agg])
 
 
@@ -270,7 +272,7 @@ def _summary(tally: Tally, streamer: Streamer, port: int) -> None:
         ("latency p99 (ms)", tally.percentile(99)),
     ]
     print("\n" + table(["summary", "value"], rows))
-    print(f"metrics were at http://127.0.0.1:{port}/metrics")
+    print(f"metrics were at http://127.0.0.1:{port}/metrics (the scorer has stopped with the demo)")
 
 
 def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:

@@ -20,8 +20,8 @@ KNOWN_FAULTS = (
 LIMITS = (
     "The threshold follows an alert budget on the validation period: when traffic grows, so does the number of "
     "flags; re-derive the threshold (retrain) rather than expecting a fixed daily count.",
-    "Windows are day buckets: the oldest day of each window counts pro rata, so counts near midnight are "
-    "approximations of exact rolling windows (identical offline and online).",
+    "Windows are day buckets: customer windows count their oldest day pro rata, terminal windows cover whole "
+    "closed days, so both approximate exact rolling windows (identically offline and online).",
     "Events more than 2 days older than the stream's oldest recent event are scored with partial windows.",
     "A fraud label delivered twice is counted twice in terminal risk; labels are assumed unique per transaction.",
 )

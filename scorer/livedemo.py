@@ -175,12 +175,14 @@ def run_live_demo(args: argparse.Namespace) -> int:
             print(f"embedded tansu broker on {brokers} (pid {broker.pid})")
         settings = Settings(brokers=brokers, kafka={"session.timeout.ms": "6000"} if not args.brokers else {})
         create_topics(settings, PARTITIONS)
-        metrics_port = args.metrics_port or free_port()
+        metrics_port = (
+            args.metrics_port if args.metrics_port and _port_free(args.metrics_port) else free_port()
+        )
         agg = child("aggregate", settings, model, free_port(), logs / "aggregate.log")
         scorer = child("run", settings, model, metrics_port, logs / "scorer.log")
         stack.callback(_stop_children, [scorer, agg])
         print(f"scorer metrics: http://127.0.0.1:{metrics_port}/metrics  (/healthz, /readyz); logs in {logs}")
-        return _loop(args, settings, data, index, metrics_port, [scorer, agg])
+        return _loop(args, settings, data, index, metrics_port, [scorer, agg], logs)
 
 
 def _loop(
@@ -190,6 +192,7 @@ def _loop(
     index: dict[str, int],
     port: int,
     children: list[subprocess.Popen[bytes]],
+    logs: Path,
 ) -> int:
     streamer = Streamer(settings, data, args.rate)
     reader = Consumer(
@@ -208,7 +211,8 @@ def _loop(
     try:
         while time.monotonic() < deadline:
             if any(c.poll() is not None for c in children):
-                print("a child process stopped unexpectedly", file=sys.stderr)
+                last = _last_lines(logs)
+                print(f"\nscorer demo: a child process stopped unexpectedly: {last}", file=sys.stderr)
                 return 1
             streamer.pump()
             _read(reader, tally, index, streamer)
@@ -222,6 +226,29 @@ def _loop(
         reader.close()
     _summary(tally, streamer, port)
     return 0
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("0.0.0.0", port))  # noqa: S104 - the scorer binds the same address
+        except OSError:
+            return False
+    return True
+
+
+def _last_lines(logs: Path) -> str:
+    """The last line of each child's log: why it stopped."""
+    lines = []
+    for name in ("scorer.log", "aggregate.log"):
+        text = (
+            (logs / name).read_text(errors="replace").strip().splitlines() if (logs / name).exists() else []
+        )
+        if text:
+            lines.append(f"{name}: {text[-1][:300]}")
+    return "; ".join(lines)
 
 
 def _read(reader: Consumer, tally: Tally, index: dict[str, int], streamer: Streamer) -> None:

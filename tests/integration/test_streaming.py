@@ -36,10 +36,15 @@ def test_every_transaction_is_scored_once_as_offline(
     start(settings, tiny_model, tmp_path, procs, "aggregate", "aggregator")
     scorer = start(settings, tiny_model, tmp_path, procs, "run", "scorer")
     collector = Collector(settings)
-    stream_by_day(settings, simulate(TINY), collector)
+    data = simulate(TINY)
+    stream_by_day(settings, data, collector)
     collector.poll(1.0)
     assert all(len(v) == 1 for v in collector.scores.values()), "a transaction was scored twice"
     assert_parity(collector, expected)
+    first_day = int((data.event_ts_ms // 86_400_000 == data.event_ts_ms[0] // 86_400_000).sum())
+    assert (
+        metric_value(scorer, "scorer_terminal_features_stale_total") == first_day
+    )  # nothing to wait for on day 1
     assert scorer.terminate() == 0
 
 

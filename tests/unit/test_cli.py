@@ -30,6 +30,7 @@ def assert_clean_failure(proc: subprocess.CompletedProcess[str], *needles: str) 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     proc = run_cli(
         "demo",
+        "--offline",
         "--workdir",
         str(tmp_path),
         "--customers",

@@ -33,8 +33,10 @@ from scorer.terminals import terminal_codec
 from scorer.topics import check_topics
 
 logger = logging.getLogger(__name__)
-TX = struct.Struct("<cq")  # b"T", event_ts_ms
-LABEL = struct.Struct("<cqq?")  # b"L", reported_ts_ms, tx_ts_ms, is_fraud
+# b"T", event_ts_ms, source partition, source offset
+TX = struct.Struct("<cqiq")
+# b"L", reported_ts_ms, tx_ts_ms, is_fraud, source partition, source offset
+LABEL = struct.Struct("<cqq?iq")
 NEVER = -(2**62)
 IDLE_PARTITION_S = 10.0  # a partition silent this long no longer holds the watermark back
 
@@ -50,6 +52,9 @@ class PartitionAgg:
     skip_before: int = 0  # records before this offset are already in the restored rows
     skip_labels_before_ms: int = NEVER  # ... unless a label was reported after the restored close
     label_offsets: list[tuple[int, int]] = field(default_factory=list)  # (offset, reported_ms) still pending
+    # newest source offset applied per source ("t3": transactions partition 3, "l0": labels partition 0):
+    # a re-key stage that crashed re-sends a suffix of each source, and those repeats must count once
+    sources: dict[str, int] = field(default_factory=dict)
 
 
 class Aggregator:
@@ -132,7 +137,11 @@ class Aggregator:
         b = decoded.batch
         self.metrics.repartitioned.labels("transaction").inc(len(b))
         ts = b.event_ts_ms.tolist()
-        return [{"key": t.encode(), "value": TX.pack(b"T", ts[i])} for i, t in enumerate(b.terminal_id)]
+        src = [msgs[i] for i in decoded.kept.tolist()]
+        return [
+            {"key": t.encode(), "value": TX.pack(b"T", ts[i], src[i].partition() or 0, src[i].offset() or 0)}
+            for i, t in enumerate(b.terminal_id)
+        ]
 
     def _rekey_labels(self, msgs: Sequence[Message]) -> list[dict[str, object]]:
         """Valid labels re-keyed; invalid ones go to the dead-letter topic with their reason."""
@@ -145,8 +154,14 @@ class Aggregator:
         b = decoded.batch
         self.metrics.repartitioned.labels("label").inc(len(b))
         rep, txs, fraud = b.reported_ts_ms.tolist(), b.tx_ts_ms.tolist(), b.is_fraud.tolist()
+        src = [msgs[i] for i in decoded.kept.tolist()]
         return [
-            {"key": t.encode(), "value": LABEL.pack(b"L", rep[i], txs[i], fraud[i])}
+            {
+                "key": t.encode(),
+                "value": LABEL.pack(
+                    b"L", rep[i], txs[i], fraud[i], src[i].partition() or 0, src[i].offset() or 0
+                ),
+            }
             for i, t in enumerate(b.terminal_id)
         ]
 
@@ -177,16 +192,20 @@ class Aggregator:
             )
             part.position = offset + 1
             if value[:1] == b"T" and len(value) == TX.size:
-                ts = TX.unpack(value)[1]
+                _, ts, src_partition, src_offset = TX.unpack(value)
                 part.watermark_ms = max(part.watermark_ms, ts)
-                if offset >= part.skip_before:
+                if offset >= part.skip_before and _first_time(part, f"t{src_partition}", src_offset):
                     tx_ids.append(key)
                     tx_ts.append(ts)
                     self._count_late("transaction", ts)
             elif value[:1] == b"L" and len(value) == LABEL.size:
-                _, reported, tx_time, is_fraud = LABEL.unpack(value)
+                _, reported, tx_time, is_fraud, src_partition, src_offset = LABEL.unpack(value)
                 part.watermark_ms = max(part.watermark_ms, reported)
-                if offset >= part.skip_before or reported >= part.skip_labels_before_ms:
+                if offset < part.skip_before:
+                    keep = reported >= part.skip_labels_before_ms  # pending at the restored close
+                else:
+                    keep = _first_time(part, f"l{src_partition}", src_offset)
+                if keep:
                     labels.append((key, reported, tx_time, is_fraud, offset))
         part.last_seen = time.monotonic()
         if tx_ids:
@@ -293,6 +312,7 @@ class Aggregator:
             part.position = int(dump.marker["replay_from"])
             part.skip_before = int(dump.marker["position"])
             part.skip_labels_before_ms = (day + 1) * MS_PER_DAY
+            part.sources = {str(k): int(v) for k, v in dump.marker.get("sources", {}).items()}
         return part
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -300,6 +320,14 @@ class Aggregator:
         for tp in partitions:
             self.parts.pop(tp.partition, None)
         logger.info("partitions_revoked", extra={"partitions": [tp.partition for tp in partitions]})
+
+
+def _first_time(part: PartitionAgg, source: str, offset: int) -> bool:
+    """True (and remembered) unless this source record was already applied."""
+    if offset <= part.sources.get(source, -1):
+        return False
+    part.sources[source] = offset
+    return True
 
 
 def _label_batch(rows: Sequence[tuple[str, int, int, bool, int]]) -> LabelBatch:

@@ -23,7 +23,13 @@ def expected(tiny_data: Path, tiny_model: Path) -> dict[str, float]:
 
 
 def start(
-    settings: Settings, model: Path, tmp_path: Path, procs: list[Proc], command: str, name: str, wait_s: int = 10
+    settings: Settings,
+    model: Path,
+    tmp_path: Path,
+    procs: list[Proc],
+    command: str,
+    name: str,
+    wait_s: int = 10,
 ) -> Proc:
     env = {**SCORER_ENV, "SCORER_TERMINAL_WAIT_S": str(wait_s)}
     proc = Proc(command, settings, model, tmp_path / f"{name}.log", **env)

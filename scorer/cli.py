@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
+from confluent_kafka import KafkaException
 
 from scorer import __version__
 from scorer.config import Settings
@@ -276,3 +277,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("scorer: interrupted", file=sys.stderr)
         return 130
+    except KafkaException as exc:
+        print(f"scorer: error: Kafka: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 1

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from scorer.events import TransactionBatch
+from scorer.events import TransactionBatch, rfc3339_ms
 from scorer.reference import quantile_position
 
 F32 = npt.NDArray[np.float32]
@@ -45,12 +45,6 @@ class Explainer:
         part = np.argpartition(-weight, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(weight, part, axis=1), axis=1, kind="stable")
         return np.take_along_axis(part, order, axis=1)
-
-
-def rfc3339_ms(ts_ms: npt.NDArray[np.int64]) -> list[str]:
-    """Millisecond UTC timestamps as RFC 3339 strings, vectorised."""
-    text = np.datetime_as_string(ts_ms.astype("datetime64[ms]"), unit="ms")
-    return [t + "Z" for t in text.tolist()]
 
 
 @dataclass(slots=True)

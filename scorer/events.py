@@ -66,6 +66,12 @@ CURRENCY_RE = re.compile(r"[A-Z]{3}")
 _EPOCH_DAY: dict[str, int] = {}  # "YYYY-MM-DD" -> days since 1970-01-01; dates repeat within a stream
 
 
+def rfc3339_ms(ts_ms: npt.NDArray[np.int64]) -> list[str]:
+    """Millisecond UTC timestamps as the contract's RFC 3339 strings ("...T12:03:04.123Z"), vectorised."""
+    text = np.datetime_as_string(ts_ms.astype("datetime64[ms]"), unit="ms")
+    return [t + "Z" for t in text.tolist()]
+
+
 def parse_rfc3339_ms(text: str) -> int:
     """RFC 3339 UTC timestamp -> ms since the epoch; Rejected('invalid_timestamp') otherwise."""
     m = TIMESTAMP_RE.fullmatch(text)

@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, Producer
 from scorer.broker import EmbeddedBroker, free_port
 from scorer.config import Settings
 from scorer.console import table
-from scorer.simulate import SimulatedData, SimulationParams, simulate
+from scorer.simulate import SimulatedData, SimulationParams, label_values, simulate, transaction_values
 from scorer.topics import create_topics
 
 PARTITIONS = 4
@@ -52,41 +52,6 @@ class Tally:
     def percentile(self, q: float) -> float:
         recent = self.latencies_ms[-20_000:]
         return float(np.percentile(recent, q)) if recent else float("nan")
-
-
-def transaction_values(data: SimulatedData, idx: np.ndarray) -> list[bytes]:
-    """JSON values of the transactions `idx`, per schemas/transaction.schema.json."""
-    ts = np.datetime_as_string(data.event_ts_ms[idx].astype("datetime64[ms]"), unit="ms")
-    amounts = data.amount[idx].tolist()
-    out = []
-    for j, i in enumerate(idx.tolist()):
-        doc = {
-            "transaction_id": data.transaction_id[i],
-            "timestamp": f"{ts[j]}Z",
-            "customer_id": data.customer_id[i],
-            "terminal_id": data.terminal_id[i],
-            "amount": amounts[j],
-            "currency": data.currency[i],
-            "channel": data.channel[i],
-            "merchant_category": data.merchant_category[i],
-        }
-        out.append(orjson.dumps(doc))
-    return out
-
-
-def label_value(data: SimulatedData, k: int) -> tuple[bytes, bytes]:
-    i = int(data.label_index[k])
-    reported = np.datetime_as_string(np.datetime64(int(data.label_reported_ts_ms[k]), "ms"), unit="ms")
-    event = np.datetime_as_string(np.datetime64(int(data.event_ts_ms[i]), "ms"), unit="ms")
-    doc = {
-        "transaction_id": data.transaction_id[i],
-        "customer_id": data.customer_id[i],
-        "terminal_id": data.terminal_id[i],
-        "is_fraud": True,
-        "reported_at": f"{reported}Z",
-        "timestamp": f"{event}Z",
-    }
-    return data.terminal_id[i].encode(), orjson.dumps(doc)
 
 
 class Streamer:
@@ -121,10 +86,14 @@ class Streamer:
 
     def _labels_until(self, now_ms: int) -> None:
         reported = self.data.label_reported_ts_ms
-        while self.next_label < len(reported) and reported[self.next_label] <= now_ms:
-            key, value = label_value(self.data, self.next_label)
-            self.producer.produce(self.settings.labels_topic, value=value, key=key)
-            self.next_label += 1
+        end = int(np.searchsorted(reported, now_ms, side="right"))
+        if end <= self.next_label:
+            return
+        positions = np.arange(self.next_label, end)
+        terminals = [self.data.terminal_id[i] for i in self.data.label_index[positions].tolist()]
+        for terminal, value in zip(terminals, label_values(self.data, positions), strict=True):
+            self.producer.produce(self.settings.labels_topic, value=value, key=terminal.encode())
+        self.next_label = end
 
     @property
     def done(self) -> bool:

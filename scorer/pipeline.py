@@ -37,6 +37,7 @@ I64 = npt.NDArray[np.int64]
 DLQ_REASONS = (
     "empty_value", "oversized_value", "invalid_utf8", "invalid_json", "not_an_object", "missing_field",
     "wrong_type", "empty_field", "field_too_long", "invalid_amount", "invalid_timestamp", "invalid_currency",
+    "processing_error",
 )  # fmt: skip
 ACK_TIMEOUT_S = 30.0
 GAUGE_INTERVAL_S = 2.0
@@ -131,7 +132,10 @@ class Pipeline:
         self.consuming = True
         self.table.poll()
         if msgs:
-            self.process(msgs)
+            try:
+                self.process(msgs)
+            except Exception as exc:  # the one broad except: a poison batch must not become a crash loop
+                self._dead_letter_batch(msgs, exc)
         self._advance_commits()
         if self.sink.failure is not None:
             self.fatal = self.sink.failure
@@ -168,6 +172,15 @@ class Pipeline:
         for m in records:
             self.progress[m.partition() or 0] = (m.offset() or 0) + 1
         self.metrics.batch_seconds.observe(time.monotonic() - started)
+
+    def _dead_letter_batch(self, msgs: Sequence[Message], exc: Exception) -> None:
+        """A batch that failed for a reason of ours goes, record by record, to the DLQ with the error."""
+        logger.exception("batch_failed", extra={"records": len(msgs)})
+        detail = f"{type(exc).__name__}: {exc}"
+        for m in msgs:
+            if m.error() is None:
+                self._dead_letter(m, "processing_error", detail)
+                self.progress[m.partition() or 0] = (m.offset() or 0) + 1
 
     def _usable(self, msg: Message) -> bool:
         err = msg.error()

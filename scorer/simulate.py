@@ -20,7 +20,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-MS_PER_DAY = 86_400_000
+from scorer.events import MS_PER_DAY, rfc3339_ms
+
 GRID = 100.0
 FRAUD_AMOUNT = 220.0
 TERMINAL_COMPROMISED_PER_DAY, TERMINAL_COMPROMISE_DAYS = 2, 28
@@ -69,10 +70,12 @@ def _terminal_lists(
     cust_xy = rng.uniform(0, GRID, (p.customers, 2))
     term_xy = rng.uniform(0, GRID, (p.terminals, 2))
     reach: list[npt.NDArray[np.int64]] = []
-    block = 512  # distance blocks keep memory at block x terminals
+    block = 128  # small distance blocks: ~10 MB each, reused by the allocator instead of faulted in anew
+    tx, ty = term_xy[:, 0], term_xy[:, 1]
     for start in range(0, p.customers, block):
-        d2 = ((cust_xy[start : start + block, None, :] - term_xy[None, :, :]) ** 2).sum(axis=2)
-        inside = d2 < p.radius**2
+        dx = cust_xy[start : start + block, 0, None] - tx
+        dy = cust_xy[start : start + block, 1, None] - ty
+        inside = dx * dx + dy * dy < p.radius**2
         reach.extend(np.flatnonzero(row).astype(np.int64) for row in inside)
     return cust_xy, reach
 
@@ -178,43 +181,52 @@ def _customer_fraud(
     return amount
 
 
-def _rfc3339(ts_ms: npt.NDArray[np.int64]) -> list[str]:
-    return [t + "Z" for t in np.datetime_as_string(ts_ms.astype("datetime64[ms]"), unit="ms").tolist()]
+def transaction_values(data: SimulatedData, idx: npt.NDArray[np.int64]) -> list[bytes]:
+    """JSON values (schemas/transaction.schema.json) of the transactions `idx`: for files and streams."""
+    stamps = rfc3339_ms(data.event_ts_ms[idx])
+    amounts = data.amount[idx].tolist()
+    return [
+        orjson.dumps(
+            {
+                "transaction_id": data.transaction_id[i],
+                "timestamp": stamps[j],
+                "customer_id": data.customer_id[i],
+                "terminal_id": data.terminal_id[i],
+                "amount": amounts[j],
+                "currency": data.currency[i],
+                "channel": data.channel[i],
+                "merchant_category": data.merchant_category[i],
+            }
+        )
+        for j, i in enumerate(idx.tolist())
+    ]
+
+
+def label_values(data: SimulatedData, labels: npt.NDArray[np.int64]) -> list[bytes]:
+    """JSON values (schemas/label.schema.json) of the labels at positions `labels` of label_index."""
+    tx = data.label_index[labels]
+    reported, stamps = rfc3339_ms(data.label_reported_ts_ms[labels]), rfc3339_ms(data.event_ts_ms[tx])
+    return [
+        orjson.dumps(
+            {
+                "transaction_id": data.transaction_id[i],
+                "customer_id": data.customer_id[i],
+                "terminal_id": data.terminal_id[i],
+                "is_fraud": True,
+                "reported_at": reported[j],
+                "timestamp": stamps[j],
+            }
+        )
+        for j, i in enumerate(tx.tolist())
+    ]
 
 
 def write_jsonl(data: SimulatedData, out_dir: Path) -> tuple[Path, Path]:
     """DIR/transactions.jsonl and DIR/labels.jsonl, one compact JSON object per line."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tx_path, label_path = out_dir / "transactions.jsonl", out_dir / "labels.jsonl"
-    stamps = _rfc3339(data.event_ts_ms)
-    amounts = data.amount.tolist()
     with tx_path.open("wb") as fh:
-        fh.writelines(
-            orjson.dumps(
-                {
-                    "transaction_id": data.transaction_id[i],
-                    "timestamp": stamps[i],
-                    "customer_id": data.customer_id[i],
-                    "terminal_id": data.terminal_id[i],
-                    "amount": amounts[i],
-                    "currency": data.currency[i],
-                    "channel": data.channel[i],
-                    "merchant_category": data.merchant_category[i],
-                }
-            )
-            + b"\n"
-            for i in range(len(amounts))
-        )
-    reported = _rfc3339(data.label_reported_ts_ms)
+        fh.writelines(v + b"\n" for v in transaction_values(data, np.arange(len(data.amount))))
     with label_path.open("wb") as fh:
-        for k, i in enumerate(data.label_index.tolist()):
-            doc = {
-                "transaction_id": data.transaction_id[i],
-                "customer_id": data.customer_id[i],
-                "terminal_id": data.terminal_id[i],
-                "is_fraud": True,
-                "reported_at": reported[k],
-                "timestamp": stamps[i],
-            }
-            fh.write(orjson.dumps(doc) + b"\n")
+        fh.writelines(v + b"\n" for v in label_values(data, np.arange(len(data.label_index))))
     return tx_path, label_path

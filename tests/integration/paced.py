@@ -18,9 +18,8 @@ from scorer.config import Settings
 from scorer.dataset import History
 from scorer.events import MS_PER_DAY
 from scorer.history import replay
-from scorer.livedemo import label_value, transaction_values
 from scorer.model import OnnxModel
-from scorer.simulate import SimulatedData
+from scorer.simulate import SimulatedData, label_values, transaction_values
 from tests.integration.conftest import FAST
 
 
@@ -108,9 +107,11 @@ def stream_by_day(
         values = transaction_values(data, idx)
         for i, value in zip(idx.tolist(), values, strict=True):
             producer.produce(settings.input_topic, value=value, key=data.customer_id[i].encode())
-        for k in np.flatnonzero(label_days == day).tolist():
-            key, value = label_value(data, k)
-            producer.produce(settings.labels_topic, value=value, key=key)
+        due = np.flatnonzero(label_days == day)
+        for k, value in zip(due.tolist(), label_values(data, due), strict=True):
+            producer.produce(
+                settings.labels_topic, value=value, key=data.terminal_id[data.label_index[k]].encode()
+            )
         assert producer.flush(30) == 0
         if on_day is not None:
             on_day(n)

@@ -12,10 +12,8 @@ import orjson
 from confluent_kafka import KafkaException
 
 from scorer import __version__
-from scorer.config import Settings
+from scorer.config import DEFAULT_MODEL, Settings
 from scorer.errors import ConfigError, ScorerError
-
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default" / "1"
 
 
 def _date(text: str) -> datetime.date:

@@ -69,6 +69,10 @@ class FeatureConfig:
     def terminal_ring_days(self) -> int:
         return self.label_delay_days + 32
 
+    def codes(self) -> dict[str, dict[str, int]]:
+        """value -> code per categorical field, from the training vocabulary."""
+        return {k: {v: i for i, v in enumerate(vals)} for k, vals in self.categories.items()}
+
 
 def stateless_features(batch: TransactionBatch, vocab: Mapping[str, Mapping[str, int]]) -> F64:
     """Amount, time-of-day and categorical codes: nothing that needs history."""
@@ -203,10 +207,6 @@ class TerminalFeatures:
         known = slots >= 0
         self.ring.add("fraud", slots[known], days[known], np.ones(int(known.sum())))
 
-    @property
-    def pending_labels(self) -> int:
-        return sum(len(b) for b in self._pending)
-
 
 def _share(part: F64, whole: F64) -> F64:
     out = np.zeros(len(part))
@@ -219,7 +219,7 @@ class FeatureEngine:
 
     def __init__(self, config: FeatureConfig | None = None) -> None:
         self.config = config or FeatureConfig()
-        self.vocab = {k: {v: i for i, v in enumerate(vals)} for k, vals in self.config.categories.items()}
+        self.vocab = self.config.codes()
         self.customers = CustomerFeatures(self.config)
         self.terminals = TerminalFeatures(self.config)
         self.today = np.iinfo(np.int64).min  # expiry clock: newest 'oldest day of a batch' seen

@@ -24,7 +24,7 @@ import orjson
 from confluent_kafka import Consumer, Producer
 
 from scorer.broker import EmbeddedBroker, free_port
-from scorer.config import Settings
+from scorer.config import DEFAULT_MODEL, Settings
 from scorer.console import table
 from scorer.simulate import SimulatedData, SimulationParams, label_values, simulate, transaction_values
 from scorer.topics import create_topics
@@ -123,8 +123,6 @@ def child(
 
 
 def run_live_demo(args: argparse.Namespace) -> int:
-    from scorer.cli import DEFAULT_MODEL
-
     model = str(args.model or DEFAULT_MODEL)
     params = SimulationParams(
         customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed, start=args.start

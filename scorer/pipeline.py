@@ -67,6 +67,7 @@ class Pipeline:
         self.metrics.model_info.info({"version": model.label, "threshold": f"{model.threshold:.6f}"})
         self.sink = Sink(settings.producer_config(), self.metrics)
         config = model.meta.feature_config
+        self.vocab = config.codes()
         reader = settings.consumer_config(group=f"{settings.group}-reader")
         self.customers = CustomerStore(config, reader, settings.state_topic)
         self.table = TerminalTable(
@@ -195,7 +196,6 @@ class Pipeline:
 
     def features(self, batch: TransactionBatch, partitions: I64) -> npt.NDArray[np.float32]:
         """Stateless + per-partition customer windows + terminal table, in FEATURE_NAMES order."""
-        vocab = self._vocab()
         customer = np.empty((len(batch), len(CUSTOMER_NAMES)), dtype=np.float64)
         for p in np.unique(partitions).tolist():
             idx = np.flatnonzero(partitions == p)
@@ -203,11 +203,7 @@ class Pipeline:
             state = self.customers.get(p)
             customer[idx] = state.update_and_compute(ids, batch.event_ts_ms[idx], batch.amount[idx])
         terminal = self.table.features(batch.terminal_id, batch.event_ts_ms)
-        return np.hstack([stateless_features(batch, vocab), customer, terminal]).astype(np.float32)
-
-    def _vocab(self) -> dict[str, dict[str, int]]:
-        cats = self.model.meta.feature_config.categories
-        return {k: {v: i for i, v in enumerate(vals)} for k, vals in cats.items()}
+        return np.hstack([stateless_features(batch, self.vocab), customer, terminal]).astype(np.float32)
 
     def _score(self, batch: TransactionBatch, kept: Sequence[Message]) -> None:
         partitions = np.fromiter((m.partition() or 0 for m in kept), dtype=np.int64, count=len(kept))
@@ -231,8 +227,8 @@ class Pipeline:
         self.metrics.scored.inc(len(batch))
         self.metrics.flagged.inc(len(flag_idx))
         produced_ts = np.fromiter((m.timestamp()[1] for m in kept), dtype=np.int64, count=len(kept))
-        for latency in ((now_ms - produced_ts[produced_ts > 0]) / 1000.0).tolist():
-            self.metrics.latency.observe(max(latency, 0.0))
+        latency_s = np.maximum(now_ms - produced_ts[produced_ts > 0], 0) / 1000.0
+        self.metrics.latency.observe_many(latency_s)
 
     def _dead_letter(self, msg: Message, reason: str, detail: str) -> None:
         headers = [

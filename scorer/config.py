@@ -7,7 +7,6 @@ or `--kafka-opt key=value`), so SASL/SSL need no code. `SCORER_X_FILE=/path` rea
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 import typing
@@ -235,10 +234,3 @@ def validate(s: Settings) -> None:
     problems += [f"{t} must not be empty" for t in topics if not getattr(s, t).strip()]
     if problems:
         raise ConfigError("invalid settings: " + "; ".join(problems))
-
-
-def replace(settings: Settings, **changes: Any) -> Settings:
-    """A copy with some fields changed (validated), e.g. for the demo's embedded broker."""
-    new = dataclasses.replace(settings, **changes)
-    validate(new)
-    return new

@@ -193,18 +193,8 @@ class DayRing:
             arr[slots] = 0.0
         return keys
 
-    def export(self, keys: Sequence[str]) -> dict[str, npt.NDArray[np.generic]]:
-        """The rows of `keys` (known ones only) as plain arrays, for snapshots and the terminal table."""
-        slots = self.slots(keys, create=False)
-        known = slots >= 0
-        rows = slots[known]
-        out: dict[str, npt.NDArray[np.generic]] = {"newest_ms": self.newest_ms[rows].copy()}
-        for name, arr in self.buckets.items():
-            out[name] = arr[rows].copy()
-        return out
-
     def load(self, keys: Sequence[str], rows: dict[str, npt.NDArray[np.generic]]) -> I64:
-        """Overwrite (or create) the rows of `keys` from `export` output; returns their slots."""
+        """Overwrite (or create) the rows of `keys` (e.g. decoded from a state topic); returns their slots."""
         slots = self.slots(keys)
         self.newest_ms[slots] = rows["newest_ms"]
         for name, arr in self.buckets.items():
@@ -218,7 +208,3 @@ class DayRing:
         keys = [self._keys[s] for s in slots.tolist()]
         expired, self._expired = self._expired, []
         return [k for k in keys if k is not None], slots, expired
-
-    def keys_in_use(self) -> list[str]:
-        """Every key with state, in slot order (stable for snapshots)."""
-        return [k for k in self._keys if k is not None]

@@ -124,6 +124,11 @@ class Metrics:
             "Transactions scored before the aggregator had closed the previous day.",
             registry=r,
         )
+        self.terminal_ahead = Counter(
+            "scorer_terminal_features_ahead",
+            "Transactions scored after the table had applied a later day's close (late events, partition skew).",
+            registry=r,
+        )
         self.terminal_day = Gauge(
             "scorer_terminal_table_closed_day_timestamp_seconds",
             "Start of the newest day closed by the aggregator and applied to the terminal table.",

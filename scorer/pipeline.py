@@ -71,7 +71,12 @@ class Pipeline:
         reader = settings.consumer_config(group=f"{settings.group}-reader")
         self.customers = CustomerStore(config, reader, settings.state_topic)
         self.table = TerminalTable(
-            config, reader, settings.terminal_topic, settings.terminal_wait_s, self.metrics.terminal_stale.inc
+            config,
+            reader,
+            settings.terminal_topic,
+            settings.terminal_wait_s,
+            self.metrics.terminal_stale.inc,
+            self.metrics.terminal_ahead.inc,
         )
         self.consumer = Consumer(settings.consumer_config())
         self.progress: dict[int, int] = {}  # next offset to commit, per assigned partition

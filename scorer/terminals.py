@@ -45,12 +45,14 @@ class TerminalTable:
         topic: str,
         wait_s: float = 0.0,
         on_stale: Callable[[int], None] | None = None,
+        on_ahead: Callable[[int], None] | None = None,
     ) -> None:
         self.terminals = TerminalFeatures(config)
         self.codec = terminal_codec(config)
         self.topic = topic
         self.wait_s = wait_s
         self.on_stale = on_stale
+        self.on_ahead = on_ahead
         conf = {
             **consumer_config,
             "group.id": f"scorer-table-{uuid.uuid4().hex[:8]}",
@@ -122,6 +124,8 @@ class TerminalTable:
             self._apply_until(d - 1)
             if self.applied_day < d - 1 and self.on_stale is not None:
                 self.on_stale(len(idx))
+            elif self.applied_day > d - 1 and self.on_ahead is not None:
+                self.on_ahead(len(idx))  # a late event, or partitions more than a day apart
             slots = self.terminals.ring.slots([terminal_id[i] for i in idx.tolist()], create=False)
             out[idx] = self._compute(slots, day[idx])
         return out

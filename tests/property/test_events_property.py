@@ -1,4 +1,5 @@
-"""Whatever bytes arrive, the decoder returns: every record is either kept or rejected with a reason."""
+"""Whatever bytes arrive, the decoder returns: every record is either kept or rejected with a reason, and
+the columnar transaction decoder says what the per-record one says."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scorer.errors import Rejected
-from scorer.events import decode_labels, decode_transactions, parse_rfc3339_ms
+from scorer.events import (
+    _decode_transactions_per_record,
+    decode_labels,
+    decode_transactions,
+    parse_rfc3339_ms,
+)
 
 json_values = st.recursive(
     st.none()
@@ -39,6 +45,13 @@ def check_partition(values: list[bytes | None]) -> None:
         assert sorted(decoded.kept.tolist() + rejected) == list(range(len(values)))
         assert all(isinstance(r, Rejected) and r.reason for _, r in decoded.rejected)
         assert len(decoded.batch) == len(decoded.kept)
+    fast, ref = decode_transactions(values), _decode_transactions_per_record(values)
+    assert fast.kept.tolist() == ref.kept.tolist()
+    assert [(i, r.reason, r.detail) for i, r in fast.rejected] == [
+        (i, r.reason, r.detail) for i, r in ref.rejected
+    ]
+    assert fast.batch.amount.tobytes() == ref.batch.amount.tobytes()
+    assert fast.batch.event_ts_ms.tolist() == ref.batch.event_ts_ms.tolist()
 
 
 @given(st.lists(st.binary(max_size=200) | st.none(), max_size=8))

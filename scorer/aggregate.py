@@ -27,6 +27,7 @@ from scorer.config import Settings
 from scorer.events import MS_PER_DAY, LabelBatch, decode_labels, decode_transactions
 from scorer.features import LATE_GRACE_DAYS, FeatureConfig, TerminalFeatures
 from scorer.metrics import AggregatorMetrics, HealthServer
+from scorer.runtime import tune_gc
 from scorer.sink import Sink
 from scorer.tables import MARKER_KEY, encode_marker, load_rows, read_partition
 from scorer.terminals import terminal_codec
@@ -93,6 +94,7 @@ class Aggregator:
                 [self.settings.terminal_events_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
             )
             logger.info("aggregator_started", extra={"settings": self.settings.masked()})
+            tune_gc()
             while not stop.is_set() and self.sink.failure is None:
                 self.step()
             self._flush_commits(timeout_s=10.0)

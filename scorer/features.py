@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
 
-from scorer.batches import concat_labels, take_labels
+from scorer.batches import concat_labels, pick, take_labels
 from scorer.events import MS_PER_DAY, LabelBatch, TransactionBatch
-from scorer.state import DayRing, Window, occurrence_rank
+from scorer.state import DayRing, occurrence_rank
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -88,11 +89,9 @@ def stateless_features(batch: TransactionBatch, vocab: Mapping[str, Mapping[str,
 
 def encode_category(values: Sequence[str | None], codes: Mapping[str, int]) -> F64:
     """Training vocabulary index, MISSING_CODE when absent, UNSEEN_CODE for a value never trained on."""
-    return np.fromiter(
-        (MISSING_CODE if v is None else codes.get(v, UNSEEN_CODE) for v in values),
-        dtype=np.float64,
-        count=len(values),
-    )
+    lookup: dict[str | None, float] = {None: MISSING_CODE}
+    lookup.update(codes)
+    return np.fromiter(map(lookup.get, values, repeat(UNSEEN_CODE)), dtype=np.float64, count=len(values))
 
 
 def rounds(slots: I64) -> list[I64]:
@@ -116,7 +115,6 @@ class CustomerFeatures:
 
     def __init__(self, config: FeatureConfig) -> None:
         self.ring = DayRing(config.customer_ring_days, ("count", "amount"), MS_PER_DAY)
-        self.windows = [Window(w) for w in WINDOW_DAYS]
 
     def update_and_compute(self, customer_id: Sequence[str], ts_ms: I64, amount: F64) -> F64:
         slots = self.ring.slots(customer_id)
@@ -129,14 +127,14 @@ class CustomerFeatures:
         ring = self.ring
         since_last = np.clip((ts_ms - ring.newest_ms[slots]) / 1000.0, 0.0, SINCE_LAST_CAP_S)
         ring.advance(slots, ts_ms)
-        counts = [ring.window_sums("count", slots, ts_ms, w) for w in self.windows]
-        sums = [ring.window_sums("amount", slots, ts_ms, w) for w in self.windows]
+        sums = ring.window_sums(("count", "amount"), slots, ts_ms, WINDOW_DAYS)
+        counts, totals = sums[:, 0], sums[:, 1]  # (n, windows), before this event
         day = ts_ms // MS_PER_DAY
         ring.add("count", slots, day, np.ones(len(slots)))
         ring.add("amount", slots, day, amount)
-        means = [(s + amount) / (c + 1.0) for c, s in zip(counts, sums, strict=True)]
-        ratios = [_ratio(amount, counts[i], sums[i]) for i in (1, 2)]
-        return np.column_stack([*(c + 1.0 for c in counts), *means, *ratios, since_last])
+        means = (totals + amount[:, None]) / (counts + 1.0)
+        ratios = [_ratio(amount, counts[:, i], totals[:, i]) for i in (1, 2)]
+        return np.column_stack([counts + 1.0, means, *ratios, since_last])
 
 
 def _ratio(amount: F64, count: F64, total: F64) -> F64:
@@ -166,16 +164,10 @@ class TerminalFeatures:
 
     def compute(self, slots: I64, day: I64) -> F64:
         """Features of events on `day` from the closed-day state of `slots` (no update)."""
-        ring, fresh_end, delayed_end = self.ring, day - 1, day - 1 - self.delay_days
-        counts = [ring.day_sums("count", slots, delayed_end, w) for w in WINDOW_DAYS]
-        frauds = [ring.day_sums("fraud", slots, delayed_end, w) for w in WINDOW_DAYS]
-        fresh = [
-            _share(ring.day_sums("fraud", slots, fresh_end, w), ring.day_sums("count", slots, fresh_end, w))
-            for w in WINDOW_DAYS
-        ]
-        return np.column_stack(
-            [*counts, *(_share(f, c) for f, c in zip(frauds, counts, strict=True)), *fresh]
-        )
+        ends = np.column_stack([day - 1 - self.delay_days, day - 1])  # labels complete | as they came
+        sums = self.ring.day_sums(("count", "fraud"), slots, ends, WINDOW_DAYS)  # (n, field, end, window)
+        counts, frauds = sums[:, 0, 0], sums[:, 1, 0]
+        return np.hstack([counts, _share(frauds, counts), _share(sums[:, 1, 1], sums[:, 0, 1])])
 
     def add_transactions(self, terminal_id: Sequence[str], ts_ms: I64) -> I64:
         """Count transactions into their day buckets; returns their slots."""
@@ -209,7 +201,7 @@ class TerminalFeatures:
 
 
 def _share(part: F64, whole: F64) -> F64:
-    out = np.zeros(len(part))
+    out = np.zeros(part.shape)
     np.divide(part, whole, out=out, where=whole > 0)
     return out
 
@@ -245,7 +237,7 @@ class FeatureEngine:
             idx = np.flatnonzero(day == d)
             if d - 1 > terminals.closed_day:
                 terminals.close(d - 1)
-            ids = [terminal_id[i] for i in idx.tolist()]
+            ids = pick(terminal_id, idx)
             slots = terminals.ring.slots(ids)
             out[idx] = terminals.compute(slots, day[idx])
             terminals.add_transactions(ids, ts_ms[idx])

@@ -17,9 +17,17 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from prometheus_client import CollectorRegistry
 
+from scorer.batches import pick
 from scorer.config import Settings
 from scorer.decisions import Explainer, ScoredBatch, encode_decisions
 from scorer.errors import ScorerError
@@ -27,6 +35,7 @@ from scorer.events import TransactionBatch, decode_transactions
 from scorer.features import CUSTOMER_NAMES, FEATURE_NAMES, stateless_features
 from scorer.metrics import HealthServer, Metrics
 from scorer.model import OnnxModel
+from scorer.runtime import tune_gc
 from scorer.sink import Sink
 from scorer.snapshots import CustomerStore
 from scorer.terminals import TerminalTable
@@ -108,6 +117,7 @@ class Pipeline:
                 on_lost=self._on_lost,
             )
             logger.info("started", extra={"model": self.model.label, "settings": self.settings.masked()})
+            tune_gc()
             while not stop.is_set() and self.fatal is None:
                 self.step()
             self._shutdown()
@@ -162,22 +172,32 @@ class Pipeline:
     # -- the hot path ----------------------------------------------------------------------------------
 
     def process(self, msgs: Sequence[Message]) -> None:
-        """Score one consumed batch: decode all, dead-letter the bad, one feature pass, one model call."""
+        """Score one consumed batch: decode all, dead-letter the bad, one feature pass, one model call.
+
+        Message fields are read with map() over the batch (no bytecode per record) and kept as arrays.
+        """
         started = time.monotonic()
-        records = [m for m in msgs if self._usable(m)]
+        records = msgs if not any(map(Message.error, msgs)) else [m for m in msgs if self._usable(m)]
         if not records:
             return
-        self.metrics.consumed.inc(len(records))
-        self.metrics.batch_size.observe(len(records))
-        decoded = decode_transactions([m.value() for m in records], self.settings.max_value_bytes)
+        n = len(records)
+        self.metrics.consumed.inc(n)
+        self.metrics.batch_size.observe(n)
+        decoded = decode_transactions(list(map(Message.value, records)), self.settings.max_value_bytes)
         for index, rejected in decoded.rejected:
             self._dead_letter(records[index], rejected.reason, rejected.detail)
+        partitions = np.fromiter(map(Message.partition, records), dtype=np.int64, count=n)
         if len(decoded.batch):
-            kept = [records[i] for i in decoded.kept.tolist()]
-            self._score(decoded.batch, kept)
-        for m in records:
-            self.progress[m.partition() or 0] = (m.offset() or 0) + 1
+            kept = decoded.kept
+            produced = np.fromiter(map(_create_time, records), dtype=np.int64, count=n)
+            self._score(decoded.batch, partitions[kept], produced[kept])
+        self._record_progress(partitions, np.fromiter(map(Message.offset, records), dtype=np.int64, count=n))
         self.metrics.batch_seconds.observe(time.monotonic() - started)
+
+    def _record_progress(self, partitions: I64, offsets: I64) -> None:
+        """Next offset to commit per partition: one past the newest offset of the batch."""
+        for p in np.unique(partitions).tolist():
+            self.progress[p] = int(offsets[partitions == p].max()) + 1
 
     def _dead_letter_batch(self, msgs: Sequence[Message], exc: Exception) -> None:
         """A batch that failed for a reason of ours goes, record by record, to the DLQ with the error."""
@@ -204,14 +224,13 @@ class Pipeline:
         customer = np.empty((len(batch), len(CUSTOMER_NAMES)), dtype=np.float64)
         for p in np.unique(partitions).tolist():
             idx = np.flatnonzero(partitions == p)
-            ids = [batch.customer_id[i] for i in idx.tolist()]
+            ids = pick(batch.customer_id, idx)
             state = self.customers.get(p)
             customer[idx] = state.update_and_compute(ids, batch.event_ts_ms[idx], batch.amount[idx])
         terminal = self.table.features(batch.terminal_id, batch.event_ts_ms)
         return np.hstack([stateless_features(batch, self.vocab), customer, terminal]).astype(np.float32)
 
-    def _score(self, batch: TransactionBatch, kept: Sequence[Message]) -> None:
-        partitions = np.fromiter((m.partition() or 0 for m in kept), dtype=np.int64, count=len(kept))
+    def _score(self, batch: TransactionBatch, partitions: I64, produced_ms: I64) -> None:
         X = self.features(batch, partitions)
         t0 = time.perf_counter()
         scores = self.model.predict(X)
@@ -220,7 +239,7 @@ class Pipeline:
         now_ms = int(time.time() * 1000)
         scored = ScoredBatch(batch, X, scores, flagged, self.model.threshold, self.model.label)
         values = encode_decisions(scored, self.explainer, now_ms)
-        keys = [c.encode() for c in batch.customer_id]
+        keys = list(map(str.encode, batch.customer_id))
         self.sink.send(
             self.settings.decisions_topic, [{"key": k, "value": v} for k, v in zip(keys, values, strict=True)]
         )
@@ -231,8 +250,7 @@ class Pipeline:
             )
         self.metrics.scored.inc(len(batch))
         self.metrics.flagged.inc(len(flag_idx))
-        produced_ts = np.fromiter((m.timestamp()[1] for m in kept), dtype=np.int64, count=len(kept))
-        latency_s = np.maximum(now_ms - produced_ts[produced_ts > 0], 0) / 1000.0
+        latency_s = np.maximum(now_ms - produced_ms[produced_ms > 0], 0) / 1000.0
         self.metrics.latency.observe_many(latency_s)
 
     def _dead_letter(self, msg: Message, reason: str, detail: str) -> None:
@@ -358,6 +376,12 @@ class Pipeline:
             if tp.offset >= 0:
                 self.metrics.lag.labels(str(tp.partition)).set(max(0, high - tp.offset))
                 self.lag_partitions.add(tp.partition)
+
+
+def _create_time(msg: Message) -> int:
+    """The record's timestamp in ms (0 when it has none)."""
+    kind, ms = msg.timestamp()
+    return int(ms) if kind != TIMESTAMP_NOT_AVAILABLE else 0
 
 
 def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:

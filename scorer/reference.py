@@ -45,10 +45,14 @@ def build_reference(X: F32, scores: F64, names: Sequence[str], seed: int) -> dic
     }
 
 
-def quantile_position(reference: Mapping[str, Any], names: Sequence[str], X: F32) -> F64:
+def quantile_edges(reference: Mapping[str, Any], names: Sequence[str]) -> tuple[F64, ...]:
+    """The stored training quantile edges of each feature, as arrays (prepared once per model)."""
+    return tuple(np.asarray(reference["features"][name]["edges"], dtype=np.float64) for name in names)
+
+
+def quantile_position(edges: Sequence[F64], X: F32) -> F64:
     """(n, features): where each value falls in its training distribution, 0 (lowest bin) to 1 (highest)."""
     out = np.zeros(X.shape, dtype=np.float64)
-    for i, name in enumerate(names):
-        edges = np.asarray(reference["features"][name]["edges"], dtype=np.float64)
-        out[:, i] = np.searchsorted(edges, X[:, i], side="right") / max(1, len(edges))
+    for i, e in enumerate(edges):
+        out[:, i] = np.searchsorted(e, X[:, i], side="right") / max(1, len(e))
     return out

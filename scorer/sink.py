@@ -74,6 +74,8 @@ class Sink:
                 for m in pending:
                     m["_error"] = "queue full"
             self._in_flight[epoch] = self._in_flight.get(epoch, 0) + queued
+            if queued == len(pending):
+                break
             failed = [m for m in pending if "_error" in m]
             if failed and len(failed) == len(pending) and queued == 0:
                 self._wait_for_room()

@@ -8,8 +8,8 @@ whose newest day left every ring are dropped (`expire`), so memory is bounded by
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -17,14 +17,6 @@ import numpy.typing as npt
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 NO_MS = np.iinfo(np.int64).min // 2  # the newest event time of an unused slot (far before any real day)
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """A window of `days` days ending at an event-time instant, `lag_days` before the event."""
-
-    days: int
-    lag_days: int = 0
 
 
 def occurrence_rank(slots: I64) -> I64:
@@ -76,18 +68,17 @@ class DayRing:
         self._keys.extend([None] * (capacity - old))
         self._free.extend(range(capacity - 1, old - 1, -1))
 
-    def slots(self, keys: Iterable[str], create: bool = True) -> I64:
-        """Slot of each key; unknown keys get a new slot, or -1 when `create` is false."""
-        index = self.index
-        if not create:
-            return np.fromiter((index.get(k, -1) for k in keys), dtype=np.int64)
-        out: list[int] = []
-        for key in keys:
-            slot = index.get(key)
-            if slot is None:
-                slot = self._allocate(key)
-            out.append(slot)
-        return np.asarray(out, dtype=np.int64)
+    def slots(self, keys: Sequence[str], create: bool = True) -> I64:
+        """Slot of each key; unknown keys get a new slot, or -1 when `create` is false.
+
+        The lookup is one map() over the batch; only keys seen for the first time take a Python loop.
+        """
+        found = np.fromiter(map(self.index.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
+        if create:
+            for i in np.flatnonzero(found < 0).tolist():
+                slot = self.index.get(keys[i])  # the same new key may come twice in a batch
+                found[i] = self._allocate(keys[i]) if slot is None else slot
+        return found
 
     def _allocate(self, key: str) -> int:
         if not self._free:
@@ -140,27 +131,33 @@ class DayRing:
         self.dirty[slots] = True
         return int(kept.sum())
 
-    def window_sums(self, field: str, slots: I64, end_ms: I64, window: Window) -> F64:
-        """Sum of a field over (end - days, end]: whole buckets, plus the oldest day pro rata.
+    def window_sums(self, fields: Sequence[str], slots: I64, end_ms: I64, days: Sequence[int]) -> F64:
+        """(n, fields, windows): sums over (end - w, end] per window length w, the oldest day pro rata.
 
-        The day holding `end` counts whole; the day `days` before it counts by the share of it that
+        The day holding `end` counts whole; the day w days before it counts by the share of it that
         lies inside the window. This keeps counts continuous across midnight with day-sized buckets.
+        Every field and window in one pass: the ring layout is worked out once per call.
         """
-        end_day = end_ms // self.ms_per_day - window.lag_days
+        age = (end_ms // self.ms_per_day)[:, None] - self.held_days(slots)  # (n, n_days)
         frac = (end_ms % self.ms_per_day) / self.ms_per_day
-        held = self.held_days(slots)
-        first = (end_day - window.days)[:, None]
-        weight = ((held > first) & (held <= end_day[:, None])).astype(np.float64)
-        weight += np.where(held == first, 1.0 - frac[:, None], 0.0)
-        sums: F64 = np.einsum("ij,ij->i", weight, self.buckets[field][slots])
+        a, w = age[:, None, :], np.asarray(days)[None, :, None]
+        weight = ((a >= 0) & (a < w)).astype(np.float64)
+        weight += np.where(a == w, 1.0 - frac[:, None, None], 0.0)
+        sums: F64 = np.einsum("nwd,nfd->nfw", weight, self._values(fields, slots))
         return sums
 
-    def day_sums(self, field: str, slots: I64, last_day: I64, days: int) -> F64:
-        """Sum of a field over the whole days [last_day - days + 1, last_day] (closed-day windows)."""
-        held = self.held_days(slots)
-        inside = (held > (last_day - days)[:, None]) & (held <= last_day[:, None])
-        sums: F64 = np.einsum("ij,ij->i", inside.astype(np.float64), self.buckets[field][slots])
+    def day_sums(self, fields: Sequence[str], slots: I64, last_day: I64, days: Sequence[int]) -> F64:
+        """(n, fields, ends, windows): sums over whole days [last - w + 1, last] for each column of
+        `last_day` (n, ends) and each window length w (closed-day windows), in one pass."""
+        age = last_day[:, :, None] - self.held_days(slots)[:, None, :]  # (n, ends, n_days)
+        a, w = age[:, :, None, :], np.asarray(days)[None, None, :, None]
+        weight = ((a >= 0) & (a < w)).astype(np.float64)
+        sums: F64 = np.einsum("newd,nfd->nfew", weight, self._values(fields, slots))
         return sums
+
+    def _values(self, fields: Sequence[str], slots: I64) -> npt.NDArray[np.float32]:
+        """(n, fields, n_days) bucket rows of `slots`."""
+        return np.stack([self.buckets[f][slots] for f in fields], axis=1)
 
     def expire(self, before_day: int) -> int:
         """Drop keys whose newest day is before `before_day`; returns how many went."""

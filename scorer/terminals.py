@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from scorer.batches import pick
 from scorer.events import MS_PER_DAY
 from scorer.features import TERMINAL_NAMES, FeatureConfig, TerminalFeatures
 from scorer.tables import MARKER_KEY, RowCodec, decode_marker, load_rows
@@ -126,7 +127,7 @@ class TerminalTable:
                 self.on_stale(len(idx))
             elif self.applied_day > d - 1 and self.on_ahead is not None:
                 self.on_ahead(len(idx))  # a late event, or partitions more than a day apart
-            slots = self.terminals.ring.slots([terminal_id[i] for i in idx.tolist()], create=False)
+            slots = self.terminals.ring.slots(pick(terminal_id, idx), create=False)
             out[idx] = self._compute(slots, day[idx])
         return out
 

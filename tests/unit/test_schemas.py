@@ -179,7 +179,10 @@ def test_a_decision_made_by_the_scorer_matches_its_schema() -> None:
     batch = decode_transactions([orjson.dumps(BASE)]).batch
     X = np.ones((1, len(FEATURE_NAMES)), dtype=np.float32)
     reference = {"features": {n: {"edges": [0.5, 2.0]} for n in FEATURE_NAMES}}
-    explainer = Explainer(FEATURE_NAMES, np.linspace(0, 1, len(FEATURE_NAMES)), reference)
+    explainer = Explainer.from_meta(
+        {"reference": reference, "feature_importances": dict(zip(FEATURE_NAMES, range(26), strict=True))},
+        FEATURE_NAMES,
+    )
     scored = ScoredBatch(batch, X, np.array([0.7]), np.array([True]), 0.5, "m/1")
     (value,) = encode_decisions(scored, explainer, 1_767_225_600_000)
     doc = orjson.loads(value)

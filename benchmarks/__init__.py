@@ -1,0 +1,1 @@
+"""`python -m benchmarks`: passthrough, naive and the shipped scorer side by side on one embedded broker."""

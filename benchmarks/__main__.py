@@ -1,0 +1,172 @@
+"""`python -m benchmarks`: every workload through every implementation on one fresh embedded broker."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+import onnxruntime
+import orjson
+
+from benchmarks import report
+from benchmarks.drain import drain, expected_ids, preload
+from benchmarks.harness import Launcher, Profile
+from benchmarks.paced import Events, paced
+from benchmarks.soak import soak
+from scorer.broker import EmbeddedBroker
+from scorer.config import DEFAULT_MODEL
+from scorer.simulate import SimulatedData, SimulationParams, simulate
+
+EVENTS_PER_DAY = 9_000  # a little under the default simulation's, so a run never runs out of events
+PROFILES = {
+    "passthrough": Profile("passthrough", "passthrough", description="consume + produce, no parsing"),
+    "naive": Profile(
+        "naive", "naive", description="per-event json.loads, Python features, 1 ONNX call/event"
+    ),
+    "scorer": Profile("scorer", "scorer", description="scorer run + aggregate, default settings"),
+    "scorer-x2": Profile("scorer-x2", "scorer", scorers=2, description="two scorer processes in one group"),
+}
+WORKLOADS = ("drain", "scaleout", "paced", "state", "soak")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--events", type=int, default=1_000_000, help="drain: events preloaded on 4 partitions")
+    p.add_argument("--rates", default="1000,5000,20000", help="paced: events/s, comma separated")
+    p.add_argument("--paced-seconds", type=float, default=30.0, help="paced: seconds per rate")
+    p.add_argument("--state-customers", type=int, default=1_000_000)
+    p.add_argument("--state-terminals", type=int, default=100_000)
+    p.add_argument("--soak-seconds", type=float, default=600.0, help="soak: how long to stream")
+    p.add_argument("--soak-rate", type=float, default=3000.0, help="soak: events/s")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"any of {', '.join(WORKLOADS)}")
+    p.add_argument("--profiles", default="passthrough,naive,scorer", help=f"any of {', '.join(PROFILES)}")
+    p.add_argument("--fetch-wait-ms", type=int, default=5, help="fetch.wait.max.ms of every consumer")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--stem", default="latest", help="output file names: <out>/<stem>.{json,md,png}")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds any one drain may take")
+    return p.parse_args(argv)
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), "?"
+    )
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(mem_kb / 2**20),
+        "python": platform.python_version(),
+        "librdkafka": confluent_kafka.libversion()[0],
+        "confluent_kafka": confluent_kafka.version()[0],
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def history(events: int) -> SimulatedData:
+    """Enough simulated history for the largest workload (default size when that suffices)."""
+    days = max(SimulationParams().days, math.ceil(events / EVENTS_PER_DAY) + 1)
+    return simulate(SimulationParams(days=days))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workloads = [w for w in args.workloads.split(",") if w]
+    profiles = [PROFILES[p] for p in args.profiles.split(",") if p]
+    rates = [float(r) for r in args.rates.split(",") if r]
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        sys.stderr.write(f"unknown workloads {unknown}; choose from {WORKLOADS}\n")
+        return 2
+    paced_events = int(sum(rates) * args.paced_seconds * 1.2) + 1000
+    data = history(max(args.events, paced_events, int(args.soak_rate * args.soak_seconds)))
+    results: dict[str, Any] = {
+        "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(),
+        "broker": "tansu (embedded, in-memory), same machine",
+        "fetch_wait_max_ms": args.fetch_wait_ms,
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-") as tmp,
+        EmbeddedBroker(log_path=Path(tmp) / "tansu.log") as broker,
+    ):
+        launcher = Launcher(broker.bootstrap, args.model, Path(tmp), args.fetch_wait_ms)
+        run_workloads(args, workloads, profiles, rates, data, launcher, broker.pid, results)
+    paths = report.write(results, args.out, args.stem)
+    sys.stdout.write(report.markdown(results) + "\n\nwrote " + ", ".join(map(str, paths)) + "\n")
+    return 0 if ok(results) else 1
+
+
+def run_workloads(
+    args: argparse.Namespace,
+    workloads: list[str],
+    profiles: list[Profile],
+    rates: list[float],
+    data: SimulatedData,
+    launcher: Launcher,
+    broker_pid: int,
+    results: dict[str, Any],
+) -> None:
+    if "drain" in workloads or "scaleout" in workloads:
+        ids = preload(launcher.brokers, "drain-transactions", data, args.events)
+        chosen = [p for p in profiles if "drain" in workloads]
+        if "scaleout" in workloads:
+            chosen += [PROFILES["scorer"]] if PROFILES["scorer"] not in chosen else []
+            chosen.append(PROFILES["scorer-x2"])
+        runs = []
+        for profile in chosen:
+            expected = expected_ids(profile.kind, ids, launcher.brokers, "drain-transactions")
+            runs.append(drain(launcher, profile, "drain-transactions", expected, broker_pid, args.timeout))
+            _progress("drain", runs[-1])
+        results["drain"] = {"events": args.events, "runs": runs}
+    if "paced" in workloads:
+        events = Events(data, int(sum(rates) * args.paced_seconds * 1.2) + 1000)
+        results["paced"] = {"seconds": args.paced_seconds, "runs": []}
+        for profile in profiles:
+            if profile.scorers == 1:
+                results["paced"]["runs"].append(paced(launcher, profile, events, rates, args.paced_seconds))
+                _progress("paced", results["paced"]["runs"][-1])
+    if "state" in workloads:
+        results["state"] = {kind: state_process(args, kind == "traced") for kind in ("rss", "traced")}
+        _progress("state", results["state"])
+    if "soak" in workloads:
+        results["soak"] = soak(launcher, PROFILES["scorer"], data, args.soak_rate, args.soak_seconds)
+        _progress("soak", {k: v for k, v in results["soak"].items() if k != "samples"})
+
+
+def state_process(args: argparse.Namespace, trace: bool) -> dict[str, Any]:
+    """The state workload in a fresh process, so its RSS is the state's."""
+    cmd = [sys.executable, "-m", "benchmarks.state", "--customers", str(args.state_customers)]
+    cmd += ["--terminals", str(args.state_terminals), *(["--trace"] if trace else [])]
+    done = subprocess.run(cmd, capture_output=True, check=True)  # noqa: S603 - our own module
+    result: dict[str, Any] = orjson.loads(done.stdout)
+    return result
+
+
+def _progress(workload: str, result: Any) -> None:
+    sys.stderr.write(f"[{workload}] {orjson.dumps(result).decode()[:600]}\n")
+
+
+def ok(results: dict[str, Any]) -> bool:
+    """Every run finished and every drain output was exactly once."""
+    runs = results.get("drain", {}).get("runs", []) + results.get("paced", {}).get("runs", [])
+    return all("error" not in r and r.get("exactly_once", True) for r in runs) and "error" not in results.get(
+        "soak", {}
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Results as JSON (everything), a markdown table (for the README) and a PNG plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def write(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md"]
+    paths[0].write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    paths[1].write_text(markdown(results))
+    png = out_dir / f"{stem}.png"
+    if plot(results, png):
+        paths.append(png)
+    return paths
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [
+        f"Run {r['started']} on {m['cpus']} x {m['cpu_model']}, {m['memory_gib']} GiB, Python {m['python']}, "
+        f"librdkafka {m['librdkafka']}, onnxruntime {m['onnxruntime']}; broker: {r['broker']}. "
+        f"Command: `{r['command']}`",
+        "",
+    ]
+    for title, render in (("Drain", _drain), ("Paced latency", _paced), ("State", _state), ("Soak", _soak)):
+        if r.get(title.split()[0].lower()):
+            lines += [f"### {title}", "", *render(r), ""]
+    return "\n".join(lines)
+
+
+def _drain(r: dict[str, Any]) -> list[str]:
+    rows = r["drain"]["runs"]
+    out = [
+        f"{r['drain']['events']:,} events preloaded on 4 partitions; rates from the first output to the last.",
+        "",
+        "| implementation | events/s | events per CPU-s | vs passthrough | vs naive | aggregator CPU-s | "
+        "per CPU-s incl. aggregator | broker CPU-s | machine busy | exactly once |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    base = {x["profile"]: x.get("events_per_cpu_s", 0) for x in rows}
+    for x in rows:
+        if "error" in x:
+            out.append(f"| {x['profile']} | {x['error']} |||||||||")
+            continue
+        pt, nv = base.get("passthrough") or 0, base.get("naive") or 0
+        eff = x["events_per_cpu_s"]
+        out.append(
+            f"| {x['profile']} | {x['events_per_s']:,} | {eff:,} | {_pct(eff, pt)} | {_times(eff, nv)} | "
+            f"{x['aggregator_cpu_s']:.1f} | {x['events_per_cpu_s_with_aggregator']:,} | {x['broker_cpu_s']:.1f} | "
+            f"{x['machine_busy_share']:.0%} | {'yes' if x['exactly_once'] else _faults(x)} |"
+        )
+    return out
+
+
+def _pct(a: float, b: float) -> str:
+    return f"{a / b:.0%}" if b else "-"
+
+
+def _times(a: float, b: float) -> str:
+    return f"{a / b:.1f}x" if b else "-"
+
+
+def _faults(x: dict[str, Any]) -> str:
+    return f"NO: {x['duplicates']} duplicates, {x['missing']} missing, {x['unexpected']} unexpected"
+
+
+def _paced(r: dict[str, Any]) -> list[str]:
+    out = [
+        "End to end: output create time minus input produce time. Added p99 = this p99 minus the "
+        "passthrough's p99 at the same rate.",
+        "",
+        "| implementation | rate/s | p50 ms | p99 ms | p99.9 ms | added p99 ms | max lag | CPU share | kept up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    base = {
+        ph["rate"]: ph["p99_ms"]
+        for x in r["paced"]["runs"]
+        if x["profile"] == "passthrough"
+        for ph in x.get("phases", [])
+    }
+    for x in r["paced"]["runs"]:
+        if "error" in x:
+            out.append(f"| {x['profile']} | {x['error']} ||||||||")
+        for ph in x.get("phases", []):
+            added = f"{ph['p99_ms'] - base[ph['rate']]:+.1f}" if ph["rate"] in base else "-"
+            out.append(
+                f"| {x['profile']} | {ph['rate']:,.0f} | {ph['p50_ms']:.1f} | {ph['p99_ms']:.1f} | "
+                f"{ph['p999_ms']:.1f} | {added} | {ph['max_lag']:,} | {ph['cpu_share']:.0%} | "
+                f"{'yes' if ph['kept_up'] else 'no'} |"
+            )
+    return out
+
+
+def _state(r: dict[str, Any]) -> list[str]:
+    s = r["state"]
+    out = ["| kind | keys | scorer_state_bytes per key | allocated per key (tracemalloc) | RSS per key |"]
+    out.append("|---|---:|---:|---:|---:|")
+    for kind in ("customer", "terminal"):
+        a, b = s["rss"][kind], s["traced"][kind]
+        out.append(
+            f"| {kind} | {a['keys']:,} | {a['nbytes_per_key']:.0f} | {b['traced_bytes_per_key']:.0f} | "
+            f"{a['rss_bytes_per_key']:.0f} |"
+        )
+    return out
+
+
+def _soak(r: dict[str, Any]) -> list[str]:
+    s = r["soak"]
+    if "error" in s:
+        return [f"Soak: {s['error']}"]
+    out = [
+        f"{s['rate']:,.0f} events/s for {s['until_s']:.0f} s; windows full from {s['full_from_s']:.0f} s.",
+        "",
+        "| process | RSS when windows full | RSS at end | growth |",
+        "|---|---:|---:|---:|",
+    ]
+    for role, first in s["rss_full_bytes"].items():
+        last = s["rss_end_bytes"][role]
+        out.append(
+            f"| {role} | {first / 2**20:.0f} MiB | {last / 2**20:.0f} MiB | {s['rss_growth'].get(role, 0):+.1%} |"
+        )
+    return out
+
+
+def plot(r: dict[str, Any], path: Path) -> bool:
+    """Throughput bars and latency percentiles against rate; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    runs = [x for x in r.get("drain", {}).get("runs", []) if "error" not in x]
+    names = [x["profile"] for x in runs]
+    left.bar(names, [x["events_per_cpu_s"] for x in runs], color="tab:blue", label="events per CPU-s")
+    left.bar(names, [x["events_per_s"] for x in runs], color="tab:orange", width=0.4, label="events/s (wall)")
+    left.set_title(f"Drain, {r.get('drain', {}).get('events', 0):,} events")
+    left.legend()
+    left.tick_params(axis="x", rotation=20)
+    for x in r.get("paced", {}).get("runs", []):
+        phases = x.get("phases", [])
+        for key, style in (("p50_ms", ":"), ("p99_ms", "-"), ("p999_ms", "--")):
+            right.plot(
+                [p["rate"] for p in phases],
+                [p[key] for p in phases],
+                style,
+                marker="o",
+                label=f"{x['profile']} {key[:-3]}",
+            )
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("events/s")
+    right.set_ylabel("end-to-end latency, ms")
+    right.set_title("Paced latency")
+    if right.get_lines():
+        right.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"scorer benchmark, {r['started']}, {r['machine']['cpus']} CPUs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import math
 import os
@@ -11,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +36,36 @@ PROFILES = {
         "naive", "naive", description="per-event json.loads, Python features, 1 ONNX call/event"
     ),
     "scorer": Profile("scorer", "scorer", description="scorer run + aggregate, default settings"),
+    "scorer-tuned": Profile(
+        "scorer-tuned", "scorer", {"SCORER_BATCH_MAX": "5000"}, description="scorer, 5,000-record batches"
+    ),
+    "scorer-solo": Profile(
+        "scorer-solo",
+        "scorer",
+        aggregator=False,
+        description="scorer without the aggregator's broker traffic",
+    ),
     "scorer-x2": Profile("scorer-x2", "scorer", scorers=2, description="two scorer processes in one group"),
 }
-WORKLOADS = ("drain", "scaleout", "paced", "state", "soak")
+WORKLOADS = ("drain", "scaleout", "paced", "state", "memory", "stages", "soak")
+DEFAULT_WORKLOADS = "drain,scaleout,paced,state,memory,stages"  # soak: tansu cannot sustain it (README)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--events", type=int, default=1_000_000, help="drain: events preloaded on 4 partitions")
+    p.add_argument("--naive-events", type=int, default=100_000, help="drain: events for the naive profile")
     p.add_argument("--rates", default="1000,5000,20000", help="paced: events/s, comma separated")
-    p.add_argument("--paced-seconds", type=float, default=30.0, help="paced: seconds per rate")
+    p.add_argument("--paced-seconds", type=float, default=15.0, help="paced: seconds per rate")
     p.add_argument("--state-customers", type=int, default=1_000_000)
     p.add_argument("--state-terminals", type=int, default=100_000)
+    p.add_argument("--memory-events", type=int, default=1_200_000, help="memory: events streamed in-process")
     p.add_argument("--soak-seconds", type=float, default=600.0, help="soak: how long to stream")
-    p.add_argument("--soak-rate", type=float, default=3000.0, help="soak: events/s")
-    p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"any of {', '.join(WORKLOADS)}")
-    p.add_argument("--profiles", default="passthrough,naive,scorer", help=f"any of {', '.join(PROFILES)}")
+    p.add_argument("--soak-rate", type=float, default=500.0, help="soak: events/s")
+    p.add_argument("--workloads", default=DEFAULT_WORKLOADS, help=f"any of {', '.join(WORKLOADS)}")
+    p.add_argument(
+        "--profiles", default="passthrough,naive,scorer,scorer-solo", help=f"any of {', '.join(PROFILES)}"
+    )
     p.add_argument("--fetch-wait-ms", type=int, default=5, help="fetch.wait.max.ms of every consumer")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -91,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"unknown workloads {unknown}; choose from {WORKLOADS}\n")
         return 2
     paced_events = int(sum(rates) * args.paced_seconds * 1.2) + 1000
-    data = history(max(args.events, paced_events, int(args.soak_rate * args.soak_seconds)))
+    data = history(max(args.events, paced_events))
     results: dict[str, Any] = {
         "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:]),
@@ -99,15 +115,18 @@ def main(argv: list[str] | None = None) -> int:
         "broker": "tansu (embedded, in-memory), same machine",
         "fetch_wait_max_ms": args.fetch_wait_ms,
     }
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-") as tmp,
-        EmbeddedBroker(log_path=Path(tmp) / "tansu.log") as broker,
-    ):
-        launcher = Launcher(broker.bootstrap, args.model, Path(tmp), args.fetch_wait_ms)
-        run_workloads(args, workloads, profiles, rates, data, launcher, broker.pid, results)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        run_workloads(args, workloads, profiles, rates, data, Path(tmp), results)
     paths = report.write(results, args.out, args.stem)
     sys.stdout.write(report.markdown(results) + "\n\nwrote " + ", ".join(map(str, paths)) + "\n")
     return 0 if ok(results) else 1
+
+
+@contextlib.contextmanager
+def fresh_broker(args: argparse.Namespace, workdir: Path, name: str) -> Iterator[tuple[Launcher, int]]:
+    """A new embedded broker per workload: tansu keeps every record in memory and slows as it fills."""
+    with EmbeddedBroker(log_path=workdir / f"tansu-{name}.log") as broker:
+        yield Launcher(broker.bootstrap, args.model, workdir, args.fetch_wait_ms), broker.pid
 
 
 def run_workloads(
@@ -116,42 +135,88 @@ def run_workloads(
     profiles: list[Profile],
     rates: list[float],
     data: SimulatedData,
-    launcher: Launcher,
-    broker_pid: int,
+    workdir: Path,
     results: dict[str, Any],
 ) -> None:
     if "drain" in workloads or "scaleout" in workloads:
-        ids = preload(launcher.brokers, "drain-transactions", data, args.events)
-        chosen = [p for p in profiles if "drain" in workloads]
-        if "scaleout" in workloads:
-            chosen += [PROFILES["scorer"]] if PROFILES["scorer"] not in chosen else []
-            chosen.append(PROFILES["scorer-x2"])
-        runs = []
-        for profile in chosen:
-            expected = expected_ids(profile.kind, ids, launcher.brokers, "drain-transactions")
-            runs.append(drain(launcher, profile, "drain-transactions", expected, broker_pid, args.timeout))
-            _progress("drain", runs[-1])
+        with fresh_broker(args, workdir, "drain") as (launcher, broker_pid):
+            runs = drain_runs(args, workloads, profiles, data, launcher, broker_pid)
         results["drain"] = {"events": args.events, "runs": runs}
     if "paced" in workloads:
         events = Events(data, int(sum(rates) * args.paced_seconds * 1.2) + 1000)
         results["paced"] = {"seconds": args.paced_seconds, "runs": []}
-        for profile in profiles:
-            if profile.scorers == 1:
-                results["paced"]["runs"].append(paced(launcher, profile, events, rates, args.paced_seconds))
-                _progress("paced", results["paced"]["runs"][-1])
+        for profile in (p for p in profiles if p.scorers == 1):
+            run: dict[str, Any] = {"profile": profile.name, "phases": []}
+            for rate in rates:  # a fresh broker per rate: tansu slows down as its topics fill
+                with fresh_broker(args, workdir, f"paced-{profile.name}-{rate:.0f}") as (launcher, pid):
+                    one = paced(launcher, profile, events, [rate], args.paced_seconds, pid)
+                run["phases"] += one.get("phases", [])
+                run.update({k: v for k, v in one.items() if k not in ("profile", "phases")})
+                if "error" in one or not one["phases"][-1]["kept_up"]:
+                    break  # higher rates would only queue more
+            results["paced"]["runs"].append(run)
+            _progress("paced", run)
     if "state" in workloads:
         results["state"] = {kind: state_process(args, kind == "traced") for kind in ("rss", "traced")}
         _progress("state", results["state"])
+    if "memory" in workloads:
+        results["memory"] = child(["benchmarks.stages", "--memory", "--events", str(args.memory_events)])
+        _progress("memory", {k: v for k, v in results["memory"].items() if k != "samples"})
+    if "stages" in workloads:
+        results["stages"] = {
+            gc: child(["benchmarks.stages", "--json", *(["--default-gc"] if gc == "default" else [])])
+            for gc in ("tuned", "default")
+        }
+        _progress("stages", results["stages"])
     if "soak" in workloads:
-        results["soak"] = soak(launcher, PROFILES["scorer"], data, args.soak_rate, args.soak_seconds)
+        with fresh_broker(args, workdir, "soak") as (launcher, _):
+            results["soak"] = soak(launcher, PROFILES["scorer"], args.soak_rate, args.soak_seconds)
         _progress("soak", {k: v for k, v in results["soak"].items() if k != "samples"})
+
+
+def drain_runs(
+    args: argparse.Namespace,
+    workloads: list[str],
+    profiles: list[Profile],
+    data: SimulatedData,
+    launcher: Launcher,
+    broker_pid: int,
+) -> list[dict[str, Any]]:
+    """Each profile over the preloaded topic; the naive one over its own, shorter topic (it is ~100x slower)."""
+    ids = preload(launcher.brokers, "drain-transactions", data, args.events)
+    chosen = [p for p in profiles if "drain" in workloads]
+    if "scaleout" in workloads:
+        chosen += [PROFILES["scorer"]] if PROFILES["scorer"] not in chosen else []
+        chosen.append(PROFILES["scorer-x2"])
+    runs = []
+    for profile in chosen:
+        topic, topic_ids = "drain-transactions", ids
+        if profile.kind == "naive" and args.naive_events < args.events:
+            topic, topic_ids = (
+                "drain-naive",
+                preload(launcher.brokers, "drain-naive", data, args.naive_events),
+            )
+        expected = expected_ids(profile.kind, topic_ids, launcher.brokers, topic)
+        runs.append(drain(launcher, profile, topic, expected, broker_pid, args.timeout))
+        _progress("drain", runs[-1])
+    return runs
 
 
 def state_process(args: argparse.Namespace, trace: bool) -> dict[str, Any]:
     """The state workload in a fresh process, so its RSS is the state's."""
-    cmd = [sys.executable, "-m", "benchmarks.state", "--customers", str(args.state_customers)]
-    cmd += ["--terminals", str(args.state_terminals), *(["--trace"] if trace else [])]
-    done = subprocess.run(cmd, capture_output=True, check=True)  # noqa: S603 - our own module
+    cmd = [
+        "benchmarks.state",
+        "--customers",
+        str(args.state_customers),
+        "--terminals",
+        str(args.state_terminals),
+    ]
+    return child([*cmd, *(["--trace"] if trace else [])])
+
+
+def child(module_args: list[str]) -> dict[str, Any]:
+    """Run `python -m <module> <args>` in a fresh process (its own RSS and GC) and parse its JSON output."""
+    done = subprocess.run([sys.executable, "-m", *module_args], capture_output=True, check=True)  # noqa: S603
     result: dict[str, Any] = orjson.loads(done.stdout)
     return result
 

@@ -61,6 +61,7 @@ class Profile:
     kind: str  # passthrough | naive | scorer
     env: Mapping[str, str] = field(default_factory=dict)  # scorer: SCORER_* settings of this profile
     scorers: int = 1  # scorer processes in the group (scale-out)
+    aggregator: bool = True  # False: no terminal aggregator (isolates the scorer's own cost and latency)
     description: str = ""
 
 
@@ -155,7 +156,9 @@ class Launcher:
             **{f"SCORER_{n.upper()}": getattr(s, n) for n in _topic_fields(s)},
             **profile.env,
         }
-        procs = {"aggregator": _spawn(_scorer_cmd("aggregate"), logs, {**env, "SCORER_METRICS_PORT": "0"})}
+        procs = {}
+        if profile.aggregator:
+            procs["aggregator"] = _spawn(_scorer_cmd("aggregate"), logs, {**env, "SCORER_METRICS_PORT": "0"})
         for i in range(profile.scorers):
             port = str(free_port())
             procs[f"scorer{i}"] = _spawn(_scorer_cmd("run"), logs, {**env, "SCORER_METRICS_PORT": port})

@@ -17,7 +17,7 @@ import numpy.typing as npt
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from benchmarks.harness import PARTITIONS, Launcher, Profile, Running, input_ms_of
+from benchmarks.harness import PARTITIONS, Launcher, Profile, Running, cpu_seconds, input_ms_of
 from scorer.broker import TopicSpec, ensure_topics
 from scorer.events import rfc3339_ms
 from scorer.simulate import SimulatedData
@@ -65,7 +65,7 @@ class Link:
         self, brokers: str, input_topic: str, output_topic: str, kind: str, fetch_wait_ms: int
     ) -> None:
         self.topic = input_topic
-        self.producer = Producer({"bootstrap.servers": brokers, "linger.ms": 1})
+        self.producer = Producer({"bootstrap.servers": brokers, "linger.ms": 5})
         self.reader = Consumer(
             {"bootstrap.servers": brokers, "group.id": f"bench-paced-{time.monotonic_ns()}",
              "enable.auto.commit": False, "fetch.wait.max.ms": fetch_wait_ms}
@@ -106,7 +106,12 @@ class Link:
 
 
 def paced(
-    launcher: Launcher, profile: Profile, events: Events, rates: Sequence[float], seconds: float
+    launcher: Launcher,
+    profile: Profile,
+    events: Events,
+    rates: Sequence[float],
+    seconds: float,
+    broker_pid: int,
 ) -> dict[str, Any]:
     """Warm up, then each rate for `seconds`; latency percentiles and max lag per rate."""
     input_topic = f"paced-{launcher.runs + 1}-{profile.name}"
@@ -119,7 +124,7 @@ def paced(
         if not link.wait_until_received(90.0):
             return {"profile": profile.name, "error": f"no output after warm-up (log: {running.logs})"}
         for rate in rates:
-            phase = _phase(link, running, events, rate, seconds)
+            phase = _phase(link, running, events, rate, seconds, broker_pid)
             phases.append(phase)
             if not phase["kept_up"]:
                 break
@@ -130,9 +135,12 @@ def paced(
     return {"profile": profile.name, "phases": phases, "rss_bytes": rss}
 
 
-def _phase(link: Link, running: Running, events: Events, rate: float, seconds: float) -> dict[str, Any]:
+def _phase(
+    link: Link, running: Running, events: Events, rate: float, seconds: float, broker_pid: int
+) -> dict[str, Any]:
     link.latencies = []
     first_ms, sent0, cpu0 = int(time.time() * 1000), link.sent, running.cpu(running.scoring_roles)
+    aggregator0, broker0 = running.cpu(["aggregator"]), cpu_seconds(broker_pid)
     started, max_lag = time.monotonic(), 0
     while (elapsed := time.monotonic() - started) < seconds:
         due = int(elapsed * rate) - (link.sent - sent0)
@@ -143,6 +151,7 @@ def _phase(link: Link, running: Running, events: Events, rate: float, seconds: f
         max_lag = max(max_lag, link.sent - link.received)
         time.sleep(0.001)
     cpu = running.cpu(running.scoring_roles) - cpu0
+    aggregator, broker = running.cpu(["aggregator"]) - aggregator0, cpu_seconds(broker_pid) - broker0
     kept_up = link.wait_until_received(max(10.0, seconds))
     pairs = np.concatenate(link.latencies) if link.latencies else np.zeros((0, 2), dtype=np.int64)
     pairs = pairs[pairs[:, 0] >= first_ms]
@@ -159,4 +168,6 @@ def _phase(link: Link, running: Running, events: Events, rate: float, seconds: f
         "max_ms": float(latency.max()) if len(latency) else float("nan"),
         "max_lag": int(max_lag),
         "cpu_share": round(cpu / seconds, 3),
+        "aggregator_cpu_share": round(aggregator / seconds, 3),
+        "broker_cpu_share": round(broker / seconds, 3),
     }

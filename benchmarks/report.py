@@ -27,7 +27,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"Command: `{r['command']}`",
         "",
     ]
-    for title, render in (("Drain", _drain), ("Paced latency", _paced), ("State", _state), ("Soak", _soak)):
+    sections = (
+        ("Drain", _drain), ("Paced latency", _paced), ("State", _state), ("Memory over a stream", _memory),
+        ("Stages", _stages), ("Soak", _soak),
+    )  # fmt: skip
+    for title, render in sections:
         if r.get(title.split()[0].lower()):
             lines += [f"### {title}", "", *render(r), ""]
     return "\n".join(lines)
@@ -36,7 +40,8 @@ def markdown(r: dict[str, Any]) -> str:
 def _drain(r: dict[str, Any]) -> list[str]:
     rows = r["drain"]["runs"]
     out = [
-        f"{r['drain']['events']:,} events preloaded on 4 partitions; rates from the first output to the last.",
+        f"{r['drain']['events']:,} events preloaded on 4 partitions (the naive profile: the first "
+        f"{min((x['events'] for x in rows), default=0):,}); rates from the first output to the last.",
         "",
         "| implementation | events/s | events per CPU-s | vs passthrough | vs naive | aggregator CPU-s | "
         "per CPU-s incl. aggregator | broker CPU-s | machine busy | exactly once |",
@@ -74,8 +79,9 @@ def _paced(r: dict[str, Any]) -> list[str]:
         "End to end: output create time minus input produce time. Added p99 = this p99 minus the "
         "passthrough's p99 at the same rate.",
         "",
-        "| implementation | rate/s | p50 ms | p99 ms | p99.9 ms | added p99 ms | max lag | CPU share | kept up |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| implementation | rate/s | p50 ms | p99 ms | p99.9 ms | added p99 ms | max lag | CPU share | "
+        "aggregator CPU | broker CPU | kept up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     base = {
         ph["rate"]: ph["p99_ms"]
@@ -85,13 +91,13 @@ def _paced(r: dict[str, Any]) -> list[str]:
     }
     for x in r["paced"]["runs"]:
         if "error" in x:
-            out.append(f"| {x['profile']} | {x['error']} ||||||||")
+            out.append(f"| {x['profile']} | {x['error']} ||||||||||")
         for ph in x.get("phases", []):
             added = f"{ph['p99_ms'] - base[ph['rate']]:+.1f}" if ph["rate"] in base else "-"
             out.append(
                 f"| {x['profile']} | {ph['rate']:,.0f} | {ph['p50_ms']:.1f} | {ph['p99_ms']:.1f} | "
                 f"{ph['p999_ms']:.1f} | {added} | {ph['max_lag']:,} | {ph['cpu_share']:.0%} | "
-                f"{'yes' if ph['kept_up'] else 'no'} |"
+                f"{ph['aggregator_cpu_share']:.0%} | {ph['broker_cpu_share']:.0%} | {'yes' if ph['kept_up'] else 'no'} |"
             )
     return out
 
@@ -106,6 +112,36 @@ def _state(r: dict[str, Any]) -> list[str]:
             f"| {kind} | {a['keys']:,} | {a['nbytes_per_key']:.0f} | {b['traced_bytes_per_key']:.0f} | "
             f"{a['rss_bytes_per_key']:.0f} |"
         )
+    return out
+
+
+def _memory(r: dict[str, Any]) -> list[str]:
+    m = r["memory"]
+    full = [x for x in m["samples"] if x["windows_full"]]
+    out = [
+        f"{m['events']:,} simulated events through the scorer's steps in one process (no broker); RSS sampled "
+        f"every {m['samples'][0]['events']:,} events. {m['note']}.",
+        "",
+        f"After the windows are full: {m['events_after_full']:,} more events, state keys "
+        f"{full[0]['state_keys']:,} -> {full[-1]['state_keys']:,}, RSS {m['rss_growth_after_full_bytes'] / 2**20:+.1f} MiB "
+        f"({m['rss_growth_after_full']:+.2%})."
+        if full
+        else "The windows never filled: raise --memory-events.",
+    ]
+    return out
+
+
+def _stages(r: dict[str, Any]) -> list[str]:
+    tuned, default = r["stages"]["tuned"]["us_per_event"], r["stages"]["default"]["us_per_event"]
+    out = [
+        "Microseconds per event of each step of `scorer run`'s hot path, in-process, batches of 2,000 "
+        "(`python -m benchmarks.stages`); the Kafka side is the passthrough's.",
+        "",
+        "| step | GC tuned (as shipped) | Python's default GC |",
+        "|---|---:|---:|",
+    ]
+    out += [f"| {k} | {tuned[k]:.2f} | {default[k]:.2f} |" for k in tuned]
+    out.append(f"| **total** | **{sum(tuned.values()):.2f}** | **{sum(default.values()):.2f}** |")
     return out
 
 

@@ -70,9 +70,13 @@ class Aggregator:
         self.registry = registry or CollectorRegistry()
         self.metrics = AggregatorMetrics(self.registry)
         self.sink = Sink(settings.producer_config())
-        self.rekey = Consumer(settings.consumer_config(group=f"{settings.aggregator_group}-rekey"))
-        self.consumer = Consumer(settings.consumer_config(group=settings.aggregator_group))
-        self.reader_config = settings.consumer_config(group=f"{settings.aggregator_group}-reader")
+        self.rekey = Consumer(
+            settings.consumer_config(group=f"{settings.aggregator_group}-rekey", background=True)
+        )
+        self.consumer = Consumer(settings.consumer_config(group=settings.aggregator_group, background=True))
+        self.reader_config = settings.consumer_config(
+            group=f"{settings.aggregator_group}-reader", background=True
+        )
         self.parts: dict[int, PartitionAgg] = {}
         self.closed_day = NEVER
         self.rekey_pending: list[tuple[int, list[TopicPartition]]] = []

@@ -14,6 +14,7 @@ from confluent_kafka import KafkaException
 from scorer import __version__
 from scorer.config import DEFAULT_MODEL, Settings
 from scorer.errors import ConfigError, ScorerError
+from scorer.models_cli import add_models_parser
 
 
 def _date(text: str) -> datetime.date:
@@ -257,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="demo-data", help="--offline: where data and the demo model go")
     add_simulation_args(p)
     p.set_defaults(func=cmd_demo)
+
+    add_models_parser(sub)
     return parser
 
 

@@ -77,7 +77,7 @@ class Pipeline:
         self.sink = Sink(settings.producer_config(), self.metrics)
         config = model.meta.feature_config
         self.vocab = config.codes()
-        reader = settings.consumer_config(group=f"{settings.group}-reader")
+        reader = settings.consumer_config(group=f"{settings.group}-reader", background=True)
         self.customers = CustomerStore(config, reader, settings.state_topic)
         self.table = TerminalTable(
             config,

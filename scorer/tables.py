@@ -91,6 +91,9 @@ def read_partition(
     """Read one partition from the beginning to its high watermark (no group, no commits).
 
     Rows written after the last marker belong to a snapshot that was cut short and are ignored.
+    Reading goes on past the high watermark until a poll comes back empty: tansu reports the base offset
+    of the last record batch plus one as the high watermark, short of the real end (Kafka does not).
+    Only the partition's owner writes to it while this runs, so the end is final.
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -105,12 +108,15 @@ def read_partition(
             consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
             deadline = time.monotonic() + timeout_s
             position = 0
-            while position < high:
+            while True:
                 if time.monotonic() > deadline:
                     raise TimeoutError(
                         f"reading {topic}[{partition}] timed out at offset {position} of {high}"
                     )
-                for msg in consumer.consume(1000, 0.2):
+                msgs = consumer.consume(1000, 0.2)
+                if not msgs and position >= high:
+                    break  # past the high watermark and nothing more: the end (see the docstring)
+                for msg in msgs:
                     if msg.error():
                         continue
                     position = (msg.offset() or 0) + 1

@@ -15,7 +15,7 @@ import orjson
 def test_benchmark_runs_every_workload_and_checks_exactly_once(tmp_path: Path, tiny_model: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--events", "3000", "--rates", "400", "--paced-seconds", "3",
-         "--workloads", "drain,scaleout,paced,state", "--state-customers", "3000", "--state-terminals", "600",
+         "--workloads", "drain,scaleout,paced,state,memory,stages", "--profiles", "passthrough,naive,scorer", "--memory-events", "400000", "--state-customers", "3000", "--state-terminals", "600",
          "--model", str(tiny_model), "--out", str(tmp_path), "--stem", "tiny", "--timeout", "240"],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
@@ -34,6 +34,9 @@ def test_benchmark_runs_every_workload_and_checks_exactly_once(tmp_path: Path, t
     state = results["state"]["rss"]
     assert state["customer"]["keys"] == 3000 and state["terminal"]["keys"] == 600
     assert state["customer"]["nbytes_per_key"] > 0
+    memory = results["memory"]
+    assert memory["events"] == 400_000 and memory["events_after_full"] > 0
+    assert set(results["stages"]["tuned"]["us_per_event"]) >= {"decode", "model", "decisions"}
     table = (tmp_path / "tiny.md").read_text()
     assert "| scorer |" in table and "| naive |" in table and "exactly once" in table
     assert (tmp_path / "tiny.png").stat().st_size > 10_000

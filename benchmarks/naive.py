@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
+from benchmarks.passthrough import group_consumer
 from scorer.decisions import Explainer
 from scorer.features import (
     CATEGORICAL_FIELDS,
@@ -179,16 +180,7 @@ class Naive:
 
     def run(self, stop: threading.Event) -> None:
         args = self.args
-        consumer = Consumer(
-            {
-                "bootstrap.servers": args.brokers,
-                "group.id": args.group,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": args.fetch_wait_max_ms,
-                "session.timeout.ms": args.session_timeout_ms,
-            }
-        )
+        consumer = group_consumer(args)
         producer = Producer({"bootstrap.servers": args.brokers, "linger.ms": 2})
         consumer.subscribe([args.input])
         last_commit = time.monotonic()

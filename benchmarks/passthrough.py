@@ -35,8 +35,9 @@ def record(m: Message) -> dict[str, bytes | None]:
     return {"key": m.key(), "value": b"%d %d %d" % (m.partition() or 0, m.offset() or 0, m.timestamp()[1])}
 
 
-def run(args: argparse.Namespace, stop: threading.Event) -> None:
-    consumer = Consumer(
+def group_consumer(args: argparse.Namespace) -> Consumer:
+    """The input consumer of a benchmark loop (passthrough and naive read alike)."""
+    return Consumer(
         {
             "bootstrap.servers": args.brokers,
             "group.id": args.group,
@@ -46,6 +47,10 @@ def run(args: argparse.Namespace, stop: threading.Event) -> None:
             "session.timeout.ms": args.session_timeout_ms,
         }
     )
+
+
+def run(args: argparse.Namespace, stop: threading.Event) -> None:
+    consumer = group_consumer(args)
     producer = Producer({"bootstrap.servers": args.brokers, "linger.ms": 2, "compression.type": "lz4"})
 
     def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:

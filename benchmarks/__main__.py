@@ -163,10 +163,8 @@ def run_workloads(
         results["memory"] = child(["benchmarks.stages", "--memory", "--events", str(args.memory_events)])
         _progress("memory", {k: v for k, v in results["memory"].items() if k != "samples"})
     if "stages" in workloads:
-        results["stages"] = {
-            gc: child(["benchmarks.stages", "--json", *(["--default-gc"] if gc == "default" else [])])
-            for gc in ("tuned", "default")
-        }
+        variants = {"tuned": [], "default": ["--default-gc"], "blend": ["--blend"]}
+        results["stages"] = {k: child(["benchmarks.stages", "--json", *v]) for k, v in variants.items()}
         _progress("stages", results["stages"])
     if "soak" in workloads:
         with fresh_broker(args, workdir, "soak") as (launcher, _):

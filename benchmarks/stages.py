@@ -35,11 +35,13 @@ from scorer.features import (
     stateless_features,
 )
 from scorer.model import OnnxModel
+from scorer.rollout import Plan
 from scorer.runtime import tune_gc
+from scorer.serving import Serving
 from scorer.simulate import SimulationParams, simulate, transaction_values
 
 PARTITIONS = 4
-STAGES = (
+STAGES = (  # "model": every model call of the batch, and the blending under a plan
     "decode",
     "customer windows",
     "terminal lookup",
@@ -53,8 +55,12 @@ STAGES = (
 class Replay:
     """The scorer's per-batch steps over pre-encoded events, timed one by one."""
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, blend: bool = False) -> None:
         self.model = OnnxModel(DEFAULT_MODEL)
+        self.serving = Serving(self.model)
+        if blend:  # a second copy of the model as challenger, blended over the whole stream
+            plan = Plan("bench", "blend", self.model.label, self.model.label, 0, end_ms=2**62, steps=0)
+            self.serving = Serving(self.model, OnnxModel(DEFAULT_MODEL), plan)
         config = self.model.meta.feature_config
         self.vocab = config.codes()
         self.customers = [CustomerFeatures(config) for _ in range(PARTITIONS)]
@@ -83,10 +89,9 @@ class Replay:
         lap("terminal lookup")
         X = np.hstack([stateless_features(b, self.vocab), customer, terminal]).astype(np.float32)
         lap("stateless + assemble")
-        scores = self.model.predict(X)
+        out = self.serving.score(X, b, lambda label, seconds: None)
         lap("model")
-        flagged = scores >= self.model.threshold
-        scored = ScoredBatch(b, X, scores, flagged, self.model.threshold, self.model.label)
+        scored = ScoredBatch(b, X, out.scores, out.flagged, self.model.threshold, self.model.label, out.extra)
         values = encode_decisions(scored, self.explainer, int(time.time() * 1000))
         lap("decisions")
         keys = list(map(str.encode, b.customer_id))
@@ -122,12 +127,14 @@ class Replay:
             self.terminals.add_transactions(pick(b.terminal_id, idx), b.event_ts_ms[idx])
 
 
-def measure(events: int, batch_size: int, default_gc: bool, warmup: int) -> dict[str, float]:
+def measure(
+    events: int, batch_size: int, default_gc: bool, warmup: int, blend: bool = False
+) -> dict[str, float]:
     data = simulate(SimulationParams())
     n = min(events + warmup, len(data.transaction_id))
     values = transaction_values(data, np.arange(n, dtype=np.int64))
     partitions = np.array([zlib.crc32(data.customer_id[i].encode()) % PARTITIONS for i in range(n)])
-    replay = Replay(batch_size)
+    replay = Replay(batch_size, blend)
     if not default_gc:
         tune_gc()
     replay.run(values[:warmup], partitions[:warmup])
@@ -176,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=2000)
     p.add_argument("--warmup", type=int, default=100_000, help="events replayed first, untimed (fills state)")
     p.add_argument("--default-gc", action="store_true", help="keep Python's default GC thresholds")
+    p.add_argument("--blend", action="store_true", help="score with champion + challenger under a blend plan")
     p.add_argument("--json", action="store_true", help="print the per-stage figures as JSON")
     p.add_argument("--memory", action="store_true", help="instead: RSS while --events stream through (JSON)")
     p.add_argument("--sample-every", type=int, default=50_000, help="--memory: events between RSS samples")
@@ -183,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory:
         sys.stdout.write(orjson.dumps(memory(args.events, args.sample_every)).decode() + "\n")
         return 0
-    us = measure(args.events, args.batch, args.default_gc, args.warmup)
+    us = measure(args.events, args.batch, args.default_gc, args.warmup, args.blend)
     if args.json:
         sys.stdout.write(orjson.dumps({"batch": args.batch, "us_per_event": us}).decode() + "\n")
         return 0

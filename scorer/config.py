@@ -37,6 +37,7 @@ class Settings:
     terminal_events_topic: str = "terminal-events"  # transactions + labels re-keyed by terminal
     state_topic: str = "scorer-state"  # compacted changelog of per-customer window state
     control_topic: str = "scorer-control"  # compacted: model deployment plans
+    registry: str = "models"  # model registry root: deployments name models as name/version in it
     aggregator_group: str = "fraud-scorer-aggregator"
     model: str = str(DEFAULT_MODEL)
     batch_max: int = 2000  # records per consume() call

@@ -103,6 +103,11 @@ class Metrics:
         self.state_keys = Gauge("scorer_state_keys", "Keys held in window state.", ["kind"], registry=r)
         self.state_bytes = Gauge("scorer_state_bytes", "Bytes held by window state.", ["kind"], registry=r)
         self.model_info = Info("scorer_model", "The model version(s) in use.", registry=r)
+        self.fallbacks = Counter(
+            "scorer_challenger_fallbacks",
+            "Events a challenger should have scored but failed, timed out or returned NaN for (champion used).",
+            ["model_version"], registry=r,
+        )  # fmt: skip
         self.rebalances = Counter(
             "scorer_rebalances", "Partition assignments and revocations.", ["kind"], registry=r
         )

@@ -36,6 +36,7 @@ from scorer.features import CUSTOMER_NAMES, FEATURE_NAMES, stateless_features
 from scorer.metrics import HealthServer, Metrics
 from scorer.model import OnnxModel
 from scorer.runtime import tune_gc
+from scorer.serving import ControlWatcher, Serving
 from scorer.sink import Sink
 from scorer.snapshots import CustomerStore
 from scorer.terminals import TerminalTable
@@ -69,8 +70,10 @@ class Pipeline:
         self, settings: Settings, model: OnnxModel, registry: CollectorRegistry | None = None
     ) -> None:
         self.settings = settings
-        self.model = model
+        self.serving = Serving(model)
         self.explainer = Explainer.from_meta(model.meta.raw, FEATURE_NAMES)
+        self.watcher = ControlWatcher(settings, settings.onnx_threads, self.serving)
+        self.shadow_topic = f"{settings.decisions_topic}-shadow"
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry, DLQ_REASONS)
         self.metrics.model_info.info({"version": model.label, "threshold": f"{model.threshold:.6f}"})
@@ -109,6 +112,7 @@ class Pipeline:
         server = self._start_server()
         try:
             self.table.start()
+            self.watcher.start()
             self.table.catch_up(timeout_s=10.0)
             self.consumer.subscribe(
                 [self.settings.input_topic],
@@ -116,7 +120,7 @@ class Pipeline:
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )
-            logger.info("started", extra={"model": self.model.label, "settings": self.settings.masked()})
+            logger.info("started", extra={"model": self.serving.label, "settings": self.settings.masked()})
             tune_gc()
             while not stop.is_set() and self.fatal is None:
                 self.step()
@@ -146,6 +150,9 @@ class Pipeline:
         """One loop turn: a batch (if any), table updates, commit progress, gauges."""
         msgs = self.consumer.consume(self.settings.batch_max, self.settings.batch_wait_s)
         self.consuming = True
+        ready = self.watcher.take()
+        if ready is not None:
+            self._adopt(ready)
         self.table.poll()
         if msgs:
             try:
@@ -167,6 +174,7 @@ class Pipeline:
             self._commit_sync(sorted(self.assigned))
         self.consumer.close()
         self.table.close()
+        self.watcher.close()
         self.sink.close()
 
     # -- the hot path ----------------------------------------------------------------------------------
@@ -232,26 +240,60 @@ class Pipeline:
 
     def _score(self, batch: TransactionBatch, partitions: I64, produced_ms: I64) -> None:
         X = self.features(batch, partitions)
-        t0 = time.perf_counter()
-        scores = self.model.predict(X)
-        self.metrics.inference.labels(self.model.label).observe(time.perf_counter() - t0)
-        flagged = scores >= self.model.threshold
+        serving = self.serving
+        outcome = serving.score(X, batch, self._timed)
+        if outcome.fallbacks:
+            self.metrics.fallbacks.labels(serving.plan.challenger if serving.plan else "").inc(
+                outcome.fallbacks
+            )
         now_ms = int(time.time() * 1000)
-        scored = ScoredBatch(batch, X, scores, flagged, self.model.threshold, self.model.label)
+        champion = serving.champion
+        scored = ScoredBatch(
+            batch, X, outcome.scores, outcome.flagged, champion.threshold, champion.label, outcome.extra
+        )
         values = encode_decisions(scored, self.explainer, now_ms)
         keys = list(map(str.encode, batch.customer_id))
         self.sink.send(
             self.settings.decisions_topic, [{"key": k, "value": v} for k, v in zip(keys, values, strict=True)]
         )
-        flag_idx = np.flatnonzero(flagged).tolist()
+        flag_idx = np.flatnonzero(outcome.flagged).tolist()
         if flag_idx:
             self.sink.send(
                 self.settings.flags_topic, [{"key": keys[i], "value": values[i]} for i in flag_idx]
             )
+        if outcome.shadow_scores is not None and serving.challenger is not None:
+            self._send_shadow(batch, X, outcome.shadow_scores, serving.challenger, keys, now_ms)
         self.metrics.scored.inc(len(batch))
         self.metrics.flagged.inc(len(flag_idx))
         latency_s = np.maximum(now_ms - produced_ms[produced_ms > 0], 0) / 1000.0
         self.metrics.latency.observe_many(latency_s)
+
+    def _send_shadow(
+        self,
+        batch: TransactionBatch,
+        X: npt.NDArray[np.float32],
+        scores: npt.NDArray[np.float64],
+        model: OnnxModel,
+        keys: list[bytes],
+        now_ms: int,
+    ) -> None:
+        """The challenger's decisions under a shadow plan: to the shadow topic only, never to flags."""
+        shadow = ScoredBatch(batch, X, scores, scores >= model.threshold, model.threshold, model.label)
+        values = encode_decisions(shadow, self.explainer, now_ms)
+        self.sink.send(self.shadow_topic, [{"key": k, "value": v} for k, v in zip(keys, values, strict=True)])
+
+    def _timed(self, label: str, seconds: float) -> None:
+        self.metrics.inference.labels(label).observe(seconds)
+
+    def _adopt(self, serving: Serving) -> None:
+        """Swap in a newly loaded deployment between batches."""
+        if serving.champion is not self.serving.champion:
+            self.explainer = Explainer.from_meta(serving.champion.meta.raw, FEATURE_NAMES)
+        self.serving = serving
+        self.metrics.model_info.info(
+            {"version": serving.label, "threshold": f"{serving.champion.threshold:.6f}"}
+        )
+        logger.info("deployment_applied", extra={"serving": serving.label})
 
     def _dead_letter(self, msg: Message, reason: str, detail: str) -> None:
         headers = [

@@ -1,0 +1,173 @@
+"""The models that decide a batch: the champion alone, or champion and challenger under a plan.
+
+`Serving` is immutable; a new deployment builds a new one (models loaded in the control watcher's thread)
+and the pipeline swaps it in between batches, so a batch is never scored by a half-applied change.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+from scorer.config import Settings
+from scorer.control import DEPLOYMENT_KEY, Deployment
+from scorer.errors import ScorerError
+from scorer.events import TransactionBatch
+from scorer.model import OnnxModel
+from scorer.registry import Registry
+from scorer.rollout import Plan, challenger_weight, combine
+
+logger = logging.getLogger(__name__)
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+CONTROL_POLL_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What decides each event of a batch, and what the decision records carry besides."""
+
+    scores: F64
+    flagged: npt.NDArray[np.bool_]
+    extra: list[dict[str, Any]] | None  # per row: challenger fields (None without a plan)
+    shadow_scores: F64 | None  # shadow plan: the challenger's scores, for the shadow topic only
+    fallbacks: int
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    champion: OnnxModel
+    challenger: OnnxModel | None = None
+    plan: Plan | None = None
+
+    def score(self, X: F32, batch: TransactionBatch, timed: Callable[[str, float], None]) -> Outcome:
+        """Champion scores; under a plan also the challenger's, blended per event (fallback on failure)."""
+        champion = _timed_predict(self.champion, X, timed)  # its failure is the batch's (DLQ path)
+        if self.plan is None or self.challenger is None:
+            return Outcome(champion, champion >= self.champion.threshold, None, None, 0)
+        try:
+            challenger: F64 | None = _timed_predict(self.challenger, X, timed)
+        except Exception:  # a failing challenger must not fail the batch: the champion decides
+            logger.exception("challenger_failed", extra={"model": self.challenger.label})
+            challenger = None
+        if self.plan.strategy == "shadow":
+            return Outcome(champion, champion >= self.champion.threshold, None, challenger, 0)
+        weight = challenger_weight(self.plan, batch.event_ts_ms, batch.customer_id)
+        mixed = combine(weight, champion, challenger)
+        threshold = (1.0 - mixed.weight) * self.champion.threshold + mixed.weight * self.challenger.threshold
+        return Outcome(
+            mixed.scores,
+            mixed.scores >= threshold,
+            _extra(self.challenger.label, mixed.weight, challenger, threshold, mixed.fallback),
+            None,
+            int(mixed.fallback.sum()),
+        )
+
+    @property
+    def label(self) -> str:
+        if self.plan is None:
+            return self.champion.label
+        return f"{self.champion.label} -> {self.plan.challenger} ({self.plan.strategy})"
+
+
+def _timed_predict(model: OnnxModel, X: F32, timed: Callable[[str, float], None]) -> F64:
+    started = time.perf_counter()
+    scores = model.predict(X)
+    timed(model.label, time.perf_counter() - started)
+    return scores
+
+
+def _extra(
+    label: str, weight: F64, challenger: F64 | None, threshold: F64, fallback: npt.NDArray[np.bool_]
+) -> list[dict[str, Any]]:
+    """Per decision: the challenger's version, its weight and score (or that it fell back), the threshold."""
+    scores = challenger.tolist() if challenger is not None else [None] * len(weight)
+    rows = []
+    for w, s, t, f in zip(weight.tolist(), scores, threshold.tolist(), fallback.tolist(), strict=True):
+        row: dict[str, Any] = {"challenger_version": label, "blend_weight": w, "threshold": t}
+        if f or s is None or s != s:  # NaN: no usable challenger score
+            row["challenger_fallback"] = True
+        else:
+            row["challenger_score"] = s
+        rows.append(row)
+    return rows
+
+
+class ControlWatcher:
+    """Reads `scorer-control` in a thread; builds the Serving of each new deployment, ready to swap in."""
+
+    def __init__(self, settings: Settings, threads: int, initial: Serving) -> None:
+        self.settings = settings
+        self.threads = threads
+        self.registry = Registry(Path(settings.registry))
+        self.models: dict[str, OnnxModel] = {initial.champion.label: initial.champion}
+        self.ready: Serving | None = None
+        self.errors = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="control-watcher", daemon=True)
+        self._seen: bytes | None = None
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def take(self) -> Serving | None:
+        """The newest deployment's Serving once loaded (then None until the next one)."""
+        ready, self.ready = self.ready, None
+        return ready
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        """Poll the control topic until closed; a broker error is logged and retried, never fatal here."""
+        while not self.stop.is_set():
+            try:
+                self._follow()
+            except KafkaException as exc:
+                self.errors += 1
+                logger.error("control_topic_unreadable", extra={"error": str(exc)})
+                self.stop.wait(5.0)
+
+    def _follow(self) -> None:
+        s = self.settings
+        consumer = Consumer(s.consumer_config(group=f"{s.group}-control", background=True))
+        try:
+            meta = consumer.list_topics(s.control_topic, timeout=10).topics[s.control_topic]
+            consumer.assign([TopicPartition(s.control_topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+            while not self.stop.is_set():
+                latest = None
+                for msg in consumer.consume(100, CONTROL_POLL_S):
+                    if msg.error() is None and msg.key() == DEPLOYMENT_KEY and msg.value():
+                        latest = msg.value()
+                if latest is not None and latest != self._seen:
+                    self._seen = latest
+                    self._apply(latest)
+        finally:
+            consumer.close()
+
+    def _apply(self, raw: bytes) -> None:
+        try:
+            deployment = Deployment.from_json(raw)
+            champion = self._load(deployment.champion)
+            challenger = self._load(deployment.plan.challenger) if deployment.plan else None
+        except (ScorerError, OSError) as exc:
+            self.errors += 1
+            logger.error("deployment_not_applied", extra={"error": str(exc)})
+            return
+        self.ready = Serving(champion, challenger, deployment.plan)
+        logger.info("deployment_loaded", extra={"serving": self.ready.label})
+
+    def _load(self, label: str) -> OnnxModel:
+        if label not in self.models:
+            self.models[label] = OnnxModel(self.registry.get(label).path, threads=self.threads)
+        return self.models[label]

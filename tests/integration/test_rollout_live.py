@@ -1,0 +1,86 @@
+"""A plan published while `scorer run` streams: decisions change over between batches, nothing is lost."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from scorer.cli import main
+from scorer.config import Settings
+from tests.integration.conftest import Proc, consume, decisions, env_for, produce
+from tests.integration.test_control import registry_with
+
+
+def batch(start: int, n: int) -> list[tuple[bytes | None, bytes | None]]:
+    """n transactions on 2026-03-01 10:00 UTC, 10/48 of the way into the blend below."""
+    return [
+        (
+            f"C{i % 9}".encode(),
+            orjson.dumps(
+                {
+                    "transaction_id": f"tx-{i}",
+                    "customer_id": f"C{i % 9}",
+                    "terminal_id": f"T{i % 5}",
+                    "amount": 10.0 + i,
+                    "timestamp": "2026-03-01T10:00:00Z",
+                }
+            ),
+        )  # fmt: skip
+        for i in range(start, start + n)
+    ]
+
+
+def in_range(docs: list[dict[str, object]], start: int, stop: int) -> list[dict[str, object]]:
+    return [d for d in docs if start <= int(str(d["transaction_id"])[3:]) < stop]
+
+
+def wait_for_version(scorer: Proc, text: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = [line for line in scorer.metrics().splitlines() if line.startswith("scorer_model_info{")]
+        if info and f'version="{text}"' in info[0]:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the scorer never served {text!r}")
+
+
+def test_blend_then_rollback_while_streaming(
+    settings: Settings,
+    tiny_model: Path,
+    procs: list[Proc],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry = registry_with(tiny_model, tmp_path / "models")
+    champion = registry / "tiny" / "1"
+    for key, value in env_for(settings, champion, SCORER_REGISTRY=str(registry)).items():
+        monkeypatch.setenv(key, value)
+    scorer = Proc("run", settings, champion, tmp_path / "scorer.log", SCORER_REGISTRY=str(registry))
+    procs.append(scorer)
+    produce(settings, settings.input_topic, batch(0, 40))
+    first = decisions(consume(settings, settings.decisions_topic, 40))
+    assert all("challenger_version" not in d and d["model_version"] == "tiny/1" for d in first)
+
+    models = ["models", "--registry", str(registry)]
+    blend = ["--strategy", "blend", "--start", "2026-03-01T00:00:00Z", "--end", "2026-03-03T00:00:00Z"]
+    assert main([*models, "promote", "tiny/2", *blend]) == 0
+    wait_for_version(scorer, "tiny/1 -> tiny/2 (blend)")
+    produce(settings, settings.input_topic, batch(40, 40))
+    second = in_range(decisions(consume(settings, settings.decisions_topic, 80)), 40, 80)
+    assert len(second) == 40
+    assert {d["challenger_version"] for d in second} == {"tiny/2"}
+    assert all(d["blend_weight"] == pytest.approx(10 / 48) and d["model_version"] == "tiny/1" for d in second)
+    assert all(d["score"] == pytest.approx(d["challenger_score"]) for d in second)  # same model both sides
+
+    assert main([*models, "rollback"]) == 0
+    wait_for_version(scorer, "tiny/1")
+    produce(settings, settings.input_topic, batch(80, 40))
+    everything = decisions(consume(settings, settings.decisions_topic, 120))
+    assert sorted(d["transaction_id"] for d in everything) == sorted(f"tx-{i}" for i in range(120))
+    late = in_range(everything, 80, 120)
+    assert all("challenger_version" not in d for d in late), [d for d in late if "challenger_version" in d][
+        :2
+    ]

@@ -38,6 +38,7 @@ class Settings:
     state_topic: str = "scorer-state"  # compacted changelog of per-customer window state
     control_topic: str = "scorer-control"  # compacted: model deployment plans
     registry: str = "models"  # model registry root: deployments name models as name/version in it
+    challenger_timeout_s: float = 1.0  # a challenger slower than this (after the champion) falls back
     aggregator_group: str = "fraud-scorer-aggregator"
     model: str = str(DEFAULT_MODEL)
     batch_max: int = 2000  # records per consume() call
@@ -230,6 +231,7 @@ def validate(s: Settings) -> None:
         "day_close_grace_s",
         "fetch_wait_max_ms",
         "table_fetch_wait_max_ms",
+        "challenger_timeout_s",
     ):
         if getattr(s, name) < 0:
             problems.append(f"{name} must not be negative")

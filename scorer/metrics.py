@@ -20,44 +20,59 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 LATENCY_BUCKETS_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20)) + (0.99, 0.999)
 BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 INFERENCE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class BatchHistogram:
-    """A Prometheus histogram fed a whole batch at once (numpy), so the hot path does no per-event calls."""
+    """A Prometheus histogram fed a whole batch at once (numpy), so the hot path does no per-event calls.
+
+    With `labelname`, one histogram per label value (e.g. per model version), created on first use.
+    """
 
     def __init__(
-        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+        labelname: str | None = None,
     ) -> None:
         self.name = name
         self.documentation = documentation
+        self.labelname = labelname
         self.upper = np.asarray(buckets, dtype=np.float64)
-        self.counts = np.zeros(len(self.upper) + 1, dtype=np.int64)  # last bin: above every bucket
-        self.total = 0.0
+        self.series: dict[str, tuple[npt.NDArray[np.int64], list[float]]] = {}  # label -> (counts, [sum])
+        if labelname is None:
+            self._series("")
         self._lock = threading.Lock()
         registry.register(self)
 
-    def observe_many(self, values: npt.NDArray[np.float64]) -> None:
+    def _series(self, label: str) -> tuple[npt.NDArray[np.int64], list[float]]:
+        if label not in self.series:  # last bin: above every bucket
+            self.series[label] = (np.zeros(len(self.upper) + 1, dtype=np.int64), [0.0])
+        return self.series[label]
+
+    def observe_many(self, values: npt.NDArray[np.float64], label: str = "") -> None:
         if len(values) == 0:
             return
-        bins = np.bincount(np.searchsorted(self.upper, values, side="left"), minlength=len(self.counts))
+        bins = np.bincount(np.searchsorted(self.upper, values, side="left"), minlength=len(self.upper) + 1)
         with self._lock:
-            self.counts += bins
-            self.total += float(values.sum())
+            counts, total = self._series(label)
+            counts += bins
+            total[0] += float(values.sum())
 
     def collect(self) -> Iterable[HistogramMetricFamily]:
+        labels = [self.labelname] if self.labelname else []
+        family = HistogramMetricFamily(self.name, self.documentation, labels=labels)
         with self._lock:
-            cumulative = np.cumsum(self.counts).tolist()
-            total = self.total
-        buckets = [(_le(b), float(c)) for b, c in zip(self.upper.tolist(), cumulative, strict=False)]
-        buckets.append(("+Inf", float(cumulative[-1])))
-        family = HistogramMetricFamily(self.name, self.documentation)
-        family.add_metric([], buckets, total)
+            series = [(k, np.cumsum(c).tolist(), t[0]) for k, (c, t) in self.series.items()]
+        for label, cumulative, total in series:
+            buckets = [(_le(b), float(c)) for b, c in zip(self.upper.tolist(), cumulative, strict=False)]
+            buckets.append(("+Inf", float(cumulative[-1])))
+            family.add_metric([label] if self.labelname else [], buckets, total)
         yield family
-
-    def describe(self) -> Iterable[HistogramMetricFamily]:
-        yield HistogramMetricFamily(self.name, self.documentation)
 
 
 def _le(bound: float) -> str:
@@ -103,6 +118,22 @@ class Metrics:
         self.state_keys = Gauge("scorer_state_keys", "Keys held in window state.", ["kind"], registry=r)
         self.state_bytes = Gauge("scorer_state_bytes", "Bytes held by window state.", ["kind"], registry=r)
         self.model_info = Info("scorer_model", "The model version(s) in use.", registry=r)
+        self.model_scores = BatchHistogram(
+            "scorer_model_score", "Scores each model version gave (champion and challenger).",
+            SCORE_BUCKETS, r, labelname="model_version",
+        )  # fmt: skip
+        self.model_flagged = Counter(
+            "scorer_model_flagged", "Events each model version would flag at its own threshold.",
+            ["model_version"], registry=r,
+        )  # fmt: skip
+        self.model_scored = Counter(
+            "scorer_model_scored", "Events each model version scored.", ["model_version"], registry=r
+        )
+        self.agreement = Counter(
+            "scorer_challenger_agreement",
+            "Events champion and challenger flag alike (compare with scorer_model_scored of the challenger).",
+            ["model_version"], registry=r,
+        )  # fmt: skip
         self.fallbacks = Counter(
             "scorer_challenger_fallbacks",
             "Events a challenger should have scored but failed, timed out or returned NaN for (champion used).",

@@ -36,7 +36,7 @@ from scorer.features import CUSTOMER_NAMES, FEATURE_NAMES, stateless_features
 from scorer.metrics import HealthServer, Metrics
 from scorer.model import OnnxModel
 from scorer.runtime import tune_gc
-from scorer.serving import ControlWatcher, Serving
+from scorer.serving import ControlWatcher, Outcome, Serving
 from scorer.sink import Sink
 from scorer.snapshots import CustomerStore
 from scorer.terminals import TerminalTable
@@ -241,11 +241,8 @@ class Pipeline:
     def _score(self, batch: TransactionBatch, partitions: I64, produced_ms: I64) -> None:
         X = self.features(batch, partitions)
         serving = self.serving
-        outcome = serving.score(X, batch, self._timed)
-        if outcome.fallbacks:
-            self.metrics.fallbacks.labels(serving.plan.challenger if serving.plan else "").inc(
-                outcome.fallbacks
-            )
+        outcome = serving.score(X, batch, self._timed, self.settings.challenger_timeout_s)
+        self._record_models(serving, outcome)
         now_ms = int(time.time() * 1000)
         champion = serving.champion
         scored = ScoredBatch(
@@ -281,6 +278,27 @@ class Pipeline:
         shadow = ScoredBatch(batch, X, scores, scores >= model.threshold, model.threshold, model.label)
         values = encode_decisions(shadow, self.explainer, now_ms)
         self.sink.send(self.shadow_topic, [{"key": k, "value": v} for k, v in zip(keys, values, strict=True)])
+
+    def _record_models(self, serving: Serving, outcome: Outcome) -> None:
+        """Per model version: its score histogram, events scored and flagged; fallbacks and agreement."""
+        m, champion = self.metrics, serving.champion
+        champion_flags = outcome.champion_scores >= champion.threshold
+        m.model_scores.observe_many(outcome.champion_scores, champion.label)
+        m.model_scored.labels(champion.label).inc(len(champion_flags))
+        m.model_flagged.labels(champion.label).inc(int(champion_flags.sum()))
+        if serving.challenger is None:
+            return
+        label = serving.challenger.label
+        if outcome.fallbacks:
+            m.fallbacks.labels(label).inc(outcome.fallbacks)
+        if outcome.challenger_scores is not None:
+            usable = np.isfinite(outcome.challenger_scores)
+            scores = outcome.challenger_scores[usable]
+            flags = scores >= serving.challenger.threshold
+            m.model_scores.observe_many(scores, label)
+            m.model_scored.labels(label).inc(len(scores))
+            m.model_flagged.labels(label).inc(int(flags.sum()))
+            m.agreement.labels(label).inc(int((flags == champion_flags[usable]).sum()))
 
     def _timed(self, label: str, seconds: float) -> None:
         self.metrics.inference.labels(label).observe(seconds)

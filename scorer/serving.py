@@ -6,7 +6,9 @@ and the pipeline swaps it in between batches, so a batch is never scored by a ha
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 CONTROL_POLL_S = 0.5
+_CHALLENGER_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="challenger")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,8 @@ class Outcome:
     extra: list[dict[str, Any]] | None  # per row: challenger fields (None without a plan)
     shadow_scores: F64 | None  # shadow plan: the challenger's scores, for the shadow topic only
     fallbacks: int
+    champion_scores: F64  # each model's own scores, for the per-version metrics
+    challenger_scores: F64 | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,28 +54,39 @@ class Serving:
     challenger: OnnxModel | None = None
     plan: Plan | None = None
 
-    def score(self, X: F32, batch: TransactionBatch, timed: Callable[[str, float], None]) -> Outcome:
-        """Champion scores; under a plan also the challenger's, blended per event (fallback on failure)."""
-        champion = _timed_predict(self.champion, X, timed)  # its failure is the batch's (DLQ path)
+    def score(
+        self, X: F32, batch: TransactionBatch, timed: Callable[[str, float], None], timeout_s: float = 1.0
+    ) -> Outcome:
+        """Champion scores; under a plan also the challenger's, blended per event.
+
+        The challenger runs in its own thread beside the champion (onnxruntime releases the GIL), so it
+        costs little latency; if it fails or has not answered `timeout_s` after the champion, the champion
+        decides those events and they are counted as fallbacks.
+        """
         if self.plan is None or self.challenger is None:
-            return Outcome(champion, champion >= self.champion.threshold, None, None, 0)
+            champion = _timed_predict(self.champion, X, timed)  # its failure is the batch's (DLQ path)
+            return Outcome(champion, champion >= self.champion.threshold, None, None, 0, champion)
+        pending = _CHALLENGER_POOL.submit(_timed_predict, self.challenger, X, timed)
+        champion = _timed_predict(self.champion, X, timed)
         try:
-            challenger: F64 | None = _timed_predict(self.challenger, X, timed)
+            challenger: F64 | None = pending.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            logger.warning(
+                "challenger_timed_out", extra={"model": self.challenger.label, "timeout_s": timeout_s}
+            )
+            challenger = None
         except Exception:  # a failing challenger must not fail the batch: the champion decides
             logger.exception("challenger_failed", extra={"model": self.challenger.label})
             challenger = None
         if self.plan.strategy == "shadow":
-            return Outcome(champion, champion >= self.champion.threshold, None, challenger, 0)
+            flagged = champion >= self.champion.threshold
+            return Outcome(champion, flagged, None, challenger, 0, champion, challenger)
         weight = challenger_weight(self.plan, batch.event_ts_ms, batch.customer_id)
         mixed = combine(weight, champion, challenger)
         threshold = (1.0 - mixed.weight) * self.champion.threshold + mixed.weight * self.challenger.threshold
-        return Outcome(
-            mixed.scores,
-            mixed.scores >= threshold,
-            _extra(self.challenger.label, mixed.weight, challenger, threshold, mixed.fallback),
-            None,
-            int(mixed.fallback.sum()),
-        )
+        extra = _extra(self.challenger.label, mixed.weight, challenger, threshold, mixed.fallback)
+        fallbacks = int(mixed.fallback.sum())
+        return Outcome(mixed.scores, mixed.scores >= threshold, extra, None, fallbacks, champion, challenger)
 
     @property
     def label(self) -> str:
@@ -94,10 +110,10 @@ def _extra(
     rows = []
     for w, s, t, f in zip(weight.tolist(), scores, threshold.tolist(), fallback.tolist(), strict=True):
         row: dict[str, Any] = {"challenger_version": label, "blend_weight": w, "threshold": t}
-        if f or s is None or s != s:  # NaN: no usable challenger score
-            row["challenger_fallback"] = True
-        else:
+        if s is not None and math.isfinite(s):
             row["challenger_score"] = s
+        if f:  # the challenger was wanted for this event and had no usable score
+            row["challenger_fallback"] = True
         rows.append(row)
     return rows
 

@@ -12,6 +12,7 @@ from scorer.cli import main
 from scorer.config import Settings
 from tests.integration.conftest import Proc, consume, decisions, env_for, produce
 from tests.integration.test_control import registry_with
+from tests.integration.test_pipeline import metric
 
 
 def batch(start: int, n: int) -> list[tuple[bytes | None, bytes | None]]:
@@ -74,6 +75,10 @@ def test_blend_then_rollback_while_streaming(
     assert {d["challenger_version"] for d in second} == {"tiny/2"}
     assert all(d["blend_weight"] == pytest.approx(10 / 48) and d["model_version"] == "tiny/1" for d in second)
     assert all(d["score"] == pytest.approx(d["challenger_score"]) for d in second)  # same model both sides
+    text = scorer.metrics()
+    assert metric(text, "scorer_model_scored_total", 'model_version="tiny/2"') == 40
+    assert metric(text, "scorer_challenger_agreement_total", 'model_version="tiny/2"') == 40
+    assert metric(text, "scorer_model_score_count", 'model_version="tiny/1"') == 80
 
     assert main([*models, "rollback"]) == 0
     wait_for_version(scorer, "tiny/1")
@@ -84,3 +89,38 @@ def test_blend_then_rollback_while_streaming(
     assert all("challenger_version" not in d for d in late), [d for d in late if "challenger_version" in d][
         :2
     ]
+
+
+def test_rollback_reaches_every_instance_of_the_group(
+    settings: Settings,
+    tiny_model: Path,
+    procs: list[Proc],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry = registry_with(tiny_model, tmp_path / "models")
+    champion = registry / "tiny" / "1"
+    for key, value in env_for(settings, champion, SCORER_REGISTRY=str(registry)).items():
+        monkeypatch.setenv(key, value)
+    group = [
+        Proc("run", settings, champion, tmp_path / f"scorer{i}.log", SCORER_REGISTRY=str(registry))
+        for i in range(2)
+    ]
+    procs.extend(group)
+    produce(settings, settings.input_topic, batch(0, 40))
+    assert len(consume(settings, settings.decisions_topic, 40)) == 40  # both joined and scoring
+    models = ["models", "--registry", str(registry)]
+    assert main([*models, "promote", "tiny/2", "--strategy", "shadow"]) == 0
+    for scorer in group:
+        wait_for_version(scorer, "tiny/1 -> tiny/2 (shadow)")
+    produce(settings, settings.input_topic, batch(40, 40))
+    shadow = decisions(consume(settings, f"{settings.decisions_topic}-shadow", 40))
+    assert sorted(d["transaction_id"] for d in shadow) == sorted(f"tx-{i}" for i in range(40, 80))
+    assert {d["model_version"] for d in shadow} == {"tiny/2"}
+    decided = in_range(decisions(consume(settings, settings.decisions_topic, 80)), 40, 80)
+    assert len(decided) == 40 and all(
+        d["model_version"] == "tiny/1" and "blend_weight" not in d for d in decided
+    )
+    assert main([*models, "rollback"]) == 0
+    for scorer in group:
+        wait_for_version(scorer, "tiny/1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,17 @@ def test_shadow_never_decides(tiny_model: Path, inputs: tuple[Any, Any]) -> None
     out = Serving(champion, challenger, plan("shadow", 0)).score(X, batch, lambda *_: None)
     assert np.array_equal(out.scores, champion.predict(X)) and out.extra is None
     assert out.shadow_scores is not None and (out.shadow_scores == 1.0).all()
+
+
+def test_a_slow_challenger_times_out_and_falls_back(tiny_model: Path, inputs: tuple[Any, Any]) -> None:
+    batch, X = inputs
+    champion, challenger = OnnxModel(tiny_model), OnnxModel(tiny_model)
+
+    def slow(X: Any) -> Any:
+        time.sleep(0.5)
+        return np.ones(len(X))
+
+    challenger.predict = slow  # type: ignore[method-assign]
+    out = Serving(champion, challenger, plan("direct", 0)).score(X, batch, lambda *_: None, timeout_s=0.05)
+    assert out.fallbacks == len(X) and out.challenger_scores is None
+    assert np.array_equal(out.scores, champion.predict(X))

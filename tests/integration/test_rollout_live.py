@@ -48,6 +48,17 @@ def wait_for_version(scorer: Proc, text: str, timeout_s: float = 30.0) -> None:
     raise AssertionError(f"the scorer never served {text!r}")
 
 
+def cli_environment(
+    settings: Settings, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Path]:
+    """A registry (tiny/1..3) and the SCORER_* environment the in-process CLI reads: (registry, champion)."""
+    registry = registry_with(tiny_model, tmp_path / "models")
+    champion = registry / "tiny" / "1"
+    for key, value in env_for(settings, champion, SCORER_REGISTRY=str(registry)).items():
+        monkeypatch.setenv(key, value)
+    return registry, champion
+
+
 def test_blend_then_rollback_while_streaming(
     settings: Settings,
     tiny_model: Path,
@@ -55,10 +66,7 @@ def test_blend_then_rollback_while_streaming(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    registry = registry_with(tiny_model, tmp_path / "models")
-    champion = registry / "tiny" / "1"
-    for key, value in env_for(settings, champion, SCORER_REGISTRY=str(registry)).items():
-        monkeypatch.setenv(key, value)
+    registry, champion = cli_environment(settings, tiny_model, tmp_path, monkeypatch)
     scorer = Proc("run", settings, champion, tmp_path / "scorer.log", SCORER_REGISTRY=str(registry))
     procs.append(scorer)
     produce(settings, settings.input_topic, batch(0, 40))
@@ -86,9 +94,7 @@ def test_blend_then_rollback_while_streaming(
     everything = decisions(consume(settings, settings.decisions_topic, 120))
     assert sorted(d["transaction_id"] for d in everything) == sorted(f"tx-{i}" for i in range(120))
     late = in_range(everything, 80, 120)
-    assert all("challenger_version" not in d for d in late), [d for d in late if "challenger_version" in d][
-        :2
-    ]
+    assert not [d for d in late if "challenger_version" in d]
 
 
 def test_rollback_reaches_every_instance_of_the_group(
@@ -98,10 +104,7 @@ def test_rollback_reaches_every_instance_of_the_group(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    registry = registry_with(tiny_model, tmp_path / "models")
-    champion = registry / "tiny" / "1"
-    for key, value in env_for(settings, champion, SCORER_REGISTRY=str(registry)).items():
-        monkeypatch.setenv(key, value)
+    registry, champion = cli_environment(settings, tiny_model, tmp_path, monkeypatch)
     group = [
         Proc("run", settings, champion, tmp_path / f"scorer{i}.log", SCORER_REGISTRY=str(registry))
         for i in range(2)

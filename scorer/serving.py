@@ -50,6 +50,8 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Serving:
+    """The loaded models of one deployment: the champion, and the plan's challenger when there is one."""
+
     champion: OnnxModel
     challenger: OnnxModel | None = None
     plan: Plan | None = None

@@ -41,7 +41,11 @@ def in_range(docs: list[dict[str, object]], start: int, stop: int) -> list[dict[
 def wait_for_version(scorer: Proc, text: str, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        info = [line for line in scorer.metrics().splitlines() if line.startswith("scorer_model_info{")]
+        try:
+            exposition = scorer.metrics()
+        except OSError:  # the metrics server is not up yet
+            exposition = ""
+        info = [line for line in exposition.splitlines() if line.startswith("scorer_model_info{")]
         if info and f'version="{text}"' in info[0]:
             return
         time.sleep(0.2)

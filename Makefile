@@ -27,7 +27,7 @@ test: lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-# The side-by-side benchmark (about 25 minutes at the defaults); results go to benchmarks/results/.
+# The side-by-side benchmark (about 15 minutes at the defaults); results go to benchmarks/results/.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(ARGS)
 

@@ -25,6 +25,7 @@ from benchmarks.harness import rss_bytes
 from scorer.batches import pick
 from scorer.config import DEFAULT_MODEL
 from scorer.decisions import Explainer, ScoredBatch, encode_decisions
+from scorer.drift import Bins, Drift
 from scorer.events import MS_PER_DAY, TransactionBatch, decode_transactions
 from scorer.features import (
     CUSTOMER_NAMES,
@@ -34,6 +35,7 @@ from scorer.features import (
     TerminalFeatures,
     stateless_features,
 )
+from scorer.inputs import InputChecks
 from scorer.model import OnnxModel
 from scorer.rollout import Plan
 from scorer.runtime import tune_gc
@@ -47,6 +49,7 @@ STAGES = (  # "model": every model call of the batch, and the blending under a p
     "terminal lookup",
     "stateless + assemble",
     "model",
+    "input checks + drift",
     "decisions",
     "messages",
 )
@@ -66,6 +69,9 @@ class Replay:
         self.customers = [CustomerFeatures(config) for _ in range(PARTITIONS)]
         self.terminals = TerminalFeatures(config)
         self.explainer = Explainer.from_meta(self.model.meta.raw, FEATURE_NAMES)
+        meta = self.model.meta.raw
+        self.checks = InputChecks.from_meta(meta, FEATURE_NAMES, 300.0, 86_400.0)
+        self.drift = Drift(Bins.from_reference(meta["reference"], FEATURE_NAMES))
         self.batch_size = batch_size
         self.seconds = dict.fromkeys(STAGES, 0.0)
 
@@ -91,6 +97,10 @@ class Replay:
         lap("stateless + assemble")
         out = self.serving.score(X, b, lambda label, seconds: None)
         lap("model")
+        now_ms = int(time.time() * 1000)
+        self.checks.check(b, X, now_ms, lambda name, reason, n: None, self.model.label)
+        self.drift.observe(X, out.champion_scores, b.event_ts_ms)
+        lap("input checks + drift")
         scored = ScoredBatch(b, X, out.scores, out.flagged, self.model.threshold, self.model.label, out.extra)
         values = encode_decisions(scored, self.explainer, int(time.time() * 1000))
         lap("decisions")

@@ -37,9 +37,17 @@ class Settings:
     terminal_events_topic: str = "terminal-events"  # transactions + labels re-keyed by terminal
     state_topic: str = "scorer-state"  # compacted changelog of per-customer window state
     control_topic: str = "scorer-control"  # compacted: model deployment plans
+    monitoring_topic: str = "scorer-monitoring"  # hourly binned feature/score counts for `scorer report`
     registry: str = "models"  # model registry root: deployments name models as name/version in it
     challenger_timeout_s: float = 1.0  # a challenger slower than this (after the champion) falls back
     aggregator_group: str = "fraud-scorer-aggregator"
+    monitor_group: str = "fraud-scorer-monitor"
+    monitoring_interval_s: float = 60.0  # how often a scorer publishes its drift counts (0: never)
+    max_future_skew_s: float = 300.0  # events this far ahead of the clock count as future_timestamp (0: off)
+    max_event_delay_s: float = 86_400.0  # events this far behind the clock count as late_timestamp (0: off)
+    quality_window_days: int = 7  # live quality over this many days whose labels are complete
+    quality_drop_margin: float = 0.1  # live quality this far below the model card raises the drop alert
+    quality_max_decisions: int = 2_000_000  # decisions the monitor keeps for the label join (oldest go)
     model: str = str(DEFAULT_MODEL)
     batch_max: int = 2000  # records per consume() call
     batch_wait_s: float = 0.02  # how long consume() may wait to fill a batch
@@ -221,7 +229,13 @@ def load_settings(
 def validate(s: Settings) -> None:
     """Reject values that would only fail later, far from their cause."""
     problems = []
-    for name in ("batch_max", "onnx_threads", "max_value_bytes"):
+    for name in (
+        "batch_max",
+        "onnx_threads",
+        "max_value_bytes",
+        "quality_window_days",
+        "quality_max_decisions",
+    ):
         if getattr(s, name) < 1:
             problems.append(f"{name} must be at least 1")
     for name in (
@@ -232,6 +246,10 @@ def validate(s: Settings) -> None:
         "fetch_wait_max_ms",
         "table_fetch_wait_max_ms",
         "challenger_timeout_s",
+        "monitoring_interval_s",
+        "max_future_skew_s",
+        "max_event_delay_s",
+        "quality_drop_margin",
     ):
         if getattr(s, name) < 0:
             problems.append(f"{name} must not be negative")

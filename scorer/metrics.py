@@ -173,6 +173,24 @@ class Metrics:
         self.produce_errors = Counter(
             "scorer_delivery_errors", "Outputs the broker refused after all retries.", ["topic"], registry=r
         )
+        self.input_issues = Counter(
+            "scorer_input_issues",
+            "Scored transactions unlike the training data: unseen category, outside the training range, "
+            "missing optional field, future or late timestamp.",
+            ["field", "reason"], registry=r,
+        )  # fmt: skip
+        self.feature_psi = Gauge(
+            "scorer_feature_psi", "Population Stability Index of a feature against training, per event-time window.",
+            ["feature", "window"], registry=r,
+        )  # fmt: skip
+        self.score_psi = Gauge(
+            "scorer_score_psi", "PSI of the champion's score against its training scores, per window.",
+            ["window"], registry=r,
+        )  # fmt: skip
+        self.drift_events = Gauge(
+            "scorer_drift_window_events", "Events in each drift window (PSI is noisy on few).", ["window"],
+            registry=r,
+        )  # fmt: skip
 
 
 class AggregatorMetrics:

@@ -9,6 +9,8 @@ steps run synchronously for the partitions concerned. This module holds the only
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
@@ -30,9 +33,11 @@ from prometheus_client import CollectorRegistry
 from scorer.batches import pick
 from scorer.config import Settings
 from scorer.decisions import Explainer, ScoredBatch, encode_decisions
+from scorer.drift import HOUR_MS, Bins, Drift
 from scorer.errors import ScorerError
-from scorer.events import TransactionBatch, decode_transactions
+from scorer.events import TransactionBatch, decode_transactions, rfc3339_ms
 from scorer.features import CUSTOMER_NAMES, FEATURE_NAMES, stateless_features
+from scorer.inputs import InputChecks, issue_labels
 from scorer.metrics import HealthServer, Metrics
 from scorer.model import OnnxModel
 from scorer.runtime import tune_gc
@@ -76,6 +81,11 @@ class Pipeline:
         self.shadow_topic = f"{settings.decisions_topic}-shadow"
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry, DLQ_REASONS)
+        for name, reason in issue_labels(FEATURE_NAMES):
+            self.metrics.input_issues.labels(name, reason)
+        self.checks, self.drift = self._data_health(model)
+        self.last_published = time.monotonic()
+        self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self.metrics.model_info.info({"version": model.label, "threshold": f"{model.threshold:.6f}"})
         self.sink = Sink(settings.producer_config(), self.metrics)
         config = model.meta.feature_config
@@ -167,10 +177,15 @@ class Pipeline:
             self._begin_commit()
         if now - self.last_gauges >= GAUGE_INTERVAL_S:
             self._update_gauges()
+        interval = self.settings.monitoring_interval_s
+        if interval > 0 and now - self.last_published >= interval:
+            self._publish_drift()
 
     def _shutdown(self) -> None:
         """Finish: commit everything processed (if the sink is healthy), leave the group, flush."""
         if self.fatal is None:
+            if self.settings.monitoring_interval_s > 0:
+                self._publish_drift()
             self._commit_sync(sorted(self.assigned))
         self.consumer.close()
         self.table.close()
@@ -245,6 +260,8 @@ class Pipeline:
         self._record_models(serving, outcome)
         now_ms = int(time.time() * 1000)
         champion = serving.champion
+        self.checks.check(batch, X, now_ms, self._count_issue, champion.label)
+        self.drift.observe(X, outcome.champion_scores, batch.event_ts_ms)
         scored = ScoredBatch(
             batch, X, outcome.scores, outcome.flagged, champion.threshold, champion.label, outcome.extra
         )
@@ -300,6 +317,46 @@ class Pipeline:
             m.model_flagged.labels(label).inc(int(flags.sum()))
             m.agreement.labels(label).inc(int((flags == champion_flags[usable]).sum()))
 
+    def _count_issue(self, name: str, reason: str, n: int) -> None:
+        self.metrics.input_issues.labels(name, reason).inc(n)
+
+    def _data_health(self, model: OnnxModel) -> tuple[InputChecks, Drift]:
+        """Input checks and drift state against this champion's training reference."""
+        s, meta = self.settings, model.meta.raw
+        checks = InputChecks.from_meta(meta, FEATURE_NAMES, s.max_future_skew_s, s.max_event_delay_s)
+        return checks, Drift(Bins.from_reference(meta["reference"], FEATURE_NAMES))
+
+    def _drift_gauges(self) -> None:
+        for window, (events, values) in self.drift.window_psi().items():
+            self.metrics.drift_events.labels(window).set(events)
+            for column, value in zip(self.drift.bins.columns[:-1], values[:-1].tolist(), strict=True):
+                self.metrics.feature_psi.labels(column, window).set(value)
+            self.metrics.score_psi.labels(window).set(float(values[-1]))
+
+    def _publish_drift(self) -> None:
+        """Per event hour, the binned counts gathered since the last publication (for `scorer report`)."""
+        self.last_published = time.monotonic()
+        hours = self.drift.take_hours()
+        if not hours:
+            return
+        bins = self.drift.bins
+        sizes = np.diff([*bins.offsets.tolist(), bins.size]).tolist()
+        stamps = rfc3339_ms(np.asarray(sorted(hours), dtype=np.int64) * HOUR_MS)
+        records = [
+            {
+                "value": orjson.dumps(
+                    {
+                        "kind": "drift", "hour": stamp, "model_version": self.serving.champion.label,
+                        "instance": self.instance, "columns": bins.columns, "bins": sizes,
+                        "counts": hours[hour].tolist(),
+                    }
+                ),
+                "key": self.instance.encode(),
+            }
+            for hour, stamp in zip(sorted(hours), stamps, strict=True)
+        ]  # fmt: skip
+        self.sink.send(self.settings.monitoring_topic, records)
+
     def _timed(self, label: str, seconds: float) -> None:
         self.metrics.inference.labels(label).observe(seconds)
 
@@ -307,6 +364,9 @@ class Pipeline:
         """Swap in a newly loaded deployment between batches."""
         if serving.champion is not self.serving.champion:
             self.explainer = Explainer.from_meta(serving.champion.meta.raw, FEATURE_NAMES)
+            if self.settings.monitoring_interval_s > 0:
+                self._publish_drift()  # the counts so far belong to the outgoing champion
+            self.checks, self.drift = self._data_health(serving.champion)
         self.serving = serving
         self.metrics.model_info.info(
             {"version": serving.label, "threshold": f"{serving.champion.threshold:.6f}"}
@@ -423,6 +483,7 @@ class Pipeline:
         self.metrics.state_bytes.labels("customer").set(self.customers.nbytes)
         self.metrics.state_keys.labels("terminal").set(self.table.keys)
         self.metrics.state_bytes.labels("terminal").set(self.table.nbytes)
+        self._drift_gauges()
         if self.table.applied_day > -(2**61):
             self.metrics.terminal_day.set(self.table.applied_day * 86_400)
         positions = self.consumer.position(

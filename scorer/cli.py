@@ -7,6 +7,7 @@ import datetime
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 from confluent_kafka import KafkaException
@@ -15,6 +16,9 @@ from scorer import __version__
 from scorer.config import DEFAULT_MODEL, Settings
 from scorer.errors import ConfigError, ScorerError
 from scorer.models_cli import add_models_parser
+
+if TYPE_CHECKING:
+    from scorer.simulate import SimulationParams
 
 
 def _date(text: str) -> datetime.date:
@@ -43,14 +47,44 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--days", type=_positive, default=d.days, help="days of history to generate")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed: same seed, same bytes")
     p.add_argument("--start", type=_date, default=d.start, help="first day, YYYY-MM-DD (UTC)")
+    g = p.add_argument_group("drift (from --drift-from-day on; the days before are unchanged)")
+    g.add_argument("--drift-from-day", type=int, help="first drifted day (0-based); no drift without it")
+    g.add_argument("--amount-factor", type=float, default=1.0, help="multiply every amount by this")
+    g.add_argument("--new-terminals", type=int, default=0, help="a new terminal population of this size")
+    g.add_argument("--new-currency", help="a currency the model never saw, on 30%% of transactions")
+    g.add_argument("--card-testing", type=int, default=0, help="cards per day hit by a new fraud pattern")
+
+
+def simulation_params(args: argparse.Namespace) -> SimulationParams:
+    """SimulationParams from the flags of add_simulation_args."""
+    from scorer.simulate import Drift, SimulationParams
+
+    drift = None
+    if args.drift_from_day is not None:
+        if (
+            args.drift_from_day < 0
+            or args.new_terminals < 0
+            or args.card_testing < 0
+            or args.amount_factor <= 0
+        ):
+            raise ConfigError("drift options must not be negative (and --amount-factor must be positive)")
+        drift = Drift(
+            from_day=args.drift_from_day,
+            amount_factor=args.amount_factor,
+            new_terminals=args.new_terminals,
+            currency=args.new_currency,
+            card_testing=args.card_testing,
+        )
+    return SimulationParams(
+        customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed, start=args.start,
+        drift=drift,
+    )  # fmt: skip
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from scorer.simulate import SimulationParams, simulate, write_jsonl
+    from scorer.simulate import simulate, write_jsonl
 
-    params = SimulationParams(
-        customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed, start=args.start
-    )
+    params = simulation_params(args)
     data = simulate(params)
     tx_path, label_path = write_jsonl(data, Path(args.out))
     print(
@@ -175,6 +209,20 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     return Aggregator(settings, meta.feature_config).run(stop)
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    import threading
+
+    from scorer import logs
+    from scorer.monitor import Monitor
+    from scorer.pipeline import install_signal_handlers
+
+    settings = settings_from(args)
+    logs.configure(settings.log_level)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    return Monitor(settings).run(stop)
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     from scorer.topics import create_topics, topic_specs
 
@@ -240,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("aggregate", help="publish terminal features for every scorer (own consumer group)")
     add_kafka_args(p)
     p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("monitor", help="live model quality from delayed fraud labels (one per deployment)")
+    add_kafka_args(p)
+    p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("topics", help="create the topics (partitions, compaction) the system needs")
     add_kafka_args(p)

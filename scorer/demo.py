@@ -7,11 +7,12 @@ import shutil
 import time
 from pathlib import Path
 
+from scorer.cli import simulation_params
 from scorer.console import ProgressBar
 from scorer.dataset import load_history
 from scorer.evaluate import evaluate, metrics_table
 from scorer.model import OnnxModel
-from scorer.simulate import SimulationParams, simulate, write_jsonl
+from scorer.simulate import simulate, write_jsonl
 from scorer.train import TrainParams, train, write_artefact
 
 TEST_DAYS = 7
@@ -22,9 +23,7 @@ def run_offline_demo(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
     data_dir, model_dir = workdir / "data", workdir / "models" / "demo" / "1"
     started = time.monotonic()
-    params = SimulationParams(
-        customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed, start=args.start
-    )
+    params = simulation_params(args)
     print(
         f"[1/3] simulating {params.customers:,} customers, {params.terminals:,} terminals, {params.days} days"
     )

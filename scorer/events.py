@@ -422,6 +422,11 @@ def _stamps_ms(col: list[Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bo
     return ms, ~ok
 
 
+def stamps_ms(col: list[Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """A column of RFC 3339 stamps parsed at once: (ms since the epoch, True where not a valid stamp)."""
+    return _stamps_ms(col)
+
+
 def decode_labels(values: Sequence[bytes | None], max_value_bytes: int = MAX_VALUE_BYTES) -> DecodedLabels:
     """Decode and validate a batch per schemas/label.schema.json; never raises for bad input."""
     rows: list[tuple[str, str, str, bool, int, int]] = []

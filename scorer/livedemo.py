@@ -24,9 +24,10 @@ import orjson
 from confluent_kafka import Consumer, Producer
 
 from scorer.broker import EmbeddedBroker, free_port
+from scorer.cli import simulation_params
 from scorer.config import DEFAULT_MODEL, Settings
 from scorer.console import table
-from scorer.simulate import SimulatedData, SimulationParams, label_values, simulate, transaction_values
+from scorer.simulate import SimulatedData, label_values, simulate, transaction_values
 from scorer.topics import create_topics
 
 PARTITIONS = 4
@@ -124,9 +125,7 @@ def child(
 
 def run_live_demo(args: argparse.Namespace) -> int:
     model = str(args.model or DEFAULT_MODEL)
-    params = SimulationParams(
-        customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed, start=args.start
-    )
+    params = simulation_params(args)
     print(
         f"simulating {params.customers:,} customers / {params.terminals:,} terminals / {params.days} days ...",
         flush=True,

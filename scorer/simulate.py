@@ -39,6 +39,27 @@ class SimulationParams:
     start: datetime.date = datetime.date(2026, 1, 1)
     radius: float = 5.0
     label_delay_days: float = 7.0
+    drift: Drift | None = None  # changes from a given day on, for drift and quality-drop tests
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """What changes from `from_day` (0-based) on; the history before it is byte-for-byte the undrifted one.
+
+    - amount_factor: every amount is multiplied (prices, a currency switch, a new customer segment);
+    - new_terminals: a new terminal population (fresh ids) that takes `new_terminal_share` of the traffic;
+    - currency: a currency the model never saw, on `currency_share` of the transactions;
+    - card_testing: a fraud pattern the model never saw; per day that many cards make, at night, small
+      purchases (1 to 5) that are all fraud (and labelled like every other fraud).
+    """
+
+    from_day: int
+    amount_factor: float = 1.0
+    new_terminals: int = 0
+    new_terminal_share: float = 0.5
+    currency: str | None = None
+    currency_share: float = 0.3
+    card_testing: int = 0
 
 
 @dataclass(slots=True)
@@ -116,15 +137,22 @@ def simulate(p: SimulationParams) -> SimulatedData:
     scenario[amount > FRAUD_AMOUNT] = 1
     _terminal_fraud(rng, p, day, term, scenario)
     amount = _customer_fraud(rng, p, day, cust, amount, scenario)
+    currency = np.full(n, "EUR", dtype=object)
+    n_base = int(np.count_nonzero(scenario))  # the main random stream draws this many label delays
+    if p.drift is not None:
+        amount, term, ts = _drift(p, p.drift, day, cust, amount, term, ts, currency, scenario)
     is_fraud = scenario > 0
 
     label_index = np.flatnonzero(is_fraud).astype(np.int64)
-    delay = rng.uniform(3_600_000, p.label_delay_days * MS_PER_DAY, len(label_index)).astype(np.int64)
+    delay = _label_delays(rng, p, n_base, len(label_index))
     reported = ts[label_index] + delay
     lorder = np.argsort(reported, kind="stable")
     channel_of = np.where(rng.random(p.terminals) < 0.8, "pos", "ecom")
     mcc_of = np.asarray(MCC_CODES)[rng.integers(0, len(MCC_CODES), p.terminals)]
-    cust_ids, term_ids = _ids("C", p.customers), _ids("T", p.terminals)
+    extra = p.drift.new_terminals if p.drift is not None else 0
+    channel_of = np.r_[channel_of, np.full(extra, "ecom")]
+    mcc_of = np.r_[mcc_of, np.asarray(MCC_CODES)[np.zeros(extra, dtype=np.int64)]]
+    cust_ids, term_ids = _ids("C", p.customers), _ids("T", p.terminals) + _ids("TN", extra)
     width = max(8, len(str(n)))
     return SimulatedData(
         transaction_id=[f"tx{i:0{width}d}" for i in range(n)],
@@ -132,7 +160,7 @@ def simulate(p: SimulationParams) -> SimulatedData:
         terminal_id=[term_ids[t] for t in term.tolist()],
         amount=amount,
         event_ts_ms=ts,
-        currency=["EUR"] * n,
+        currency=currency.tolist(),
         channel=channel_of[term].tolist(),
         merchant_category=mcc_of[term].tolist(),
         is_fraud=is_fraud,
@@ -180,6 +208,53 @@ def _customer_fraud(
         amount[lo:hi][hit] = np.round(amount[lo:hi][hit] * 5, 2)
         scenario[lo:hi][hit] = 3
     return amount
+
+
+def _label_delays(
+    rng: np.random.Generator, p: SimulationParams, n_base: int, n: int
+) -> npt.NDArray[np.int64]:
+    """Report delays: `n_base` from the main stream (as without drift), any more from a stream of their own."""
+    high = p.label_delay_days * MS_PER_DAY
+    delay = rng.uniform(3_600_000, high, n_base)[:n]
+    extra = np.random.default_rng(p.seed + 2).uniform(3_600_000, high, n - len(delay))
+    out: npt.NDArray[np.int64] = np.r_[delay, extra].astype(np.int64)
+    return out
+
+
+def _drift(
+    p: SimulationParams,
+    drift: Drift,
+    day: npt.NDArray[np.int64],
+    cust: npt.NDArray[np.int64],
+    amount: npt.NDArray[np.float64],
+    term: npt.NDArray[np.int64],
+    ts: npt.NDArray[np.int64],
+    currency: npt.NDArray[np.object_],
+    scenario: npt.NDArray[np.int8],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Apply `drift` to the transactions of its days, with its own random stream (seed + 1)."""
+    rng = np.random.default_rng(p.seed + 1)
+    after = day >= drift.from_day
+    amount, term, ts = amount.copy(), term.copy(), ts.copy()
+    amount[after] = np.round(amount[after] * drift.amount_factor, 2)
+    if drift.new_terminals > 0:
+        moved = after & (rng.random(len(day)) < drift.new_terminal_share)
+        term[moved] = p.terminals + rng.integers(0, drift.new_terminals, int(moved.sum()))
+    if drift.currency is not None:
+        currency[after & (rng.random(len(day)) < drift.currency_share)] = drift.currency
+    for d in range(drift.from_day, p.days):
+        cards = rng.choice(p.customers, size=min(drift.card_testing, p.customers), replace=False)
+        rows = np.flatnonzero((day == d) & np.isin(cust, cards))
+        amount[rows] = np.round(rng.uniform(1.0, 5.0, len(rows)), 2)
+        night = (ts[rows] // MS_PER_DAY) * MS_PER_DAY + rng.integers(0, 5 * 3_600_000, len(rows))
+        ts[rows] = night
+        scenario[rows] = 4
+    if drift.card_testing:  # night-time moves broke the event-time order: restore it
+        order = np.argsort(ts, kind="stable")
+        for array in (day, cust, scenario, currency):
+            array[:] = array[order]
+        amount, term, ts = amount[order], term[order], ts[order]
+    return amount, term, ts
 
 
 def transaction_values(data: SimulatedData, idx: npt.NDArray[np.int64]) -> list[bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from pathlib import Path
 
@@ -10,7 +11,15 @@ import orjson
 import pytest
 
 from scorer.events import MS_PER_DAY, read_labels_jsonl, read_transactions_jsonl
-from scorer.simulate import FRAUD_AMOUNT, SimulatedData, SimulationParams, simulate, write_jsonl
+from scorer.simulate import (
+    FRAUD_AMOUNT,
+    Drift,
+    SimulatedData,
+    SimulationParams,
+    simulate,
+    transaction_values,
+    write_jsonl,
+)
 
 SMALL = SimulationParams(customers=200, terminals=400, days=40, seed=11, start=datetime.date(2026, 3, 1))
 
@@ -96,3 +105,48 @@ def test_written_files_follow_the_contracts(data: SimulatedData, tmp_path: Path)
     np.testing.assert_array_equal(tx.event_ts_ms, data.event_ts_ms)
     np.testing.assert_allclose(tx.amount, data.amount)
     assert labels.is_fraud.all()
+
+
+DRIFT_DAY = 12
+BASE = SimulationParams(customers=300, terminals=600, days=20, seed=5)
+
+
+@pytest.fixture(scope="module")
+def drifted() -> tuple[SimulatedData, SimulatedData]:
+    drift = Drift(from_day=DRIFT_DAY, amount_factor=3.0, new_terminals=40, currency="USD", card_testing=4)
+    return simulate(BASE), simulate(dataclasses.replace(BASE, drift=drift))
+
+
+def test_drift_leaves_the_days_before_it_unchanged(drifted: tuple[SimulatedData, SimulatedData]) -> None:
+    plain, moved = drifted
+    start = int(plain.event_ts_ms[0] // MS_PER_DAY)
+    n = int(np.count_nonzero(plain.event_ts_ms // MS_PER_DAY < start + DRIFT_DAY))
+    idx = np.arange(n, dtype=np.int64)
+    assert transaction_values(plain, idx) == transaction_values(moved, idx)
+    assert len(moved.amount) == len(plain.amount)
+    assert np.all(np.diff(moved.event_ts_ms) >= 0)
+
+
+def test_drift_shifts_amounts_adds_terminals_a_currency_and_a_fraud_pattern(
+    drifted: tuple[SimulatedData, SimulatedData],
+) -> None:
+    plain, moved = drifted
+    start = int(plain.event_ts_ms[0] // MS_PER_DAY)
+    after = moved.event_ts_ms // MS_PER_DAY >= start + DRIFT_DAY
+    before_plain = plain.event_ts_ms // MS_PER_DAY >= start + DRIFT_DAY
+    assert np.median(moved.amount[after & (moved.fraud_scenario == 0)]) > 2 * np.median(
+        plain.amount[before_plain]
+    )
+    new_terminals = {
+        t for t, a in zip(moved.terminal_id, after.tolist(), strict=True) if a and t.startswith("TN")
+    }
+    assert 20 <= len(new_terminals) <= 40
+    share = np.mean([c == "USD" for c, a in zip(moved.currency, after.tolist(), strict=True) if a])
+    assert 0.25 < share < 0.35
+    testing = moved.fraud_scenario == 4
+    assert testing.any() and np.all(after[testing])
+    assert np.all(moved.amount[testing] <= 5.0)
+    hours = (moved.event_ts_ms[testing] % MS_PER_DAY) / 3_600_000
+    assert np.all(hours < 5.0)
+    labelled = set(moved.label_index.tolist())
+    assert set(np.flatnonzero(moved.is_fraud).tolist()) == labelled

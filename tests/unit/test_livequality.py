@@ -1,0 +1,96 @@
+"""Live quality: decisions joined with delayed labels give the figures `scorer evaluate` gives offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from scorer.dataset import load_history
+from scorer.evaluate import evaluate
+from scorer.events import MS_PER_DAY, LabelBatch
+from scorer.livequality import DecisionRows, LiveQuality
+from scorer.model import OnnxModel
+
+TEST_DAYS = 5
+
+
+def label_slice(labels: LabelBatch, idx: np.ndarray) -> LabelBatch:
+    return LabelBatch(
+        transaction_id=[labels.transaction_id[i] for i in idx], customer_id=[labels.customer_id[i] for i in idx],
+        terminal_id=[labels.terminal_id[i] for i in idx], is_fraud=labels.is_fraud[idx],
+        reported_ts_ms=labels.reported_ts_ms[idx], tx_ts_ms=labels.tx_ts_ms[idx],
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def offline(tiny_data: Path, tiny_model: Path) -> Any:
+    history = load_history(tiny_data)
+    model = OnnxModel(tiny_model)
+    return history, model, evaluate(history, model, TEST_DAYS)
+
+
+def rows_of(history: Any, model: OnnxModel, evaluation: Any, idx: np.ndarray) -> DecisionRows:
+    tx = history.transactions
+    position = {t: i for i, t in enumerate(tx.transaction_id)}
+    ids = [evaluation.transaction_ids[i] for i in idx]
+    at = np.asarray([position[t] for t in ids])
+    scores = evaluation.scores[idx]
+    return DecisionRows(
+        model.label,
+        ids,
+        [tx.customer_id[i] for i in at],
+        tx.event_ts_ms[at],
+        scores,
+        scores >= model.threshold,
+    )
+
+
+def test_live_figures_equal_scorer_evaluate(offline: Any) -> None:
+    history, model, evaluation = offline
+    labels = history.labels
+    n = len(evaluation.transaction_ids)
+    store = LiveQuality(max_rows=10**6, keep_days=60)
+    half = len(labels.transaction_id) // 2
+    store.add_labels(label_slice(labels, np.arange(half)))  # some labels before their decisions
+    order = np.random.default_rng(0).permutation(n)
+    for chunk in np.array_split(order, 7):
+        store.add(rows_of(history, model, evaluation, chunk))
+    store.add(rows_of(history, model, evaluation, order[:500]))  # redelivered decisions replace, not add
+    store.add_labels(label_slice(labels, np.arange(half, len(labels.transaction_id))))
+    days = store.days(model.label)
+    assert len(days) == TEST_DAYS
+    live = store.figures(model.label, days)
+    report = evaluation.report
+    assert live["decisions"] == report["n_transactions"]
+    assert live["frauds"] == report["n_fraud"]
+    for metric in ("precision", "recall", "average_precision", "card_precision_at_100"):
+        assert live[metric] == pytest.approx(report[metric], abs=1e-12), metric
+
+
+def test_mature_days_wait_for_the_label_delay(offline: Any) -> None:
+    history, model, evaluation = offline
+    store = LiveQuality(max_rows=10**6, keep_days=60)
+    store.add(rows_of(history, model, evaluation, np.arange(len(evaluation.transaction_ids))))
+    days = store.days(model.label)
+    assert store.mature_days(model.label, 7, 3) == []
+    labels = history.labels
+    store.add_labels(label_slice(labels, np.arange(len(labels.transaction_id))))
+    last_complete = (store.label_watermark_ms - 7 * MS_PER_DAY) // MS_PER_DAY
+    mature = store.mature_days(model.label, 7, 3)
+    assert mature == [d for d in days if d < last_complete][-3:]
+
+
+def test_the_store_keeps_only_the_newest_days_when_full(offline: Any) -> None:
+    history, model, evaluation = offline
+    n = len(evaluation.transaction_ids)
+    store = LiveQuality(max_rows=n // 2, keep_days=60)
+    store.add(rows_of(history, model, evaluation, np.arange(n)))
+    days = store.days(model.label)
+    assert store.size <= n // 2
+    assert len(days) < TEST_DAYS and days[-1] == store.newest_day
+    kept = store.figures(model.label, days)
+    assert kept["decisions"] == store.size
+    assert len(store.index) == store.size

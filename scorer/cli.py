@@ -223,6 +223,16 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return Monitor(settings).run(stop)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from scorer.report import build_report, write_report
+
+    settings = settings_from(args)
+    out = Path(args.out or f"scorer-report-{args.start}-{args.end}.html")
+    write_report(out, build_report(settings, args.start, args.end))
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     from scorer.topics import create_topics, topic_specs
 
@@ -292,6 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("monitor", help="live model quality from delayed fraud labels (one per deployment)")
     add_kafka_args(p)
     p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("report", help="an HTML report: drift, live quality per day and version, flag volume")
+    add_kafka_args(p)
+    p.add_argument(
+        "--from", dest="start", type=_date, required=True, help="first event day, YYYY-MM-DD (UTC)"
+    )
+    p.add_argument("--to", dest="end", type=_date, required=True, help="last event day, inclusive")
+    p.add_argument("--out", help="HTML file to write (default: scorer-report-FROM-TO.html)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("topics", help="create the topics (partitions, compaction) the system needs")
     add_kafka_args(p)

@@ -23,12 +23,22 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from scorer.reference import stored_edges
+
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 SHARE_FLOOR = 1e-4
 HOUR_MS = 3_600_000
 DEFAULT_WINDOWS = (("1h", 3_600, 12), ("24h", 86_400, 24))  # (label, seconds, buckets)
 SCORE = "score"
+# calendar features repeat with these periods: over a shorter window their distribution cannot match the
+# training one (an hour holds one hour_of_day, a Sunday only weekend), so their PSI there means nothing
+CYCLE_S = {"hour_of_day": 86_400, "is_night": 86_400, "is_weekend": 7 * 86_400}
+
+
+def comparable(columns: Sequence[str], window_s: int) -> npt.NDArray[np.bool_]:
+    """Columns whose PSI over a window of `window_s` seconds is meaningful (see CYCLE_S)."""
+    return np.asarray([CYCLE_S.get(c, 0) <= window_s for c in columns], dtype=np.bool_)
 
 
 def psi(observed: F64, expected: F64) -> float:
@@ -53,7 +63,7 @@ class Bins:
     @classmethod
     def from_reference(cls, reference: Mapping[str, Any], names: Sequence[str]) -> Bins:
         parts = [reference["features"][n] for n in names] + [reference["score"]]
-        edges = tuple(np.asarray(p["edges"], dtype=np.float64) for p in parts)
+        edges = tuple(stored_edges(p) for p in parts)
         sizes = np.asarray([len(e) + 1 for e in edges], dtype=np.int64)
         expected = np.concatenate([np.asarray(p["share"], dtype=np.float64) for p in parts])
         if len(expected) != int(sizes.sum()):
@@ -115,6 +125,7 @@ class Drift:
     def __init__(self, bins: Bins, windows: Sequence[tuple[str, int, int]] = DEFAULT_WINDOWS) -> None:
         self.bins = bins
         self.rings = {label: Ring(seconds, buckets, bins.size) for label, seconds, buckets in windows}
+        self.comparable = {label: comparable(bins.columns, seconds) for label, seconds, _ in windows}
         self.fine_ms = min(r.bucket_ms for r in self.rings.values())
         self.hours: dict[int, I64] = {}  # event hour -> counts, for the monitoring topic
         self.too_late = 0
@@ -138,12 +149,15 @@ class Drift:
             self.hours[hour] = self.hours.get(hour, 0) + rows
 
     def window_psi(self) -> dict[str, tuple[int, F64]]:
-        """Per window: events in it and the PSI of every column (features then score)."""
+        """Per window: events in it and the PSI of every column (features then score); nan where the
+        window is shorter than the column's calendar cycle (see `self.comparable`)."""
         out = {}
         for label, ring in self.rings.items():
             counts = ring.total().astype(np.float64)
             events = int(counts[: len(self.bins.edges[0]) + 1].sum())
-            out[label] = (events, self.bins.column_psi(counts))
+            values = self.bins.column_psi(counts)
+            values[~self.comparable[label]] = np.nan
+            out[label] = (events, values)
         return out
 
     def take_hours(self) -> dict[int, I64]:

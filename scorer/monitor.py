@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,7 @@ class Monitor:
     def run(self, stop: threading.Event) -> int:
         server = self._serve()
         try:
-            self._assign()
+            self.assign()
             tune_gc()
             last = 0.0
             while not stop.is_set():
@@ -132,7 +132,7 @@ class Monitor:
         except OSError as exc:
             raise ScorerError(f"cannot serve metrics on port {s.metrics_port}: {exc.strerror}") from exc
 
-    def _assign(self) -> None:
+    def assign(self) -> None:
         """Every partition of the three topics, from the beginning (the store lives in memory only)."""
         try:
             meta = self.consumer.list_topics(timeout=10.0)
@@ -184,9 +184,33 @@ class Monitor:
         for rows in decision_rows(docs, ms[keep]):
             self.store.add(rows)
 
+    def catch_up(self, timeout_s: float) -> None:
+        """Read until every assigned partition is at its end (for `scorer report`)."""
+        drain(self.consumer, self.step, timeout_s)
+
     def refresh(self) -> None:
         """Recompute every figure and swap the gauges in."""
         self.snapshot.families = families(self.store, self.models, self.settings)
+
+
+def drain(consumer: Consumer, step: Callable[[], int], timeout_s: float) -> None:
+    """Call `step` until a poll comes back empty with every partition at or past its high watermark.
+
+    Past, not at: tansu reports a high watermark short of the real end (see tables.read_partition).
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if step() == 0 and _at_end(consumer):
+            return
+    raise ScorerError(f"could not read the topics to their end within {timeout_s:.0f} s")
+
+
+def _at_end(consumer: Consumer) -> bool:
+    for tp in consumer.position(consumer.assignment()):
+        _, high = consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)
+        if high > 0 and tp.offset < high:  # a negative position: nothing read yet, though there is data
+            return False
+    return True
 
 
 def read_decisions(values: Sequence[bytes | None]) -> list[dict[str, Any]]:

@@ -329,8 +329,12 @@ class Pipeline:
     def _drift_gauges(self) -> None:
         for window, (events, values) in self.drift.window_psi().items():
             self.metrics.drift_events.labels(window).set(events)
-            for column, value in zip(self.drift.bins.columns[:-1], values[:-1].tolist(), strict=True):
-                self.metrics.feature_psi.labels(column, window).set(value)
+            comparable = self.drift.comparable[window][:-1].tolist()
+            for column, value, ok in zip(
+                self.drift.bins.columns[:-1], values[:-1].tolist(), comparable, strict=True
+            ):
+                if ok:  # calendar features over a window shorter than their cycle get no series at all
+                    self.metrics.feature_psi.labels(column, window).set(value)
             self.metrics.score_psi.labels(window).set(float(values[-1]))
 
     def _publish_drift(self) -> None:

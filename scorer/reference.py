@@ -16,6 +16,20 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 N_BINS = 10
 SAMPLE_ROWS = 200
+EDGE_DECIMALS = 6  # model.json stores edges rounded to this many decimals
+EDGE_SLACK = 0.5 * 10.0**-EDGE_DECIMALS
+
+
+def stored_edges(dist: Mapping[str, Any]) -> F64:
+    """A distribution's edges as binning must use them: lowered by half a unit of the stored precision.
+
+    Training binned with the exact edges, and a value equal to an edge went to the bin above. Edges are
+    quantiles, so they often equal a value many rows share (a count, the model's score for an ordinary
+    transaction); rounded on storage, such an edge can end up just above the value, and every one of
+    those rows would fall a bin lower than in training: a PSI of 1.5 on the very training data, seen
+    here before this correction. Any value within rounding distance of an edge counts as at the edge.
+    """
+    return np.asarray(dist["edges"], dtype=np.float64) - EDGE_SLACK
 
 
 def distribution(values: npt.NDArray[np.floating[Any]]) -> dict[str, Any]:
@@ -47,7 +61,7 @@ def build_reference(X: F32, scores: F64, names: Sequence[str], seed: int) -> dic
 
 def quantile_edges(reference: Mapping[str, Any], names: Sequence[str]) -> tuple[F64, ...]:
     """The stored training quantile edges of each feature, as arrays (prepared once per model)."""
-    return tuple(np.asarray(reference["features"][name]["edges"], dtype=np.float64) for name in names)
+    return tuple(stored_edges(reference["features"][name]) for name in names)
 
 
 def quantile_position(edges: Sequence[F64], X: F32) -> F64:

@@ -62,11 +62,24 @@ def test_training_like_rows_are_stable_and_shifted_amounts_are_not(bins: Bins) -
     X2 = X.copy()
     X2[:, FEATURE_NAMES.index("amount")] *= 3
     drifted.observe(X2, scores, ts)
-    _, values2 = drifted.window_psi()["1h"]
+    _, values2 = drifted.window_psi()["24h"]
+    _, values = stable.window_psi()["24h"]
     assert values2[FEATURE_NAMES.index("amount")] > 0.25
     assert values2[FEATURE_NAMES.index("hour_of_day")] == pytest.approx(
         values[FEATURE_NAMES.index("hour_of_day")]
     )
+
+
+def test_calendar_features_have_no_psi_over_windows_shorter_than_their_cycle(bins: Bins) -> None:
+    rng = np.random.default_rng(4)
+    X, scores = sample_like_training(bins, 500, rng)
+    drift = Drift(bins)
+    drift.observe(X, scores, np.full(500, START, dtype=np.int64))
+    psi_by_window = drift.window_psi()
+    hour, weekend = FEATURE_NAMES.index("hour_of_day"), FEATURE_NAMES.index("is_weekend")
+    assert np.isnan(psi_by_window["1h"][1][hour]) and not np.isnan(psi_by_window["24h"][1][hour])
+    assert np.isnan(psi_by_window["24h"][1][weekend])
+    assert not np.isnan(psi_by_window["1h"][1][FEATURE_NAMES.index("amount")])
 
 
 def test_windows_forget_events_older_than_their_span(bins: Bins) -> None:

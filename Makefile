@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint typecheck tools unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +24,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict scorer
 
+# promtool checks the alert rules and dashboard queries in the tests (Debian package prometheus).
+tools:
+	@command -v promtool >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+	  || { echo "promtool is needed by the tests: install the Debian package prometheus"; exit 1; }
+
 # pytest exits 5 when it collects no test: that is a failure of the suite, not a pass.
-test: lint typecheck
+test: lint typecheck tools
 	$(BIN)/pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
@@ -31,7 +39,7 @@ test: lint typecheck
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(ARGS)
 
-unit: $(STAMP)
+unit: $(STAMP) tools
 	$(BIN)/pytest -q -m "not integration"
 
 clean:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from html import escape
 
-WIDTH, HEIGHT = 640, 220
-LEFT, RIGHT, TOP, BOTTOM = 56, 150, 28, 34
+WIDTH, HEIGHT = 700, 220
+LEFT, RIGHT, TOP, BOTTOM = 56, 200, 28, 34
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 Series = Mapping[str, Sequence[float | None]]
 
@@ -79,7 +79,7 @@ def line_chart(
                 )
         parts.append(_legend(k, name, colour))
     for k, (name, level) in enumerate(refs.items(), start=len(series)):
-        colour = COLOURS[(k - len(series)) % len(COLOURS)]
+        colour = COLOURS[k % len(COLOURS)]
         y = _y(level, low, high)
         parts.append(
             f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="{colour}" stroke-dasharray="5,4"/>'
@@ -118,5 +118,5 @@ def _legend(k: int, name: str, colour: str, dashed: bool = False) -> str:
     dash = ' stroke-dasharray="4,3"' if dashed else ""
     return (
         f'<line x1="{x}" x2="{x + 18}" y1="{y}" y2="{y}" stroke="{colour}" stroke-width="2"{dash}/>'
-        f'<text x="{x + 22}" y="{y + 4}">{escape(name[:22])}</text>'
+        f'<text x="{x + 22}" y="{y + 4}">{escape(name[:30])}</text>'
     )

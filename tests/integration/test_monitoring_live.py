@@ -22,9 +22,20 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scorer.cli import main
 from scorer.config import Settings
+from scorer.dataset import load_history
+from scorer.evaluate import evaluate
 from scorer.events import MS_PER_DAY
+from scorer.model import OnnxModel
 from scorer.monitor import REFRESH_S
-from scorer.simulate import Drift, SimulatedData, SimulationParams, label_values, simulate, transaction_values
+from scorer.simulate import (
+    Drift,
+    SimulatedData,
+    SimulationParams,
+    label_values,
+    simulate,
+    transaction_values,
+    write_jsonl,
+)
 from tests.integration.conftest import Proc, consume, env_for, produce
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
@@ -37,6 +48,12 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def validation_recall(model: Path) -> float:
     return float(orjson.loads((model / "model.json").read_bytes())["metrics"]["validation"]["recall"])
+
+
+def offline_last_day(data: SimulatedData, model: Path, tmp_path: Path) -> dict[str, float | int]:
+    """`scorer evaluate --test-days 1` on the streamed history, every label known."""
+    write_jsonl(data, tmp_path / "history")
+    return evaluate(load_history(tmp_path / "history"), OnnxModel(model), test_days=1).report
 
 
 def stream(settings: Settings, data: SimulatedData) -> None:
@@ -181,6 +198,13 @@ def test_drift_gauges_alerts_quality_and_report(
     mature = {m: quality.get(("scorer_live_quality_mature", (("metric", m), ("model_version", VERSION))))
               for m in ("precision", "recall", "average_precision", "card_precision_at_100")}  # fmt: skip
     assert all(v is not None and 0 <= v <= 1 for v in mature.values()), mature
+    last_day = str(np.datetime64(int(event_day.max()), "D"))
+    offline = offline_last_day(data, tiny_model, tmp_path)
+    for m in ("precision", "recall", "average_precision", "card_precision_at_100"):
+        live = quality[
+            ("scorer_live_quality", (("day", last_day), ("metric", m), ("model_version", VERSION)))
+        ]
+        assert live == pytest.approx(offline[m], abs=1e-9), m
     drops = {
         dict(labels)["metric"]: v
         for (name, labels), v in quality.items()

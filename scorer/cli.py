@@ -233,6 +233,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    import threading
+
+    from scorer import logs
+    from scorer.pipeline import install_signal_handlers
+    from scorer.simulate import simulate
+    from scorer.stream import run_stream
+
+    if not args.rate > 0:
+        raise ConfigError(f"--rate must be positive, got {args.rate}")
+    settings = settings_from(args)
+    logs.configure(settings.log_level)
+    data = simulate(simulation_params(args))
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    return run_stream(settings, data, args.rate, stop)
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     from scorer.topics import create_topics, topic_specs
 
@@ -311,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="end", type=_date, required=True, help="last event day, inclusive")
     p.add_argument("--out", help="HTML file to write (default: scorer-report-FROM-TO.html)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("stream", help="stream simulated transactions and labels into Kafka at a fixed rate")
+    add_kafka_args(p)
+    p.add_argument("--rate", type=float, default=200.0, help="transactions per second")
+    add_simulation_args(p)
+    p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("topics", help="create the topics (partitions, compaction) the system needs")
     add_kafka_args(p)

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 
 from scorer.broker import EmbeddedBroker, free_port
 from scorer.cli import simulation_params
 from scorer.config import DEFAULT_MODEL, Settings
 from scorer.console import table
-from scorer.simulate import SimulatedData, label_values, simulate, transaction_values
+from scorer.simulate import SimulatedData, simulate
+from scorer.stream import Streamer
 from scorer.topics import create_topics
 
 PARTITIONS = 4
@@ -53,55 +54,6 @@ class Tally:
     def percentile(self, q: float) -> float:
         recent = self.latencies_ms[-20_000:]
         return float(np.percentile(recent, q)) if recent else float("nan")
-
-
-class Streamer:
-    """Produces the simulated history at a fixed rate; labels go out once the stream passes their report time."""
-
-    def __init__(self, settings: Settings, data: SimulatedData, rate: float) -> None:
-        self.settings = settings
-        self.data = data
-        self.rate = rate
-        self.producer = Producer({"bootstrap.servers": settings.brokers, "linger.ms": 5, **settings.kafka})
-        self.next_tx = 0
-        self.next_label = 0
-        self.started = time.monotonic()
-        self.produced_ms = np.zeros(len(data.transaction_id), dtype=np.float64)  # wall time each tx was sent
-
-    def pump(self) -> int:
-        """Send what is due by now; returns how many transactions went out."""
-        due = min(len(self.data.transaction_id), int((time.monotonic() - self.started) * self.rate))
-        if due <= self.next_tx:
-            self.producer.poll(0)
-            return 0
-        idx = np.arange(self.next_tx, due)
-        values = transaction_values(self.data, idx)
-        keys = [self.data.customer_id[i].encode() for i in idx.tolist()]
-        self.produced_ms[idx] = time.time() * 1000
-        messages = [{"key": k, "value": v} for k, v in zip(keys, values, strict=True)]
-        self.producer.produce_batch(self.settings.input_topic, messages)
-        self._labels_until(int(self.data.event_ts_ms[due - 1]))
-        self.producer.poll(0)
-        self.next_tx = due
-        return len(idx)
-
-    def _labels_until(self, now_ms: int) -> None:
-        reported = self.data.label_reported_ts_ms
-        end = int(np.searchsorted(reported, now_ms, side="right"))
-        if end <= self.next_label:
-            return
-        positions = np.arange(self.next_label, end)
-        terminals = [self.data.terminal_id[i] for i in self.data.label_index[positions].tolist()]
-        for terminal, value in zip(terminals, label_values(self.data, positions), strict=True):
-            self.producer.produce(self.settings.labels_topic, value=value, key=terminal.encode())
-        self.next_label = end
-
-    @property
-    def done(self) -> bool:
-        return self.next_tx >= len(self.data.transaction_id)
-
-    def close(self) -> None:
-        self.producer.flush(10)
 
 
 def child(

@@ -24,11 +24,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict scorer
 
-# promtool checks the alert rules and dashboard queries in the tests (Debian package prometheus).
-tools:
-	@command -v promtool >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
-	  || { echo "promtool is needed by the tests: install the Debian package prometheus"; exit 1; }
+# Tools the tests use beside Python: promtool (alert rules, dashboard queries; Debian package prometheus),
+# docker-compose (`docker-compose config` on deploy/compose.yaml) and dockerfilelint (npm, into .tools/).
+tools: .tools/node_modules/.bin/dockerfilelint
+	@command -v promtool >/dev/null && command -v docker-compose >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus docker-compose >/dev/null; } \
+	  || { echo "the tests need promtool and docker-compose: install the Debian packages prometheus and docker-compose"; exit 1; }
+
+.tools/node_modules/.bin/dockerfilelint:
+	npm install --silent --no-audit --no-fund --prefix .tools dockerfilelint@1.8.0
 
 # pytest exits 5 when it collects no test: that is a failure of the suite, not a pass.
 test: lint typecheck tools

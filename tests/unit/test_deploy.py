@@ -1,0 +1,274 @@
+"""deploy/: the image, the compose stack and the Kubernetes manifests, checked with what runs here.
+
+No Docker engine and no Kubernetes here: the Dockerfile is linted (dockerfilelint), the compose file is
+resolved by `docker-compose config`, Prometheus' config by `promtool check config`, the kustomizations
+are rendered by tests/unit/kustomize.py and every built-in resource is validated against the Kubernetes
+1.31 schemas (kubernetes-validate, strict). Every SCORER_* name anywhere in deploy/ must be a setting.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from scorer import __version__
+from scorer.config import ENV_PREFIX, from_env, load_settings
+from scorer.pipeline import ACK_TIMEOUT_S
+from tests.unit.kustomize import BUILTIN_GROUPS, build
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S_VERSION = "1.31.0"
+LINTER = ROOT / ".tools" / "node_modules" / ".bin" / "dockerfilelint"
+LONG_RUNNING = {"scorer", "scorer-aggregator", "scorer-monitor"}
+
+
+def tool(path: str | Path, hint: str) -> str:
+    found = shutil.which(str(path)) if not Path(path).is_file() else str(path)
+    if found is None:
+        pytest.fail(f"{path} not found: {hint} (make test installs it)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def base() -> list[dict[str, Any]]:
+    return build(DEPLOY / "k8s" / "base")
+
+
+@pytest.fixture(scope="module")
+def production() -> list[dict[str, Any]]:
+    return build(DEPLOY / "k8s" / "overlays" / "production")
+
+
+def find(resources: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    hits = [r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name]
+    assert len(hits) == 1, (kind, name)
+    return hits[0]
+
+
+def containers(r: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(r["spec"]["template"]["spec"]["containers"])
+
+
+# -- the image ---------------------------------------------------------------------------------------------
+
+
+def test_dockerfile_passes_the_linter() -> None:
+    linter = tool(LINTER, "npm install --prefix .tools dockerfilelint")
+    done = subprocess.run([linter, str(DEPLOY / "Dockerfile")], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_image_is_slim_non_root_runtime_only_with_the_package_version() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == __version__
+    assert f"ARG VERSION={__version__}\n" in text
+    assert re.findall(r"^FROM (\S+)", text, re.M) == [
+        "python:3.11-slim-bookworm",
+        "python:3.11-slim-bookworm",
+    ]
+    assert "pip install --no-cache-dir --no-index --find-links /wheels scorer \\" in text  # no [extras]
+    assert re.search(r"^USER 10001$", text, re.M) and "useradd --system --uid 10001" in text
+    assert "/healthz" in text.split("HEALTHCHECK", 1)[1].split("\n\n")[0]
+    assert 'ENTRYPOINT ["scorer"]' in text and 'CMD ["run"]' in text
+    assert "COPY --chown=10001:10001 models ./models" in text
+
+
+def test_the_dockerignore_lets_in_what_the_image_copies() -> None:
+    allowed = {line[1:].rstrip("/") for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+               if line.startswith("!")}  # fmt: skip
+    copied = set(
+        re.findall(r"^COPY (?!--from)(?:--chown=\S+ )?(.+) \S+$", (DEPLOY / "Dockerfile").read_text(), re.M)
+    )
+    assert {p for c in copied for p in c.split()} <= allowed
+
+
+# -- compose -----------------------------------------------------------------------------------------------
+
+
+def test_compose_file_is_accepted_by_docker_compose() -> None:
+    exe = tool("docker-compose", "apt-get install docker-compose")
+    done = subprocess.run(
+        [exe, "-f", str(DEPLOY / "compose.yaml"), "config"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    resolved = yaml.safe_load(done.stdout)["services"]
+    assert {
+        "kafka",
+        "topics",
+        "aggregator",
+        "scorer",
+        "monitor",
+        "simulator",
+        "prometheus",
+        "grafana",
+    } <= set(resolved)
+    assert resolved["kafka"]["image"].startswith("apache/kafka:")
+    assert (
+        resolved["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    )  # KRaft, no ZooKeeper
+    assert resolved["scorer"]["deploy"]["replicas"] == 2
+    assert resolved["scorer"]["build"]["args"]["VERSION"] == __version__
+    assert resolved["scorer"]["image"] == f"scorer:{__version__}"
+    assert resolved["topics"]["command"] == ["topics", "--partitions", "4"]
+    for name in ("aggregator", "scorer", "monitor", "simulator"):
+        assert resolved[name]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+
+
+def test_prometheus_config_and_grafana_provisioning() -> None:
+    done = subprocess.run(
+        [tool("promtool", "apt-get install prometheus"), "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    jobs = {
+        j["job_name"]
+        for j in yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    }
+    assert jobs == LONG_RUNNING  # the job names the alert rules use
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    for mount in compose["services"]["grafana"]["volumes"] + compose["services"]["prometheus"]["volumes"]:
+        assert (DEPLOY / mount.split(":")[0]).exists(), mount
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/scorer.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+# -- Kubernetes --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", ["base", "production"])
+def test_every_built_in_resource_passes_the_kubernetes_schema(
+    overlay: str, base: Any, production: Any
+) -> None:
+    resources = base if overlay == "base" else production
+    builtin = [r for r in resources if r["apiVersion"] in BUILTIN_GROUPS]
+    assert len(builtin) >= 9
+    for r in builtin:
+        kubernetes_validate.validate(r, K8S_VERSION, strict=True)
+
+
+def test_deployments_have_probes_resources_and_a_grace_period(base: list[dict[str, Any]]) -> None:
+    deployments = {r["metadata"]["name"]: r for r in base if r["kind"] == "Deployment"}
+    assert set(deployments) == LONG_RUNNING
+    for name, d in deployments.items():
+        pod = d["spec"]["template"]["spec"]
+        c = containers(d)[0]
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz", name
+        assert "cpu" in c["resources"]["requests"] and "memory" in c["resources"]["limits"], name
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True, name
+        if name != "scorer-monitor":  # the monitor commits nothing
+            assert pod["terminationGracePeriodSeconds"] > ACK_TIMEOUT_S, name  # a final commit's longest wait
+    assert deployments["scorer-monitor"]["spec"]["strategy"]["type"] == "Recreate"  # never two monitors
+
+
+def test_keda_scales_the_scorers_on_lag_capped_at_the_partitions(base: list[dict[str, Any]]) -> None:
+    scaled = find(base, "ScaledObject", "scorer")
+    job = find(base, "Job", "scorer-topics")
+    config = find(base, "ConfigMap", "scorer-config")["data"]
+    args = containers_of_job(job)[0]["args"]
+    partitions = int(args[args.index("--partitions") + 1])
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "scorer"
+    assert scaled["spec"]["maxReplicaCount"] == partitions
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["consumerGroup"] == config["SCORER_GROUP"]
+    assert trigger["metadata"]["topic"] == config["SCORER_INPUT_TOPIC"]
+    assert trigger["metadata"]["bootstrapServers"] == config["SCORER_BROKERS"]
+    assert int(trigger["metadata"]["lagThreshold"]) > 0
+
+
+def containers_of_job(job: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(job["spec"]["template"]["spec"]["containers"])
+
+
+def test_metrics_services_pdb_and_servicemonitor(base: list[dict[str, Any]]) -> None:
+    services = {r["metadata"]["name"]: r for r in base if r["kind"] == "Service"}
+    assert set(services) == LONG_RUNNING  # Service names = Prometheus job names = the alert rules' jobs
+    monitor = find(base, "ServiceMonitor", "scorer")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    for s in services.values():
+        assert selector.items() <= s["metadata"]["labels"].items()
+        assert s["spec"]["ports"][0]["name"] == monitor["spec"]["endpoints"][0]["port"]
+    pdb = find(base, "PodDisruptionBudget", "scorer")
+    assert (
+        pdb["spec"]["selector"]["matchLabels"]
+        == find(base, "Deployment", "scorer")["spec"]["selector"]["matchLabels"]
+    )
+
+
+def test_production_overlay_wires_sasl_ssl_from_a_secret(production: list[dict[str, Any]]) -> None:
+    config = find(production, "ConfigMap", "scorer-config")["data"]
+    assert config["SCORER_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert config["SCORER_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert "SCORER_KAFKA_SASL_PASSWORD" not in config  # only the _FILE form: the password lives in the Secret
+    mount_dir = str(Path(config["SCORER_KAFKA_SASL_PASSWORD_FILE"]).parent)
+    for r in production:
+        if r["kind"] in ("Deployment", "Job"):
+            c = containers(r)[0]
+            assert c["image"] == f"registry.example.com/payments/scorer:{__version__}"
+            assert r["metadata"]["namespace"] == "fraud"
+            mounts = {m["name"]: m for m in c["volumeMounts"]}
+            assert (
+                mounts["kafka-credentials"]["mountPath"] == mount_dir
+                and mounts["kafka-credentials"]["readOnly"]
+            )
+            volumes = {v["name"]: v for v in r["spec"]["template"]["spec"]["volumes"]}
+            assert volumes["kafka-credentials"]["secret"]["secretName"] == "kafka-credentials"
+    (trigger,) = find(production, "ScaledObject", "scorer")["spec"]["triggers"]
+    assert (
+        trigger["authenticationRef"]["name"]
+        == find(production, "TriggerAuthentication", "kafka-scram")["metadata"]["name"]
+    )
+    assert trigger["metadata"]["bootstrapServers"] == config["SCORER_BROKERS"]
+
+
+# -- configuration names cannot drift ----------------------------------------------------------------------
+
+
+def scorer_variables() -> Iterator[tuple[str, str, str]]:
+    """(file, name, value) of every SCORER_* variable the deploy files set."""
+    for path in sorted(DEPLOY.rglob("*.y*ml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            yield from ((str(path.relative_to(ROOT)), k, v) for k, v in _variables(doc))
+
+
+def _variables(node: Any) -> Iterator[tuple[str, str]]:
+    if isinstance(node, dict):
+        if isinstance(node.get("name"), str) and node["name"].startswith(ENV_PREFIX) and "value" in node:
+            yield node["name"], str(node["value"])
+        for key, value in node.items():
+            if isinstance(key, str) and key.startswith(ENV_PREFIX) and not isinstance(value, dict | list):
+                yield key, str(value)
+            else:
+                yield from _variables(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _variables(item)
+
+
+def test_every_scorer_variable_in_deploy_is_a_setting(tmp_path: Path) -> None:
+    found = list(scorer_variables())
+    assert len({name for _, name, _ in found}) >= 15
+    secret = tmp_path / "password"
+    secret.write_text("not-logged\n")
+    for _, name, value in found:
+        if name.endswith("_FILE"):
+            value = str(secret)  # the mounted path does not exist here
+        from_env({name: value})  # raises ConfigError for an unknown name
+        load_settings(environ={name: value})  # and for a value of the wrong type
+    baked = re.findall(r"\b(SCORER_[A-Z_]+)=(\S+)", (DEPLOY / "Dockerfile").read_text())
+    assert {name for name, _ in baked} == {"SCORER_MODEL", "SCORER_REGISTRY", "SCORER_METRICS_PORT"}
+    for name, value in baked:
+        load_settings(environ={name: value})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -46,6 +48,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class Admin:
+    """An AdminClient whose first metadata request fails with the broker's own reason, not a bare timeout.
+
+    librdkafka reports authentication and TLS failures (wrong password, untrusted CA, wrong mechanism) to
+    an error callback and then only times out; the callback's messages are kept, librdkafka's own log
+    lines are kept quiet, and `metadata` puts the reasons in one ScorerError line.
+    """
+
+    def __init__(self, bootstrap: str, kafka: Mapping[str, str] | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.errors: list[str] = []
+        config: dict[str, Any] = {"bootstrap.servers": bootstrap, "log_level": 2, **(kafka or {})}
+        config["error_cb"] = self._error
+        self.client = AdminClient(config)
+
+    def _error(self, error: KafkaError) -> None:
+        text = re.sub(r" \(after \d+ms in state \w+\)", "", error.str())  # the same failure, retried
+        if text not in self.errors:
+            self.errors.append(text)
+
+    def metadata(self, timeout_s: float) -> Any:
+        try:
+            return self.client.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            self.client.poll(1.0)  # serves the error callbacks queued while the request waited
+            reasons = "; ".join(self.errors[-3:]) or str(exc.args[0] if exc.args else exc)
+            raise ScorerError(
+                f"cannot reach Kafka at {self.bootstrap}: {reasons}", reason="broker_down"
+            ) from exc
+
+
 def wait_ready(bootstrap: str, timeout_s: float, kafka: Mapping[str, str] | None = None) -> None:
     """Until a metadata request answers (or ScorerError)."""
     admin = AdminClient({"bootstrap.servers": bootstrap, **(kafka or {})})
@@ -66,9 +99,12 @@ def wait_ready(bootstrap: str, timeout_s: float, kafka: Mapping[str, str] | None
 class EmbeddedBroker:
     """A tansu broker on 127.0.0.1 with in-memory storage, stopped by PID."""
 
-    def __init__(self, port: int | None = None, *, log_path: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, *, log_path: Path | None = None, advertised: str | None = None
+    ) -> None:
         self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
+        self.advertised = advertised or self.bootstrap  # another address: a TLS/SASL proxy in front of it
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -77,11 +113,11 @@ class EmbeddedBroker:
         return self.process.pid if self.process is not None else -1
 
     def start(self, timeout_s: float = 10.0) -> None:
-        url = f"tcp://{self.bootstrap}"
+        url, advertised = f"tcp://{self.bootstrap}", f"tcp://{self.advertised}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
         try:
             self.process = subprocess.Popen(  # noqa: S603 - fixed binary and arguments
-                [str(tansu_path()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                [str(tansu_path()), "broker", "--listener-url", url, "--advertised-listener-url", advertised],
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
@@ -135,8 +171,9 @@ def ensure_topics(
     timeout_s: float = 10.0,
 ) -> None:
     """Create missing topics; refuse existing ones with fewer partitions than asked."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, **(kafka or {})})
-    existing = admin.list_topics(timeout=timeout_s).topics
+    connection = Admin(bootstrap, kafka)
+    existing = connection.metadata(timeout_s).topics
+    admin = connection.client
     for spec in specs:
         have = existing.get(spec.name)
         if have is not None and have.error is None and len(have.partitions) < spec.partitions:

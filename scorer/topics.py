@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from confluent_kafka.admin import AdminClient
-
-from scorer.broker import TopicSpec, ensure_topics
+from scorer.broker import Admin, TopicSpec, ensure_topics
 from scorer.config import Settings
 from scorer.errors import ScorerError
 
@@ -39,8 +37,8 @@ def create_topics(settings: Settings, partitions: int) -> None:
 
 
 def partition_counts(settings: Settings, topics: list[str], timeout_s: float = 10.0) -> Mapping[str, int]:
-    admin = AdminClient(dict(settings.admin_config()))
-    meta = admin.list_topics(timeout=timeout_s)
+    kafka = {k: str(v) for k, v in settings.admin_config().items() if k != "bootstrap.servers"}
+    meta = Admin(settings.brokers, kafka).metadata(timeout_s)
     return {
         t: len(meta.topics[t].partitions) for t in topics if t in meta.topics and meta.topics[t].error is None
     }

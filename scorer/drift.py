@@ -128,7 +128,7 @@ class Drift:
         self.comparable = {label: comparable(bins.columns, seconds) for label, seconds, _ in windows}
         self.fine_ms = min(r.bucket_ms for r in self.rings.values())
         self.hours: dict[int, I64] = {}  # event hour -> counts, for the monitoring topic
-        self.too_late = 0
+        self.too_late = 0  # events older than a window when they came, summed over the windows
 
     def observe(self, X: npt.NDArray[np.floating[Any]], scores: F64, event_ts_ms: I64) -> None:
         """Bin a batch and add it to every window; one bincount over (bucket, bin) pairs."""

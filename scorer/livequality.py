@@ -58,8 +58,10 @@ class _Column:
 class LiveQuality:
     """The bounded decision store with its labels, and the quality figures over any days."""
 
-    def __init__(self, max_rows: int, keep_days: int) -> None:
+    def __init__(self, max_rows: int, keep_days: int, only_days: tuple[int, int] | None = None) -> None:
         self.max_rows, self.keep_days = max_rows, keep_days
+        self.only_days = only_days  # (first, last) event day: decisions outside are not kept (reports)
+        self._ranks: tuple[int, I64] = (-1, np.zeros(0, dtype=np.int64))
         self.index: dict[tuple[int, str], int] = {}  # (version code, transaction id) -> row
         self.versions: list[str] = []
         self.cards: dict[str, int] = {}
@@ -79,6 +81,8 @@ class LiveQuality:
 
     def add(self, rows: DecisionRows) -> None:
         """Append (or replace) a batch of one version's decisions."""
+        if self.only_days is not None:
+            rows = _within(rows, *self.only_days)
         if not rows.transaction_id:
             return
         code = self._code(rows.version)
@@ -192,10 +196,28 @@ class LiveQuality:
         }
 
     def _card_ranks(self) -> I64:
-        """Card codes ordered as the card ids sort, so Card Precision@k breaks ties as `scorer evaluate` does."""
-        ranks = np.empty(len(self.card_names), dtype=np.int64)
-        ranks[np.argsort(np.asarray(self.card_names, dtype=object), kind="stable")] = np.arange(len(ranks))
-        return ranks
+        """Card codes ordered as the card ids sort, so Card Precision@k breaks ties as `scorer evaluate` does.
+
+        Cards are only ever added, so the ranks are recomputed only when their number changed.
+        """
+        if self._ranks[0] != len(self.card_names):
+            ranks = np.empty(len(self.card_names), dtype=np.int64)
+            ranks[np.argsort(np.asarray(self.card_names, dtype=object), kind="stable")] = np.arange(
+                len(ranks)
+            )
+            self._ranks = (len(self.card_names), ranks)
+        return self._ranks[1]
+
+
+def _within(rows: DecisionRows, first: int, last: int) -> DecisionRows:
+    day = rows.event_ts_ms // MS_PER_DAY
+    keep = np.flatnonzero((day >= first) & (day <= last))
+    if len(keep) == len(day):
+        return rows
+    return DecisionRows(
+        rows.version, [rows.transaction_id[i] for i in keep.tolist()], [rows.customer_id[i] for i in keep.tolist()],
+        rows.event_ts_ms[keep], rows.score[keep], rows.flagged[keep],
+    )  # fmt: skip
 
 
 def _empty() -> dict[str, float | int]:

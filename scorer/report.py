@@ -104,6 +104,8 @@ def build_report(settings: Settings, start: datetime.date, end: datetime.date) -
         raise ScorerError(f"--to {end} is before --from {start}")
     first, last = (_epoch_day(d) for d in (start, end))
     monitor = Monitor(settings)
+    # every decision of the range, however old: no retention by age, only the store's row bound
+    monitor.store = LiveQuality(settings.quality_max_decisions, keep_days=10**6, only_days=(first, last))
     try:
         monitor.assign()
         monitor.catch_up(READ_TIMEOUT_S)

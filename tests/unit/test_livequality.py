@@ -94,3 +94,18 @@ def test_the_store_keeps_only_the_newest_days_when_full(offline: Any) -> None:
     kept = store.figures(model.label, days)
     assert kept["decisions"] == store.size
     assert len(store.index) == store.size
+
+
+def test_a_report_store_keeps_only_its_days_however_old(offline: Any) -> None:
+    history, model, evaluation = offline
+    n = len(evaluation.transaction_ids)
+    everything = LiveQuality(max_rows=10**6, keep_days=60)
+    everything.add(rows_of(history, model, evaluation, np.arange(n)))
+    first = everything.days(model.label)[0]
+    store = LiveQuality(max_rows=10**6, keep_days=10**6, only_days=(first, first + 1))
+    store.add(rows_of(history, model, evaluation, np.arange(n)))
+    assert store.days(model.label) == [first, first + 1]
+    assert (
+        store.figures(model.label, [first])["decisions"]
+        == everything.figures(model.label, [first])["decisions"]
+    )

@@ -60,6 +60,9 @@ def simulation_params(args: argparse.Namespace) -> SimulationParams:
     from scorer.simulate import Drift, SimulationParams
 
     drift = None
+    asked = args.amount_factor != 1.0 or args.new_terminals or args.new_currency or args.card_testing
+    if args.drift_from_day is None and asked:
+        raise ConfigError("drift options need --drift-from-day (the first drifted day)")
     if args.drift_from_day is not None:
         if (
             args.drift_from_day < 0

@@ -105,3 +105,12 @@ def test_malformed_line_is_reported_with_its_number(
 def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     proc = run_cli("simulate", "--out", str(tmp_path), "--customers", "zero")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_drift_options_without_a_drift_day_are_refused(tmp_path: Path) -> None:
+    proc = run_cli("simulate", "--out", str(tmp_path), "--amount-factor", "3")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "scorer: error: drift options need --drift-from-day (the first drifted day)"
+    )
+    proc = run_cli("simulate", "--out", str(tmp_path), "--drift-from-day", "3", "--card-testing", "-1")
+    assert proc.returncode == 2 and "must not be negative" in proc.stderr and "Traceback" not in proc.stderr

@@ -353,7 +353,7 @@ def _transaction_columns(docs: list[dict[str, Any]]) -> tuple[list[Any], npt.NDA
     """
     ids = [_column(docs, name) for name in _ID_FIELDS]
     amount, bad = _amounts(_column(docs, "amount"))
-    ts_ms, bad_ts = _stamps_ms(_column(docs, "timestamp"))
+    ts_ms, bad_ts = stamps_ms(_column(docs, "timestamp"))
     currency = _column(docs, "currency")
     optional = [_column(docs, name) for name in _OPTIONAL_TEXT_FIELDS]
     bad |= bad_ts | _bad_currency(docs, currency)
@@ -406,8 +406,10 @@ def _bad_currency(docs: list[dict[str, Any]], col: list[Any]) -> npt.NDArray[np.
     return bad
 
 
-def _stamps_ms(col: list[Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-    """ms since the epoch per timestamp, and where it is not a valid one; the usual form all at once."""
+def stamps_ms(col: list[Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """ms since the epoch per timestamp, and where it is not a valid one; the usual form all at once.
+
+    Shared by the transaction decoder and `scorer monitor` (decision timestamps)."""
     stamps, _ = _typed(col, _STR, "")  # "" is no timestamp
     ms = np.zeros(len(stamps), dtype=np.int64)
     ok = np.fromiter(map(len, stamps), dtype=np.int64, count=len(stamps)) == len(_USUAL_STAMP)
@@ -420,11 +422,6 @@ def _stamps_ms(col: list[Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bo
             ms[i] = parse_rfc3339_ms(stamps[i])
             ok[i] = True
     return ms, ~ok
-
-
-def stamps_ms(col: list[Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-    """A column of RFC 3339 stamps parsed at once: (ms since the epoch, True where not a valid stamp)."""
-    return _stamps_ms(col)
 
 
 def decode_labels(values: Sequence[bytes | None], max_value_bytes: int = MAX_VALUE_BYTES) -> DecodedLabels:

@@ -25,9 +25,9 @@ from benchmarks.drain import drain, expected_ids, preload
 from benchmarks.harness import Launcher, Profile
 from benchmarks.paced import Events, paced
 from benchmarks.soak import soak
-from scorer.broker import EmbeddedBroker
 from scorer.config import DEFAULT_MODEL
-from scorer.simulate import SimulatedData, SimulationParams, simulate
+from scorer.demo.broker import EmbeddedBroker
+from scorer.training.simulate import SimulatedData, SimulationParams, simulate
 
 EVENTS_PER_DAY = 9_000  # a little under the default simulation's, so a run never runs out of events
 PROFILES = {

@@ -25,8 +25,8 @@ from benchmarks.harness import (
     machine_busy_s,
     passthrough_ids,
 )
-from scorer.broker import TopicSpec, ensure_topics
-from scorer.simulate import SimulatedData, transaction_values
+from scorer.kafka.admin import TopicSpec, ensure_topics
+from scorer.training.simulate import SimulatedData, transaction_values
 
 CHUNK = 10_000
 POLL_S = 0.05

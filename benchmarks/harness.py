@@ -20,9 +20,10 @@ import numpy.typing as npt
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from scorer.broker import TopicSpec, ensure_topics, free_port
 from scorer.config import Settings
-from scorer.topics import create_topics
+from scorer.demo.broker import free_port
+from scorer.kafka.admin import TopicSpec, ensure_topics
+from scorer.kafka.topics import create_topics
 
 PARTITIONS = 4
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")

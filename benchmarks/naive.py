@@ -27,8 +27,7 @@ import onnxruntime as ort
 from confluent_kafka import Producer
 
 from benchmarks.passthrough import group_consumer
-from scorer.decisions import Explainer
-from scorer.features import (
+from scorer.features.engine import (
     CATEGORICAL_FIELDS,
     FEATURE_NAMES,
     MISSING_CODE,
@@ -37,7 +36,8 @@ from scorer.features import (
     UNSEEN_CODE,
     WINDOW_DAYS,
 )
-from scorer.model import read_meta, resolve_artefact
+from scorer.model.onnx import read_meta, resolve_artefact
+from scorer.scoring.decisions import Explainer
 
 MS_PER_DAY = 86_400_000
 REQUIRED = ("transaction_id", "customer_id", "terminal_id", "amount", "timestamp")

@@ -18,9 +18,9 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from benchmarks.harness import PARTITIONS, Launcher, Profile, Running, cpu_seconds, input_ms_of
-from scorer.broker import TopicSpec, ensure_topics
-from scorer.events import rfc3339_ms
-from scorer.simulate import SimulatedData
+from scorer.events.timestamps import rfc3339_ms
+from scorer.kafka.admin import TopicSpec, ensure_topics
+from scorer.training.simulate import SimulatedData
 
 PLACEHOLDER = "0000-00-00T00:00:00.000Z"
 WARMUP_EVENTS = 200

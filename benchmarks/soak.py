@@ -15,10 +15,10 @@ import time
 from typing import Any
 
 from benchmarks.harness import Launcher, Profile, Tail
-from scorer.broker import TopicSpec, ensure_topics
-from scorer.events import MS_PER_DAY
-from scorer.livedemo import Streamer
-from scorer.simulate import SimulationParams, simulate
+from scorer.demo.stream import Streamer
+from scorer.events.timestamps import MS_PER_DAY
+from scorer.kafka.admin import TopicSpec, ensure_topics
+from scorer.training.simulate import SimulationParams, simulate
 
 SAMPLE_S = 5.0
 EVENTS_PER_DAY = 1_900  # of the soak's simulation

@@ -22,12 +22,11 @@ import numpy as np
 import orjson
 
 from benchmarks.harness import rss_bytes
-from scorer.batches import pick
 from scorer.config import DEFAULT_MODEL
-from scorer.decisions import Explainer, ScoredBatch, encode_decisions
-from scorer.drift import Bins, Drift
-from scorer.events import MS_PER_DAY, TransactionBatch, decode_transactions
-from scorer.features import (
+from scorer.events.batches import TransactionBatch, pick
+from scorer.events.decode import decode_transactions
+from scorer.events.timestamps import MS_PER_DAY
+from scorer.features.engine import (
     CUSTOMER_NAMES,
     FEATURE_NAMES,
     TERMINAL_NAMES,
@@ -35,12 +34,14 @@ from scorer.features import (
     TerminalFeatures,
     stateless_features,
 )
-from scorer.inputs import InputChecks
-from scorer.model import OnnxModel
-from scorer.rollout import Plan
-from scorer.runtime import tune_gc
-from scorer.serving import Serving
-from scorer.simulate import SimulationParams, simulate, transaction_values
+from scorer.model.onnx import OnnxModel
+from scorer.monitoring.drift import Bins, Drift
+from scorer.monitoring.inputs import InputChecks
+from scorer.rollout.plans import Plan
+from scorer.rollout.serving import Serving
+from scorer.runtime.process import tune_gc
+from scorer.scoring.decisions import Explainer, ScoredBatch, encode_decisions
+from scorer.training.simulate import SimulationParams, simulate, transaction_values
 
 PARTITIONS = 4
 STAGES = (  # "model": every model call of the batch, and the blending under a plan

@@ -18,8 +18,8 @@ import numpy as np
 import orjson
 
 from benchmarks.harness import rss_bytes
-from scorer.events import MS_PER_DAY
-from scorer.features import CustomerFeatures, FeatureConfig, TerminalFeatures
+from scorer.events.timestamps import MS_PER_DAY
+from scorer.features.engine import CustomerFeatures, FeatureConfig, TerminalFeatures
 
 BATCH = 10_000
 START_MS = 1_767_225_600_000  # 2026-01-01

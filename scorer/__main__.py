@@ -1,5 +1,5 @@
 """`python -m scorer` is the same as the `scorer` console script."""
 
-from scorer.cli import main
+from scorer.cli.main import main
 
 raise SystemExit(main())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scorer.simulate import SimulationParams, simulate, write_jsonl
+from scorer.training.simulate import SimulationParams, simulate, write_jsonl
 
 TINY = SimulationParams(customers=300, terminals=600, days=80, seed=3, start=datetime.date(2026, 1, 1))
 
@@ -21,8 +21,8 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from scorer.dataset import load_history
-    from scorer.train import TrainParams, train, write_artefact
+    from scorer.training.dataset import load_history
+    from scorer.training.train import TrainParams, train, write_artefact
 
     out = tmp_path_factory.mktemp("models") / "tiny" / "1"
     params = TrainParams(

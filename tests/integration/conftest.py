@@ -16,9 +16,9 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from scorer.broker import EmbeddedBroker, free_port
 from scorer.config import Settings
-from scorer.topics import create_topics
+from scorer.demo.broker import EmbeddedBroker, free_port
+from scorer.kafka.topics import create_topics
 
 PARTITIONS = 4
 FAST = {"session.timeout.ms": "6000", "fetch.wait.max.ms": "5"}

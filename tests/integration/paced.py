@@ -15,17 +15,17 @@ import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from scorer.config import Settings
-from scorer.dataset import History
-from scorer.events import MS_PER_DAY
-from scorer.history import replay
-from scorer.model import OnnxModel
-from scorer.simulate import SimulatedData, label_values, transaction_values
+from scorer.events.timestamps import MS_PER_DAY
+from scorer.model.onnx import OnnxModel
+from scorer.training.dataset import History
+from scorer.training.history import replay
+from scorer.training.simulate import SimulatedData, label_values, transaction_values
 from tests.integration.conftest import FAST
 
 
 def offline_scores(history: History, model: OnnxModel) -> dict[str, float]:
     """The offline path: replay the history through the feature engine, score every transaction."""
-    from scorer.features import FeatureEngine
+    from scorer.features.engine import FeatureEngine
 
     X = replay(history.transactions, history.labels, FeatureEngine(model.meta.feature_config))
     return dict(zip(history.transactions.transaction_id, model.predict(X).tolist(), strict=True))

@@ -13,8 +13,9 @@ import orjson
 from onnx import TensorProto, helper
 
 from scorer.config import Settings
-from scorer.control import Deployment, publish
-from scorer.rollout import Plan
+from scorer.kafka.control import publish
+from scorer.rollout.deployment import Deployment
+from scorer.rollout.plans import Plan
 from tests.integration.conftest import Proc, consume, decisions, produce
 from tests.integration.test_control import registry_with
 from tests.integration.test_pipeline import metric

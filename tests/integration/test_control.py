@@ -8,9 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from scorer.cli import main
+from scorer.cli.main import main
 from scorer.config import Settings
-from scorer.control import read_deployment
+from scorer.kafka.control import read_deployment
 from tests.integration.conftest import env_for
 
 

@@ -20,14 +20,14 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from scorer.cli import main
+from scorer.cli.main import main
 from scorer.config import Settings
-from scorer.dataset import load_history
-from scorer.evaluate import evaluate
-from scorer.events import MS_PER_DAY
-from scorer.model import OnnxModel
-from scorer.monitor import REFRESH_S
-from scorer.simulate import (
+from scorer.events.timestamps import MS_PER_DAY
+from scorer.model.onnx import OnnxModel
+from scorer.monitoring.monitor import REFRESH_S
+from scorer.training.dataset import load_history
+from scorer.training.evaluate import evaluate
+from scorer.training.simulate import (
     Drift,
     SimulatedData,
     SimulationParams,

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from scorer.cli import main
+from scorer.cli.main import main
 from scorer.config import Settings
 from tests.integration.conftest import Proc, consume, decisions, env_for, produce
 from tests.integration.test_control import registry_with

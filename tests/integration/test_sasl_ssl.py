@@ -20,7 +20,7 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, Producer
 
-from scorer.broker import EmbeddedBroker, free_port
+from scorer.demo.broker import EmbeddedBroker, free_port
 from tests.integration.conftest import Proc
 from tests.integration.sasl_proxy import SaslSslProxy, ScramUser, make_certificates
 

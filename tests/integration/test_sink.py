@@ -5,8 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from scorer.config import Settings
-from scorer.metrics import Metrics
-from scorer.sink import Sink
+from scorer.kafka.sink import Sink
+from scorer.runtime.metrics import Metrics
 from tests.integration.conftest import consume
 
 

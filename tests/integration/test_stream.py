@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 
 from scorer.config import Settings
-from scorer.simulate import SimulationParams, simulate
+from scorer.training.simulate import SimulationParams, simulate
 from tests.integration.conftest import consume, env_for
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from scorer.config import Settings
-from scorer.dataset import load_history
-from scorer.model import OnnxModel
-from scorer.simulate import simulate
+from scorer.model.onnx import OnnxModel
+from scorer.training.dataset import load_history
+from scorer.training.simulate import simulate
 from tests.conftest import TINY
 from tests.integration.conftest import Proc
 from tests.integration.paced import Collector, assert_parity, offline_scores, stream_by_day

@@ -8,12 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scorer.errors import Rejected
-from scorer.events import (
-    _decode_transactions_per_record,
-    decode_labels,
-    decode_transactions,
-    parse_rfc3339_ms,
-)
+from scorer.events.decode import _decode_transactions_per_record, decode_labels, decode_transactions
+from scorer.events.timestamps import parse_rfc3339_ms
 
 json_values = st.recursive(
     st.none()

@@ -6,9 +6,9 @@ import numpy as np
 import orjson
 
 from benchmarks.naive import NaiveFeatures, check, parse_ms
-from scorer.events import decode_transactions
-from scorer.features import FeatureConfig, FeatureEngine
-from scorer.simulate import SimulationParams, simulate, transaction_values
+from scorer.events.decode import decode_transactions
+from scorer.features.engine import FeatureConfig, FeatureEngine
+from scorer.training.simulate import SimulationParams, simulate, transaction_values
 
 
 def test_naive_features_equal_the_engine_on_a_simulated_stream() -> None:

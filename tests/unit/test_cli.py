@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from scorer.cli import main
+from scorer.cli.main import main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

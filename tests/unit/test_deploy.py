@@ -22,7 +22,7 @@ import yaml
 
 from scorer import __version__
 from scorer.config import ENV_PREFIX, from_env, load_settings
-from scorer.pipeline import ACK_TIMEOUT_S
+from scorer.scoring.loop import ACK_TIMEOUT_S
 from tests.unit.kustomize import BUILTIN_GROUPS, build
 
 ROOT = Path(__file__).resolve().parents[2]

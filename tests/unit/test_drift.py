@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from scorer.config import DEFAULT_MODEL
-from scorer.drift import HOUR_MS, Bins, Drift, Ring, psi
-from scorer.features import FEATURE_NAMES
-from scorer.model import read_meta
+from scorer.events.timestamps import HOUR_MS
+from scorer.features.engine import FEATURE_NAMES
+from scorer.model.onnx import read_meta
+from scorer.monitoring.drift import Bins, Drift, Ring, psi
 
 START = 1_767_225_600_000  # 2026-01-01T00:00Z
 

@@ -13,14 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scorer.errors import Rejected
-from scorer.events import (
-    _decode_transactions_per_record,
-    _usual_stamps_ms,
-    decode_transactions,
-    parse_rfc3339_ms,
-    rfc3339_ms,
-)
-from scorer.simulate import SimulationParams, simulate, transaction_values
+from scorer.events.decode import _decode_transactions_per_record, decode_transactions
+from scorer.events.timestamps import _usual_stamps_ms, parse_rfc3339_ms, rfc3339_ms
+from scorer.training.simulate import SimulationParams, simulate, transaction_values
 
 FIELDS = (
     "transaction_id",

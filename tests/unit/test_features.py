@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from scorer.events import MS_PER_DAY, LabelBatch, TransactionBatch
-from scorer.features import (
+from scorer.events.batches import LabelBatch, TransactionBatch
+from scorer.events.timestamps import MS_PER_DAY
+from scorer.features.engine import (
     CUSTOMER_NAMES,
     FEATURE_NAMES,
     LATE_GRACE_DAYS,
@@ -21,8 +22,8 @@ from scorer.features import (
     FeatureConfig,
     FeatureEngine,
 )
-from scorer.history import replay, replay_steps
-from scorer.state import occurrence_rank
+from scorer.features.state import occurrence_rank
+from scorer.training.history import replay, replay_steps
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 

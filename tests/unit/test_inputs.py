@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from scorer.config import DEFAULT_MODEL
-from scorer.events import TransactionBatch
-from scorer.features import FEATURE_NAMES, stateless_features
-from scorer.inputs import InputChecks, issue_labels
-from scorer.model import read_meta
+from scorer.events.batches import TransactionBatch
+from scorer.features.engine import FEATURE_NAMES, stateless_features
+from scorer.model.onnx import read_meta
+from scorer.monitoring.inputs import InputChecks, issue_labels
 
 NOW = 1_767_225_600_000 + 12 * 3_600_000  # noon: inside the training hours
 

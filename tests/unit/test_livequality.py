@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from scorer.dataset import load_history
-from scorer.evaluate import evaluate
-from scorer.events import MS_PER_DAY, LabelBatch
-from scorer.livequality import DecisionRows, LiveQuality
-from scorer.model import OnnxModel
+from scorer.events.batches import LabelBatch
+from scorer.events.timestamps import MS_PER_DAY
+from scorer.model.onnx import OnnxModel
+from scorer.monitoring.livequality import DecisionRows, LiveQuality
+from scorer.training.dataset import load_history
+from scorer.training.evaluate import evaluate
 
 TEST_DAYS = 5
 

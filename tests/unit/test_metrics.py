@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from scorer.metrics import LATENCY_BUCKETS_S, BatchHistogram, Metrics
+from scorer.runtime.metrics import LATENCY_BUCKETS_S, BatchHistogram, Metrics
 
 
 def samples(registry: CollectorRegistry) -> list[str]:

@@ -18,9 +18,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from scorer.config import Settings
-from scorer.livequality import LiveQuality
-from scorer.metrics import AggregatorMetrics, Metrics
-from scorer.monitor import Models, Monitor, families
+from scorer.monitoring.livequality import LiveQuality
+from scorer.monitoring.monitor import Models, Monitor, families
+from scorer.runtime.metrics import AggregatorMetrics, Metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yml"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
 from scorer.errors import ConfigError
-from scorer.quality import (
+from scorer.model.quality import (
     Confusion,
     ThresholdPolicy,
     average_precision,
@@ -353,7 +353,7 @@ def test_quality_report_is_consistent(seed: int) -> None:
 
 
 def test_card_precision_detected_drops_only_cards_found_on_earlier_days() -> None:
-    from scorer.quality import card_precision_at_k_detected
+    from scorer.model.quality import card_precision_at_k_detected
 
     # day 0: card 1 fraud (top), card 2 genuine; day 1: card 1 fraud again (dropped: detected), card 3 fraud
     day = np.array([0, 0, 1, 1], dtype=np.int64)

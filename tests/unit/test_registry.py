@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from scorer.cli import main
-from scorer.registry import Registry, passed, validate
+from scorer.cli.main import main
+from scorer.model.registry import Registry, passed, validate
 
 
 def variant(

@@ -7,14 +7,15 @@ import re
 import numpy as np
 
 from scorer.config import DEFAULT_MODEL, Settings
-from scorer.drift import HOUR_MS, Bins, Drift
-from scorer.events import MS_PER_DAY, LabelBatch, rfc3339_ms
-from scorer.features import FEATURE_NAMES
-from scorer.livequality import DecisionRows, LiveQuality
-from scorer.model import read_meta
-from scorer.monitor import Models
-from scorer.report import DriftCounts, render
-from scorer.svgplot import line_chart
+from scorer.events.batches import LabelBatch
+from scorer.events.timestamps import HOUR_MS, MS_PER_DAY, rfc3339_ms
+from scorer.features.engine import FEATURE_NAMES
+from scorer.model.onnx import read_meta
+from scorer.monitoring.drift import Bins, Drift
+from scorer.monitoring.livequality import DecisionRows, LiveQuality
+from scorer.monitoring.monitor import Models
+from scorer.monitoring.report import DriftCounts, render
+from scorer.monitoring.svgplot import line_chart
 
 DAY0 = 20_454  # 2026-01-01
 

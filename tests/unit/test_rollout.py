@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scorer.rollout import Plan, PlanError, challenger_weight, combine, customer_hash_share, schedule
+from scorer.rollout.plans import Plan, PlanError, challenger_weight, combine, customer_hash_share, schedule
 
 DAY = 86_400_000
 START = 1_767_225_600_000  # 2026-01-01

@@ -10,7 +10,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from scorer.events import decode_labels, decode_transactions
+from scorer.events.decode import decode_labels, decode_transactions
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 BASE = {
@@ -173,8 +173,8 @@ def test_schemas_are_valid_and_their_examples_pass(name: str) -> None:
 def test_a_decision_made_by_the_scorer_matches_its_schema() -> None:
     import numpy as np
 
-    from scorer.decisions import Explainer, ScoredBatch, encode_decisions
-    from scorer.features import FEATURE_NAMES
+    from scorer.features.engine import FEATURE_NAMES
+    from scorer.scoring.decisions import Explainer, ScoredBatch, encode_decisions
 
     batch = decode_transactions([orjson.dumps(BASE)]).batch
     X = np.ones((1, len(FEATURE_NAMES)), dtype=np.float32)

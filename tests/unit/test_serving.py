@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from scorer.events import decode_transactions
-from scorer.model import OnnxModel
-from scorer.rollout import Plan
-from scorer.serving import Serving
-from scorer.simulate import SimulationParams, simulate, transaction_values
+from scorer.events.decode import decode_transactions
+from scorer.model.onnx import OnnxModel
+from scorer.rollout.plans import Plan
+from scorer.rollout.serving import Serving
+from scorer.training.simulate import SimulationParams, simulate, transaction_values
 
 DAY = 86_400_000
 

@@ -10,8 +10,9 @@ import numpy as np
 import orjson
 import pytest
 
-from scorer.events import MS_PER_DAY, read_labels_jsonl, read_transactions_jsonl
-from scorer.simulate import (
+from scorer.events.files import read_labels_jsonl, read_transactions_jsonl
+from scorer.events.timestamps import MS_PER_DAY
+from scorer.training.simulate import (
     FRAUD_AMOUNT,
     Drift,
     SimulatedData,
@@ -67,7 +68,7 @@ def test_fraud_scenarios(data: SimulatedData) -> None:
 
 def test_customers_use_terminals_within_the_radius() -> None:
     # the same seed draws the same positions: recompute them the way the simulator does
-    from scorer.simulate import _terminal_lists
+    from scorer.training.simulate import _terminal_lists
 
     rng = np.random.default_rng(SMALL.seed)
     cust_xy, reach = _terminal_lists(rng, SMALL)

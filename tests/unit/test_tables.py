@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scorer.events import MS_PER_DAY
-from scorer.state import DayRing
-from scorer.tables import RowCodec, decode_marker, encode_marker, load_rows
+from scorer.events.timestamps import MS_PER_DAY
+from scorer.features.rows import RowCodec, decode_marker, encode_marker, load_rows
+from scorer.features.state import DayRing
 
 
 def filled_ring() -> DayRing:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from scorer.events import MS_PER_DAY
-from scorer.features import FeatureConfig, TerminalFeatures
-from scorer.terminals import TerminalTable, terminal_codec
+from scorer.aggregate.table import TerminalTable, terminal_codec
+from scorer.events.timestamps import MS_PER_DAY
+from scorer.features.engine import FeatureConfig, TerminalFeatures
 
 CONFIG = FeatureConfig(label_delay_days=1)
 

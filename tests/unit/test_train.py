@@ -8,12 +8,12 @@ import numpy as np
 import orjson
 import pytest
 
-from scorer.dataset import load_history, replay_features
 from scorer.errors import DataError, ModelError
-from scorer.features import FEATURE_NAMES, FeatureConfig
-from scorer.model import OnnxModel
-from scorer.quality import ThresholdPolicy
-from scorer.train import TrainParams, check_parity, fit, plan_periods, to_onnx, train
+from scorer.features.engine import FEATURE_NAMES, FeatureConfig
+from scorer.model.onnx import OnnxModel
+from scorer.model.quality import ThresholdPolicy
+from scorer.training.dataset import load_history, replay_features
+from scorer.training.train import TrainParams, check_parity, fit, plan_periods, to_onnx, train
 from tests.conftest import TINY
 
 

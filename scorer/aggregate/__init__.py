@@ -1,0 +1,1 @@
+"""Terminal features for every scorer: `scorer aggregate` and the terminal table each scorer reads."""

@@ -1,0 +1,1 @@
+"""The command line: argparse -> Settings -> an application. Nothing below imports it."""

@@ -1,0 +1,216 @@
+"""`scorer models ...`: the registry, its validation gate and the deployment on the control topic.
+
+list / show / validate read the registry only. plan / promote / finish / rollback read and write the
+deployment record on `scorer-control` (scorer/control.py); promote runs the gate first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+
+from scorer.cli.args import add_kafka_args, settings_from
+from scorer.config import Settings
+from scorer.errors import ScorerError
+from scorer.kafka.control import publish, read_deployment
+from scorer.model.onnx import read_meta, resolve_artefact
+from scorer.model.registry import DEFAULT_METRIC_TOLERANCE, Registry, passed, validate
+from scorer.rollout.deployment import Deployment
+from scorer.rollout.plans import STRATEGIES, Plan, schedule
+
+METRICS_SHOWN = ("roc_auc", "average_precision", "card_precision_at_100", "precision", "recall")
+
+
+def add_models_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("models", help="the model registry: list, show, validate")
+    p.add_argument("--registry", type=Path, default=Path("models"), help="registry root (default: models)")
+    models = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    q = models.add_parser("list", help="every registered version with its validation metrics")
+    q.set_defaults(func=cmd_list)
+    q = models.add_parser("show", help="one version's metadata, metrics, known faults and limits")
+    q.add_argument("ref", help="name/version, name (newest version) or a directory")
+    q.set_defaults(func=cmd_show)
+    q = models.add_parser("validate", help="run the validation gate; exit 1 with the reasons if it fails")
+    q.add_argument("ref", help="the candidate: name/version, name or a directory")
+    q.add_argument("--champion", help="compare holdout metrics with this model (name/version or directory)")
+    q.add_argument("--tolerance", type=float, default=DEFAULT_METRIC_TOLERANCE, help="allowed metric drop")
+    q.set_defaults(func=cmd_validate)
+    add_deployment_parsers(models)
+
+
+def add_deployment_parsers(models: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+
+    q = models.add_parser("plan", help="the deployment in force: champion, plan and its weight schedule")
+    add_kafka_args(q)
+    q.set_defaults(func=cmd_plan)
+    q = models.add_parser("promote", help="validate a challenger, then publish a changeover plan")
+    q.add_argument("ref", help="the challenger: name/version or name")
+    q.add_argument("--strategy", choices=STRATEGIES, required=True)
+    q.add_argument("--start", default="now", help="event time the plan starts: now or YYYY-MM-DDTHH:MM:SSZ")
+    q.add_argument("--end", help="blend: event time the weight reaches 1")
+    q.add_argument("--steps", type=int, default=0, help="blend: n equal steps instead of a linear ramp")
+    q.add_argument("--share", type=float, default=0.0, help="canary: share of customers, (0, 1]")
+    q.add_argument("--tolerance", type=float, default=DEFAULT_METRIC_TOLERANCE, help="allowed metric drop")
+    add_kafka_args(q)
+    q.set_defaults(func=cmd_promote)
+    q = models.add_parser("finish", help="make the plan's challenger the champion (the plan ends)")
+    add_kafka_args(q)
+    q.set_defaults(func=cmd_finish)
+    q = models.add_parser("rollback", help="drop the plan in force, or return to the previous champion")
+    add_kafka_args(q)
+    q.set_defaults(func=cmd_rollback)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    entries = Registry(args.registry).entries()
+    if not entries:
+        print(f"no models in {args.registry}")
+        return 0
+    print(f"{'model':24} {'created':26} {'roc_auc':>8} {'avg_prec':>8}  path")
+    for e in entries:
+        v = e.meta.raw.get("metrics", {}).get("validation", {})
+        print(
+            f"{e.label:24} {str(e.meta.raw.get('created', '?')):26} {v.get('roc_auc', float('nan')):8.4f} "
+            f"{v.get('average_precision', float('nan')):8.4f}  {e.path}"
+        )
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    e = Registry(args.registry).get(args.ref)
+    raw = e.meta.raw
+    print(f"{e.label}  ({e.path})")
+    print(f"  created    {raw.get('created', '?')}")
+    print(f"  threshold  {e.meta.threshold:.6f}  ({raw.get('threshold_policy', {}).get('description', '')})")
+    training = raw.get("training", {})
+    print(
+        f"  trained on {training.get('data_dir', '?')}  sha256 {str(training.get('data_sha256', '?'))[:16]}"
+    )
+    v = raw.get("metrics", {}).get("validation", {})
+    print("  validation " + ", ".join(f"{k} {v[k]:.4f}" for k in METRICS_SHOWN if k in v))
+    for title, key in (("known faults", "known_faults"), ("limits", "limits")):
+        print(f"  {title}:")
+        for item in raw.get(key, []) or ["(none written down)"]:
+            print(f"    - {item}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    registry = Registry(args.registry)
+    candidate = Path(args.ref) if Path(args.ref).is_dir() else registry.get(args.ref).path  # may not load
+    champion = registry.get(args.champion).path if args.champion else None
+    checks = validate(candidate, champion, args.tolerance)
+    for c in checks:
+        print(f"  {'ok  ' if c.ok else 'FAIL'} {c.name:18} {c.detail}")
+    if passed(checks):
+        print(f"{args.ref}: passes the validation gate")
+        return 0
+    failed = ", ".join(c.name for c in checks if not c.ok)
+    print(f"scorer: error: {args.ref} is refused by the validation gate ({failed})", file=sys.stderr)
+    return 1
+
+
+def _event_ms(text: str) -> int:
+    if text == "now":
+        return int(time.time() * 1000)
+    try:
+        stamp = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ScorerError(f"not a time (now or YYYY-MM-DDTHH:MM:SSZ): {text!r}") from exc
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=datetime.UTC)
+    return int(stamp.timestamp() * 1000)
+
+
+def _current(args: argparse.Namespace) -> tuple[Settings, Deployment]:
+    """(settings, deployment in force); without a published one, the configured model is champion."""
+
+    settings = settings_from(args)
+    deployment = read_deployment(settings)
+    if deployment is None:
+        deployment = Deployment(read_meta(resolve_artefact(Path(settings.model))).label)
+    return settings, deployment
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+
+    _, deployment = _current(args)
+    print(
+        f"champion  {deployment.champion}"
+        + (f"  (previous: {deployment.previous})" if deployment.previous else "")
+    )
+    plan = deployment.plan
+    if plan is None:
+        print("plan      none: the champion decides every event")
+        return 0
+    print(f"plan      {plan.plan_id}: {plan.strategy} to {plan.challenger}")
+    points = (
+        [plan.start_ms]
+        if plan.strategy != "blend"
+        else [plan.start_ms + (plan.end_ms - plan.start_ms) * k // 4 for k in range(5)]
+    )
+    for at, weight in zip(points, schedule(plan, points), strict=True):
+        when = datetime.datetime.fromtimestamp(at / 1000, datetime.UTC).isoformat(timespec="seconds")
+        extra = f" of customers {plan.share:.0%}" if plan.strategy == "canary" else ""
+        print(f"  from {when}  challenger weight {weight:.2f}{extra}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+
+    settings, current = _current(args)
+    if current.plan is not None:
+        raise ScorerError(f"plan {current.plan.plan_id} is in force: finish it or roll it back first")
+    registry = Registry(args.registry)
+    challenger = registry.get(args.ref)
+    checks = validate(challenger.path, registry.get(current.champion).path, args.tolerance)
+    for c in checks:
+        print(f"  {'ok  ' if c.ok else 'FAIL'} {c.name:18} {c.detail}")
+    if not passed(checks):
+        failed = ", ".join(c.name for c in checks if not c.ok)
+        raise ScorerError(f"{challenger.label} is refused by the validation gate ({failed})")
+    start = _event_ms(args.start)
+    plan = Plan(
+        plan_id=f"{challenger.label}@{start}",
+        strategy=args.strategy,
+        champion=current.champion,
+        challenger=challenger.label,
+        start_ms=start,
+        end_ms=_event_ms(args.end) if args.end else 0,
+        steps=args.steps,
+        share=args.share,
+    )
+    publish(settings, Deployment(current.champion, plan, current.previous, int(time.time() * 1000)))
+    print(f"published plan {plan.plan_id}: {plan.strategy} from {current.champion} to {challenger.label}")
+    return 0
+
+
+def cmd_finish(args: argparse.Namespace) -> int:
+
+    settings, current = _current(args)
+    if current.plan is None:
+        raise ScorerError("no plan is in force: nothing to finish")
+    done = Deployment(current.plan.challenger, None, current.champion, int(time.time() * 1000))
+    publish(settings, done)
+    print(f"champion is now {done.champion} (previous: {done.previous})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+
+    settings, current = _current(args)
+    now = int(time.time() * 1000)
+    if current.plan is not None:
+        back = Deployment(current.champion, None, current.previous, now)
+        what = f"dropped plan {current.plan.plan_id}; {current.champion} decides every event"
+    elif current.previous:
+        back = Deployment(current.previous, None, current.champion, now)
+        what = f"champion is {current.previous} again (was {current.champion})"
+    else:
+        raise ScorerError(f"nothing to roll back: {current.champion} has no plan and no previous champion")
+    publish(settings, back)
+    print(what)
+    return 0

@@ -1,0 +1,1 @@
+"""Demos and simulated sources: the offline demo, the live demo, `scorer stream`, the embedded broker."""

@@ -1,0 +1,241 @@
+"""`scorer demo`: the whole system live on the embedded tansu broker (or `--brokers`), zero configuration.
+
+It starts the broker, creates the topics, runs `scorer aggregate` and `scorer run` as child processes,
+streams simulated transactions (in event-time order, with each fraud label released when the stream
+reaches its report time) at `--rate` events/s, and reads the decisions back to show events/s, p50/p99
+end-to-end latency, lag, flag rate and the precision of the flags (the simulator knows the truth).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer
+
+from scorer.config import DEFAULT_MODEL, Settings
+from scorer.demo.broker import EmbeddedBroker, free_port
+from scorer.demo.stream import Streamer
+from scorer.kafka.topics import create_topics
+from scorer.runtime.console import table
+from scorer.training.simulate import SimulatedData, SimulationParams, simulate
+
+PARTITIONS = 4
+
+
+@dataclass(slots=True)
+class Tally:
+    """What the demo has seen of the decisions so far."""
+
+    decided: int = 0
+    flagged: int = 0
+    flagged_fraud: int = 0
+    frauds_decided: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    window: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time, decided) for events/s
+
+    def rate(self) -> float:
+        if len(self.window) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self.window[0], self.window[-1]
+        return (n1 - n0) / max(1e-9, t1 - t0)
+
+    def percentile(self, q: float) -> float:
+        recent = self.latencies_ms[-20_000:]
+        return float(np.percentile(recent, q)) if recent else float("nan")
+
+
+def child(
+    command: str, settings: Settings, model: str, metrics_port: int, log: Path
+) -> subprocess.Popen[bytes]:
+    """A `scorer run` / `scorer aggregate` child process configured through SCORER_* variables."""
+    env = {
+        **os.environ,
+        "SCORER_BROKERS": settings.brokers,
+        "SCORER_MODEL": model,
+        "SCORER_METRICS_PORT": str(metrics_port),
+        "SCORER_FETCH_WAIT_MAX_MS": "5",
+        "SCORER_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "SCORER_TERMINAL_WAIT_S": "2",
+    }
+    with log.open("ab") as out:  # JSON logs go to a file so the live status line stays readable
+        return subprocess.Popen(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "scorer", command], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LiveDemo:
+    """What `scorer demo` was asked for."""
+
+    params: SimulationParams
+    model: str | None = None  # default: models/default/1
+    brokers: str | None = None  # default: start the embedded broker
+    rate: float = 1000.0  # transactions per second
+    duration: float = 0.0  # seconds; 0: until Ctrl-C
+    metrics_port: int = 9108
+
+
+def run_live_demo(args: LiveDemo) -> int:
+    model = str(args.model or DEFAULT_MODEL)
+    params = args.params
+    print(
+        f"simulating {params.customers:,} customers / {params.terminals:,} terminals / {params.days} days ...",
+        flush=True,
+    )
+    data = simulate(params)
+    index = {tx: i for i, tx in enumerate(data.transaction_id)}
+    logs = Path(tempfile.mkdtemp(prefix="scorer-demo-"))
+    with ExitStack() as stack:
+        brokers = args.brokers
+        if not brokers:
+            broker = stack.enter_context(EmbeddedBroker(log_path=logs / "tansu.log"))
+            brokers = broker.bootstrap
+            print(f"embedded tansu broker on {brokers} (pid {broker.pid})")
+        settings = Settings(brokers=brokers, kafka={"session.timeout.ms": "6000"} if not args.brokers else {})
+        create_topics(settings, PARTITIONS)
+        metrics_port = (
+            args.metrics_port if args.metrics_port and _port_free(args.metrics_port) else free_port()
+        )
+        agg = child("aggregate", settings, model, free_port(), logs / "aggregate.log")
+        scorer = child("run", settings, model, metrics_port, logs / "scorer.log")
+        stack.callback(_stop_children, [scorer, agg])
+        print(f"scorer metrics: http://127.0.0.1:{metrics_port}/metrics  (/healthz, /readyz); logs in {logs}")
+        return _loop(args, settings, data, index, metrics_port, [scorer, agg], logs)
+
+
+def _loop(
+    args: LiveDemo,
+    settings: Settings,
+    data: SimulatedData,
+    index: dict[str, int],
+    port: int,
+    children: list[subprocess.Popen[bytes]],
+    logs: Path,
+) -> int:
+    streamer = Streamer(settings, data, args.rate)
+    reader = Consumer(
+        {
+            "bootstrap.servers": settings.brokers,
+            "group.id": "scorer-demo-monitor",
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 5,
+            **settings.kafka,
+        }
+    )
+    reader.subscribe([settings.decisions_topic])
+    tally = Tally()
+    deadline = time.monotonic() + args.duration if args.duration else float("inf")
+    last_print = 0.0
+    try:
+        while time.monotonic() < deadline:
+            if any(c.poll() is not None for c in children):
+                last = _last_lines(logs)
+                print(f"\nscorer demo: a child process stopped unexpectedly: {last}", file=sys.stderr)
+                return 1
+            streamer.pump()
+            _read(reader, tally, index, streamer)
+            if time.monotonic() - last_print > 1.0:
+                last_print = time.monotonic()
+                _status(tally, streamer)
+    except KeyboardInterrupt:
+        print()
+    finally:
+        streamer.close()
+        reader.close()
+    _summary(tally, streamer, port)
+    return 0
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("0.0.0.0", port))  # noqa: S104 - the scorer binds the same address
+        except OSError:
+            return False
+    return True
+
+
+def _last_lines(logs: Path) -> str:
+    """The last line of each child's log: why it stopped."""
+    lines = []
+    for name in ("scorer.log", "aggregate.log"):
+        text = (
+            (logs / name).read_text(errors="replace").strip().splitlines() if (logs / name).exists() else []
+        )
+        if text:
+            lines.append(f"{name}: {text[-1][:300]}")
+    return "; ".join(lines)
+
+
+def _read(reader: Consumer, tally: Tally, index: dict[str, int], streamer: Streamer) -> None:
+    """Count decisions; latency = the decision's Kafka timestamp minus when the demo sent the transaction."""
+    for msg in reader.consume(5000, 0.05):
+        if msg.error() or msg.value() is None:
+            continue
+        doc = orjson.loads(msg.value() or b"{}")
+        i = index.get(doc.get("transaction_id", ""))
+        if i is None:
+            continue
+        tally.decided += 1
+        fraud = bool(streamer.data.is_fraud[i])
+        tally.frauds_decided += fraud
+        if doc["flagged"]:
+            tally.flagged += 1
+            tally.flagged_fraud += fraud
+        decided_ms = msg.timestamp()[1]
+        if decided_ms > 0 and streamer.produced_ms[i] > 0:
+            tally.latencies_ms.append(max(0.0, decided_ms - streamer.produced_ms[i]))
+    tally.window.append((time.monotonic(), tally.decided))
+    tally.window = tally.window[-10:]
+
+
+def _status(tally: Tally, streamer: Streamer) -> None:
+    lag = streamer.next_tx - tally.decided
+    precision = tally.flagged_fraud / tally.flagged if tally.flagged else float("nan")
+    flag_rate = tally.flagged / tally.decided if tally.decided else 0.0
+    print(
+        f"\rsent {streamer.next_tx:>9,}  decided {tally.decided:>9,}  {tally.rate():>7,.0f} ev/s  "
+        f"p50 {tally.percentile(50):6.1f} ms  p99 {tally.percentile(99):6.1f} ms  "
+        f"lag {lag:>7,}  flag rate {flag_rate:6.2%}  flag precision {precision:6.1%}",
+        end="",
+        flush=True,
+    )
+
+
+def _summary(tally: Tally, streamer: Streamer, port: int) -> None:
+    precision = tally.flagged_fraud / tally.flagged if tally.flagged else float("nan")
+    recall = tally.flagged_fraud / tally.frauds_decided if tally.frauds_decided else float("nan")
+    rows = [
+        ("transactions sent", streamer.next_tx),
+        ("decisions received", tally.decided),
+        ("flagged", tally.flagged),
+        ("precision of flags", precision),
+        ("recall of flags", recall),
+        ("latency p50 (ms)", tally.percentile(50)),
+        ("latency p99 (ms)", tally.percentile(99)),
+    ]
+    print("\n" + table(["summary", "value"], rows))
+    print(f"metrics were at http://127.0.0.1:{port}/metrics (the scorer has stopped with the demo)")
+
+
+def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    for c in children:
+        if c.poll() is None:
+            c.send_signal(signal.SIGTERM)
+    for c in children:
+        try:
+            c.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            c.kill()

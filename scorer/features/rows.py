@@ -1,0 +1,75 @@
+"""Wire format of the compacted state topics: DayRing rows and per-partition marker records.
+
+`scorer-state` (customer windows, written by the scorer) and `terminal-features` (terminal windows,
+written by the aggregator at each day close) share it. A row is the key's newest event time and its
+buckets, little-endian; a marker (key MARKER_KEY) carries where the partition's rows stand.
+A key's row is a tombstone (value None) once the key expired, so compaction forgets it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from scorer.features.state import DayRing
+
+MARKER_KEY = b"\x00marker"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RowCodec:
+    """Encodes/decodes the rows of one DayRing layout (fields and ring length are part of the format)."""
+
+    fields: tuple[str, ...]
+    n_days: int
+
+    @property
+    def row_bytes(self) -> int:
+        return 8 + 4 * self.n_days * len(self.fields)
+
+    def encode(self, ring: DayRing, slots: npt.NDArray[np.int64]) -> list[bytes]:
+        """One value per slot: int64 newest_ms then each field's float32 buckets."""
+        newest = ring.newest_ms[slots].astype("<i8").view(np.uint8).reshape(len(slots), 8)
+        parts = [newest] + [
+            ring.buckets[f][slots].astype("<f4").view(np.uint8).reshape(len(slots), -1) for f in self.fields
+        ]
+        packed = np.ascontiguousarray(np.hstack(parts))
+        return [row.tobytes() for row in packed]
+
+    def decode(self, values: Sequence[bytes]) -> dict[str, npt.NDArray[Any]]:
+        """Rows (all of `row_bytes` length) back into DayRing.load input."""
+        raw = np.frombuffer(b"".join(values), dtype=np.uint8).reshape(len(values), self.row_bytes)
+        out: dict[str, npt.NDArray[Any]] = {"newest_ms": raw[:, :8].copy().view("<i8").reshape(-1)}
+        width = 4 * self.n_days
+        for i, f in enumerate(self.fields):
+            chunk = raw[:, 8 + i * width : 8 + (i + 1) * width]
+            out[f] = chunk.copy().view("<f4").reshape(len(values), self.n_days).astype(np.float32)
+        return out
+
+
+def encode_marker(fields: Mapping[str, Any]) -> bytes:
+    return orjson.dumps({"format": FORMAT_VERSION, **fields})
+
+
+def decode_marker(value: bytes) -> dict[str, Any]:
+    doc = orjson.loads(value)
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_VERSION:
+        raise ValueError(f"unknown marker format: {doc!r}")
+    return doc
+
+
+def load_rows(ring: DayRing, codec: RowCodec, rows: Mapping[str, bytes | None]) -> int:
+    """Apply the latest value per key (None deletes); returns how many keys were loaded."""
+    live = {k: v for k, v in rows.items() if v is not None and len(v) == codec.row_bytes}
+    gone = [k for k, v in rows.items() if v is None]
+    if gone:
+        ring.remove(gone)
+    if live:
+        ring.load(list(live), codec.decode(list(live.values())))
+    return len(live)

@@ -1,0 +1,145 @@
+"""The producer for decisions, flags, dead letters and state: batched sends, backpressure, delivery epochs.
+
+Every message belongs to the current *epoch*. The pipeline seals an epoch when it wants to commit, and
+commits that epoch's offsets only once the broker has acknowledged every message of it and of all earlier
+epochs (at-least-once without flushing on the hot path). A full producer queue means poll and retry,
+never an exception and never an unbounded buffer. A message the broker refuses after all retries marks
+the sink failed: the pipeline stops without committing, so the records are processed again after restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+from scorer.runtime.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+Message = dict[str, Any]
+RETRY_POLL_S = 0.05
+
+
+class Sink:
+    """Wraps one confluent-kafka Producer; not thread-safe (the pipeline's loop owns it)."""
+
+    def __init__(self, config: Mapping[str, Any], metrics: Metrics | None = None) -> None:
+        self.producer = Producer(dict(config))
+        self.metrics = metrics
+        self.epoch = 0
+        self._in_flight: dict[int, int] = {}
+        self._callbacks: dict[int, Callable[[KafkaError | None, Any], None]] = {}
+        self.failure: str | None = None
+
+    def _callback(self, epoch: int) -> Callable[[KafkaError | None, Any], None]:
+        cb = self._callbacks.get(epoch)
+        if cb is None:
+
+            def cb(err: KafkaError | None, msg: Any, epoch: int = epoch) -> None:
+                self._in_flight[epoch] -= 1
+                if err is not None:
+                    self._failed(err, msg)
+
+            self._callbacks[epoch] = cb
+        return cb
+
+    def _failed(self, err: KafkaError, msg: Any) -> None:
+        topic = msg.topic() if msg is not None else "?"
+        if self.metrics is not None:
+            self.metrics.produce_errors.labels(topic).inc()
+        if self.failure is None:
+            self.failure = f"delivery to {topic} failed: {err}"
+            logger.error("delivery_failed", extra={"topic": topic, "error": str(err)})
+
+    def send(self, topic: str, messages: Sequence[Message], partition: int | None = None) -> None:
+        """Queue many messages ({'value', 'key'}), all to `partition` when given (else by key).
+
+        A per-message 'partition' is not reliably honoured by produce_batch, hence the argument.
+        Waits (polling) while the producer queue is full.
+        """
+        pending = list(messages)
+        epoch = self.epoch
+        cb = self._callback(epoch)
+        while pending:
+            try:
+                if partition is None:
+                    queued = self.producer.produce_batch(topic, pending, on_delivery=cb)
+                else:
+                    queued = self.producer.produce_batch(topic, pending, partition=partition, on_delivery=cb)
+            except BufferError:
+                queued = 0
+                for m in pending:
+                    m["_error"] = "queue full"
+            self._in_flight[epoch] = self._in_flight.get(epoch, 0) + queued
+            if queued == len(pending):
+                break
+            failed = [m for m in pending if "_error" in m]
+            if failed and len(failed) == len(pending) and queued == 0:
+                self._wait_for_room()
+            elif failed:
+                self.producer.poll(0)
+            for m in failed:
+                m.pop("_error", None)
+            pending = failed
+        self.producer.poll(0)
+
+    def send_one(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """Queue one message (with headers: dead letters); waits while the queue is full."""
+        epoch = self.epoch
+        kwargs: dict[str, Any] = {"value": value, "key": key, "on_delivery": self._callback(epoch)}
+        if headers:
+            kwargs["headers"] = list(headers)
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self.producer.produce(topic, **kwargs)
+                break
+            except BufferError:
+                self._wait_for_room()
+        self._in_flight[epoch] = self._in_flight.get(epoch, 0) + 1
+
+    def _wait_for_room(self) -> None:
+        if self.metrics is not None:
+            self.metrics.backpressure.inc()
+        self.producer.poll(RETRY_POLL_S)
+
+    def seal(self) -> int:
+        """Close the current epoch (returned); later messages belong to the next one."""
+        sealed = self.epoch
+        self.epoch += 1
+        return sealed
+
+    def acknowledged(self, epoch: int) -> bool:
+        """True when every message of `epoch` and earlier epochs has been acknowledged."""
+        self.producer.poll(0)
+        for e in [e for e, n in self._in_flight.items() if n == 0 and e <= epoch]:
+            del self._in_flight[e]
+            self._callbacks.pop(e, None)
+        return all(e > epoch for e in self._in_flight)
+
+    def wait(self, epoch: int, timeout_s: float) -> bool:
+        """Poll until `epoch` is acknowledged or the timeout passes."""
+        deadline = time.monotonic() + timeout_s
+        while not self.acknowledged(epoch):
+            if self.failure is not None or time.monotonic() > deadline:
+                return False
+            self.producer.poll(0.01)
+        return self.failure is None
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        self.producer.poll(timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> bool:
+        """Flush everything; True when nothing is left in the queue."""
+        return int(self.producer.flush(timeout_s)) == 0

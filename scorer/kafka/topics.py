@@ -1,0 +1,59 @@
+"""The topics the scorer needs, with their partition counts and compaction, derived from Settings.
+
+State topics must have as many partitions as the topic they shadow (scorer-state as transactions,
+terminal-features as terminal-events), because partition p of one holds the state of partition p of
+the other. `scorer topics` creates them; `scorer run` checks them at start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from scorer.config import Settings
+from scorer.errors import ScorerError
+from scorer.kafka.admin import Admin, TopicSpec, ensure_topics
+
+
+def topic_specs(settings: Settings, partitions: int) -> list[TopicSpec]:
+    """Every topic of the system; `partitions` for the keyed data topics."""
+    return [
+        TopicSpec(settings.input_topic, partitions),
+        TopicSpec(settings.decisions_topic, partitions),
+        TopicSpec(settings.flags_topic, partitions),
+        TopicSpec(settings.dlq_topic, 1),
+        TopicSpec(settings.labels_topic, partitions),
+        TopicSpec(settings.state_topic, partitions, compacted=True),
+        TopicSpec(settings.terminal_events_topic, partitions),
+        TopicSpec(settings.terminal_topic, partitions, compacted=True),
+        TopicSpec(settings.control_topic, 1, compacted=True),
+        TopicSpec(f"{settings.decisions_topic}-shadow", partitions),
+        TopicSpec(settings.monitoring_topic, 1),
+    ]
+
+
+def create_topics(settings: Settings, partitions: int) -> None:
+    security = {k: str(v) for k, v in settings.admin_config().items() if k != "bootstrap.servers"}
+    ensure_topics(settings.brokers, topic_specs(settings, partitions), kafka=security)
+
+
+def partition_counts(settings: Settings, topics: list[str], timeout_s: float = 10.0) -> Mapping[str, int]:
+    kafka = {k: str(v) for k, v in settings.admin_config().items() if k != "bootstrap.servers"}
+    meta = Admin(settings.brokers, kafka).metadata(timeout_s)
+    return {
+        t: len(meta.topics[t].partitions) for t in topics if t in meta.topics and meta.topics[t].error is None
+    }
+
+
+def check_topics(settings: Settings, pairs: list[tuple[str, str]], timeout_s: float = 10.0) -> None:
+    """Each (data topic, state topic) pair must exist with equal partition counts."""
+    names = [t for pair in pairs for t in pair]
+    counts = partition_counts(settings, names, timeout_s)
+    missing = [t for t in names if t not in counts]
+    if missing:
+        raise ScorerError(f"missing topics {missing} on {settings.brokers}: create them with `scorer topics`")
+    for data, state in pairs:
+        if counts[data] != counts[state]:
+            raise ScorerError(
+                f"{state} has {counts[state]} partitions but {data} has {counts[data]}: they must match "
+                "(partition p of the state topic holds the state of partition p)"
+            )

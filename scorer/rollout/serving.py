@@ -1,0 +1,112 @@
+"""The models that decide a batch: the champion alone, or champion and challenger under a plan.
+
+`Serving` is immutable; a new deployment builds a new one (models loaded in the control watcher's thread)
+and the pipeline swaps it in between batches, so a batch is never scored by a half-applied change.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from scorer.events.batches import TransactionBatch
+from scorer.model.onnx import OnnxModel
+from scorer.rollout.plans import Plan, challenger_weight, combine
+
+logger = logging.getLogger(__name__)
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+_CHALLENGER_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="challenger")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What decides each event of a batch, and what the decision records carry besides."""
+
+    scores: F64
+    flagged: npt.NDArray[np.bool_]
+    extra: list[dict[str, Any]] | None  # per row: challenger fields (None without a plan)
+    shadow_scores: F64 | None  # shadow plan: the challenger's scores, for the shadow topic only
+    fallbacks: int
+    champion_scores: F64  # each model's own scores, for the per-version metrics
+    challenger_scores: F64 | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """The loaded models of one deployment: the champion, and the plan's challenger when there is one."""
+
+    champion: OnnxModel
+    challenger: OnnxModel | None = None
+    plan: Plan | None = None
+
+    def score(
+        self, X: F32, batch: TransactionBatch, timed: Callable[[str, float], None], timeout_s: float = 1.0
+    ) -> Outcome:
+        """Champion scores; under a plan also the challenger's, blended per event.
+
+        The challenger runs in its own thread beside the champion (onnxruntime releases the GIL), so it
+        costs little latency; if it fails or has not answered `timeout_s` after the champion, the champion
+        decides those events and they are counted as fallbacks.
+        """
+        if self.plan is None or self.challenger is None:
+            champion = _timed_predict(self.champion, X, timed)  # its failure is the batch's (DLQ path)
+            return Outcome(champion, champion >= self.champion.threshold, None, None, 0, champion)
+        pending = _CHALLENGER_POOL.submit(_timed_predict, self.challenger, X, timed)
+        champion = _timed_predict(self.champion, X, timed)
+        try:
+            challenger: F64 | None = pending.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            logger.warning(
+                "challenger_timed_out", extra={"model": self.challenger.label, "timeout_s": timeout_s}
+            )
+            challenger = None
+        except Exception:  # a failing challenger must not fail the batch: the champion decides
+            logger.exception("challenger_failed", extra={"model": self.challenger.label})
+            challenger = None
+        if self.plan.strategy == "shadow":
+            flagged = champion >= self.champion.threshold
+            return Outcome(champion, flagged, None, challenger, 0, champion, challenger)
+        weight = challenger_weight(self.plan, batch.event_ts_ms, batch.customer_id)
+        mixed = combine(weight, champion, challenger)
+        threshold = (1.0 - mixed.weight) * self.champion.threshold + mixed.weight * self.challenger.threshold
+        extra = _extra(self.challenger.label, mixed.weight, challenger, threshold, mixed.fallback)
+        fallbacks = int(mixed.fallback.sum())
+        return Outcome(mixed.scores, mixed.scores >= threshold, extra, None, fallbacks, champion, challenger)
+
+    @property
+    def label(self) -> str:
+        if self.plan is None:
+            return self.champion.label
+        return f"{self.champion.label} -> {self.plan.challenger} ({self.plan.strategy})"
+
+
+def _timed_predict(model: OnnxModel, X: F32, timed: Callable[[str, float], None]) -> F64:
+    started = time.perf_counter()
+    scores = model.predict(X)
+    timed(model.label, time.perf_counter() - started)
+    return scores
+
+
+def _extra(
+    label: str, weight: F64, challenger: F64 | None, threshold: F64, fallback: npt.NDArray[np.bool_]
+) -> list[dict[str, Any]]:
+    """Per decision: the challenger's version, its weight and score (or that it fell back), the threshold."""
+    scores = challenger.tolist() if challenger is not None else [None] * len(weight)
+    rows = []
+    for w, s, t, f in zip(weight.tolist(), scores, threshold.tolist(), fallback.tolist(), strict=True):
+        row: dict[str, Any] = {"challenger_version": label, "blend_weight": w, "threshold": t}
+        if s is not None and math.isfinite(s):
+            row["challenger_score"] = s
+        if f:  # the challenger was wanted for this event and had no usable score
+            row["challenger_fallback"] = True
+        rows.append(row)
+    return rows

@@ -1,0 +1,1 @@
+"""Process concerns: metrics, the health endpoint, JSON logs, console output, GC tuning and signals."""

@@ -1,0 +1,113 @@
+"""Decision records (schemas/decision.schema.json) for a scored batch, with the reasons behind each score.
+
+Reasons are the features that stand out most for this transaction, weighted by how much the model uses
+them: importance x distance of the value from the training median (in training quantiles). It is a cheap,
+vectorised explanation for reviewers, not an exact attribution like SHAP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from scorer.events.batches import TransactionBatch
+from scorer.events.timestamps import rfc3339_ms
+from scorer.model.reference import quantile_edges, quantile_position
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+N_REASONS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Explainer:
+    """Importance weights and training quantiles of one model, prepared once."""
+
+    names: tuple[str, ...]
+    importance: F64
+    edges: tuple[F64, ...]  # training quantile edges per feature
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], names: Sequence[str]) -> Explainer:
+        weights = meta.get("feature_importances", {})
+        importance = np.asarray([float(weights.get(n, 0.0)) for n in names], dtype=np.float64)
+        return cls(tuple(names), importance, quantile_edges(meta["reference"], names))
+
+    def top(self, features: F32, k: int = N_REASONS) -> npt.NDArray[np.int64]:
+        """(n, k) column indices of each row's strongest reasons, strongest first."""
+        position = quantile_position(self.edges, features)
+        weight = self.importance[None, :] * np.abs(position - 0.5)
+        k = min(k, weight.shape[1])
+        part = np.argpartition(-weight, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(weight, part, axis=1), axis=1, kind="stable")
+        return np.take_along_axis(part, order, axis=1)
+
+
+@dataclass(slots=True)
+class ScoredBatch:
+    """What the model said about a batch, ready to encode."""
+
+    batch: TransactionBatch
+    features: F32
+    scores: F64
+    flagged: npt.NDArray[np.bool_]
+    threshold: float
+    model_version: str
+    extra: Sequence[Mapping[str, Any]] | None = None  # per-row rollout fields (challenger, weight)
+
+
+def encode_decisions(scored: ScoredBatch, explainer: Explainer, scored_at_ms: int) -> list[bytes]:
+    """One JSON document per transaction, in batch order.
+
+    Only what each document needs crosses into Python objects: the reasons' names and values are picked
+    out with numpy first, so a batch costs one dict and one orjson call per transaction.
+    """
+    b = scored.batch
+    top = explainer.top(scored.features)
+    names = np.asarray(explainer.names, dtype=object)[top].tolist()
+    values = np.take_along_axis(scored.features, top, axis=1).tolist()
+    event_times = rfc3339_ms(b.event_ts_ms)
+    scored_at = rfc3339_ms(np.asarray([scored_at_ms], dtype=np.int64))[0]
+    threshold, version = scored.threshold, scored.model_version
+    columns = zip(
+        b.transaction_id, b.customer_id, b.terminal_id, b.amount.tolist(), event_times,
+        scored.scores.tolist(), scored.flagged.tolist(), _reasons(names, values), strict=True,
+    )  # fmt: skip
+    docs = [
+        {
+            "transaction_id": tx,
+            "customer_id": customer,
+            "terminal_id": terminal,
+            "amount": amount,
+            "timestamp": at,
+            "score": score,
+            "flagged": flagged,
+            "threshold": threshold,
+            "model_version": version,
+            "reasons": reasons,
+            "scored_at": scored_at,
+        }
+        for tx, customer, terminal, amount, at, score, flagged, reasons in columns
+    ]
+    if scored.extra is not None:
+        for doc, extra in zip(docs, scored.extra, strict=True):
+            doc.update(extra)
+    return list(map(orjson.dumps, docs))
+
+
+def _reasons(names: list[list[str]], values: list[list[float]]) -> list[list[dict[str, Any]]]:
+    """Each row's reasons as {feature, value} objects; unrolled for the usual three (no loop per row)."""
+    if names and len(names[0]) == N_REASONS == 3:
+        return [
+            [{"feature": n0, "value": v0}, {"feature": n1, "value": v1}, {"feature": n2, "value": v2}]
+            for (n0, n1, n2), (v0, v1, v2) in zip(names, values, strict=True)
+        ]
+    return [
+        [{"feature": n, "value": v} for n, v in zip(r, w, strict=True)]
+        for r, w in zip(names, values, strict=True)
+    ]

@@ -1,0 +1,1 @@
+"""Offline: the simulator, history replay through the feature engine, training and evaluation."""

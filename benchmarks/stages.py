@@ -1,10 +1,10 @@
 """What each step of the scorer's hot path costs per event, in-process, without Kafka.
 
 `python -m benchmarks.stages` replays simulated transactions (as JSON bytes, keyed to 4 partitions like
-the drain) through the same functions `scorer run` calls, batch by batch, and prints microseconds per
-event per step. The Kafka side (consume, produce, delivery reports) is what the passthrough measures.
+the drain) through the scoring core `scorer run` calls (scorer.scoring.core.Scorer), batch by batch, and
+prints microseconds per event per step, as the core marks them. The Kafka side (consume, produce, delivery reports) is what the passthrough measures.
 The terminal table's own updates (the aggregator's work) run between batches and are not timed.
-`--default-gc` keeps Python's default collector thresholds, to show what scorer.runtime.tune_gc saves.
+`--default-gc` keeps Python's default collector thresholds, to show what scorer.runtime.process.tune_gc saves.
 """
 
 from __future__ import annotations
@@ -20,31 +20,26 @@ from typing import Any
 
 import numpy as np
 import orjson
+from prometheus_client import CollectorRegistry
 
 from benchmarks.harness import rss_bytes
-from scorer.config import DEFAULT_MODEL
-from scorer.events.batches import TransactionBatch, pick
+from scorer.aggregate.partition import TX, PartitionAgg
+from scorer.aggregate.table import MemorySource, TerminalTable, terminal_codec
+from scorer.config import DEFAULT_MODEL, Settings
 from scorer.events.decode import decode_transactions
 from scorer.events.timestamps import MS_PER_DAY
-from scorer.features.engine import (
-    CUSTOMER_NAMES,
-    FEATURE_NAMES,
-    TERMINAL_NAMES,
-    CustomerFeatures,
-    TerminalFeatures,
-    stateless_features,
-)
+from scorer.features.engine import TerminalFeatures
 from scorer.model.onnx import OnnxModel
-from scorer.monitoring.drift import Bins, Drift
-from scorer.monitoring.inputs import InputChecks
 from scorer.rollout.plans import Plan
 from scorer.rollout.serving import Serving
+from scorer.runtime.metrics import Metrics
 from scorer.runtime.process import tune_gc
-from scorer.scoring.decisions import Explainer, ScoredBatch, encode_decisions
+from scorer.scoring.core import Scorer
+from scorer.scoring.customers import CustomerStore
 from scorer.training.simulate import SimulationParams, simulate, transaction_values
 
 PARTITIONS = 4
-STAGES = (  # "model": every model call of the batch, and the blending under a plan
+STAGES = (  # the laps of scorer.scoring.core.Scorer; "model": every model call and the blending under a plan
     "decode",
     "customer windows",
     "terminal lookup",
@@ -52,29 +47,38 @@ STAGES = (  # "model": every model call of the batch, and the blending under a p
     "model",
     "input checks + drift",
     "decisions",
-    "messages",
 )
 
 
 class Replay:
-    """The scorer's per-batch steps over pre-encoded events, timed one by one."""
+    """The scoring core of `scorer run` (scorer.scoring.core.Scorer) over pre-encoded events, each stage
+    timed through the core's lap hook. The aggregator's part (folding the batch into terminal state and
+    publishing each closed day to the terminal table) runs between batches, untimed, in-process."""
 
     def __init__(self, batch_size: int, blend: bool = False) -> None:
-        self.model = OnnxModel(DEFAULT_MODEL)
-        self.serving = Serving(self.model)
+        model = OnnxModel(DEFAULT_MODEL)
+        serving = Serving(model)
         if blend:  # a second copy of the model as challenger, blended over the whole stream
-            plan = Plan("bench", "blend", self.model.label, self.model.label, 0, end_ms=2**62, steps=0)
-            self.serving = Serving(self.model, OnnxModel(DEFAULT_MODEL), plan)
-        config = self.model.meta.feature_config
-        self.vocab = config.codes()
-        self.customers = [CustomerFeatures(config) for _ in range(PARTITIONS)]
-        self.terminals = TerminalFeatures(config)
-        self.explainer = Explainer.from_meta(self.model.meta.raw, FEATURE_NAMES)
-        meta = self.model.meta.raw
-        self.checks = InputChecks.from_meta(meta, FEATURE_NAMES, 300.0, 86_400.0)
-        self.drift = Drift(Bins.from_reference(meta["reference"], FEATURE_NAMES))
+            plan = Plan("bench", "blend", model.label, model.label, 0, end_ms=2**62, steps=0)
+            serving = Serving(model, OnnxModel(DEFAULT_MODEL), plan)
+        config = model.meta.feature_config
+        self.source = MemorySource([0])
+        self.table = TerminalTable(config, self.source)
+        self.aggregator = PartitionAgg(TerminalFeatures(config))
+        self.codec = terminal_codec(config)
+        self.scorer = Scorer(
+            Settings(), serving, CustomerStore(config), self.table, Metrics(CollectorRegistry())
+        )
+        self.scorer.lap = self._lap
         self.batch_size = batch_size
         self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.clock = time.perf_counter()
+        self.offset = 0
+
+    def _lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] += now - self.clock
+        self.clock = now
 
     def run(self, values: list[bytes], partitions: Any) -> None:
         for start in range(0, len(values), self.batch_size):
@@ -82,60 +86,25 @@ class Replay:
             self.batch(values[start:stop], partitions[start:stop])
 
     def batch(self, raw: list[bytes], partition: Any) -> None:
-        clock = [time.perf_counter()]
+        self.clock = time.perf_counter()
+        scored = self.scorer.score(raw, partition)
+        assert len(scored.decisions) == len(raw)  # noqa: S101 - every event is valid here
+        self._aggregate(raw)
 
-        def lap(stage: str) -> None:
-            clock.append(time.perf_counter())
-            self.seconds[stage] += clock[-1] - clock[-2]
-
+    def _aggregate(self, raw: list[bytes]) -> None:
+        """The aggregator's part (untimed): close the days before the batch's newest, fold the batch."""
         b = decode_transactions(raw).batch
-        lap("decode")
-        customer = self._customers(b, partition)
-        lap("customer windows")
-        terminal = self._terminals(b)
-        lap("terminal lookup")
-        X = np.hstack([stateless_features(b, self.vocab), customer, terminal]).astype(np.float32)
-        lap("stateless + assemble")
-        out = self.serving.score(X, b, lambda label, seconds: None)
-        lap("model")
-        now_ms = int(time.time() * 1000)
-        self.checks.check(b, X, now_ms, lambda name, reason, n: None, self.model.label)
-        self.drift.observe(X, out.champion_scores, b.event_ts_ms)
-        lap("input checks + drift")
-        scored = ScoredBatch(b, X, out.scores, out.flagged, self.model.threshold, self.model.label, out.extra)
-        values = encode_decisions(scored, self.explainer, int(time.time() * 1000))
-        lap("decisions")
-        keys = list(map(str.encode, b.customer_id))
-        _ = [{"key": k, "value": v} for k, v in zip(keys, values, strict=True)]
-        lap("messages")
-        self._close_days(b)
-
-    def _customers(self, b: TransactionBatch, partition: Any) -> Any:
-        out = np.empty((len(b), len(CUSTOMER_NAMES)))
-        for p in np.unique(partition).tolist():
-            idx = np.flatnonzero(partition == p)
-            state = self.customers[p]
-            out[idx] = state.update_and_compute(pick(b.customer_id, idx), b.event_ts_ms[idx], b.amount[idx])
-        return out
-
-    def _terminals(self, b: TransactionBatch) -> Any:
-        day = b.event_ts_ms // MS_PER_DAY
-        out = np.zeros((len(b), len(TERMINAL_NAMES)))
-        for d in np.unique(day).tolist():
-            idx = np.flatnonzero(day == d)
-            slots = self.terminals.ring.slots(pick(b.terminal_id, idx), create=False)
-            known = slots >= 0
-            if known.any():
-                out[idx[known]] = self.terminals.compute(slots[known], day[idx][known])
-        return out
-
-    def _close_days(self, b: TransactionBatch) -> None:
-        """The aggregator's part (untimed): count the batch into the terminal table."""
-        for d in np.unique(b.event_ts_ms // MS_PER_DAY).tolist():
-            idx = np.flatnonzero(b.event_ts_ms // MS_PER_DAY == d)
-            if d - 1 > self.terminals.closed_day:
-                self.terminals.close(d - 1)
-            self.terminals.add_transactions(pick(b.terminal_id, idx), b.event_ts_ms[idx])
+        newest_day = int(b.event_ts_ms.max()) // MS_PER_DAY
+        if newest_day - 1 > self.aggregator.terminals.closed_day:
+            records, _, _ = self.aggregator.close(newest_day - 1, self.codec)
+            self.source.add(0, records)
+        events = [
+            (self.offset + i, t.encode(), TX.pack(b"T", ts, 0, self.offset + i))
+            for i, (t, ts) in enumerate(zip(b.terminal_id, b.event_ts_ms.tolist(), strict=True))
+        ]
+        self.offset += len(events)
+        self.aggregator.fold(events, self.aggregator.terminals.closed_day)
+        self.table.poll()
 
 
 def measure(
@@ -171,7 +140,7 @@ def memory(events: int, sample_every: int) -> dict[str, Any]:
     for start in range(0, n, sample_every):
         stop = min(n, start + sample_every)
         replay.run(transaction_values(data, np.arange(start, stop, dtype=np.int64)), partitions[start:stop])
-        keys = sum(len(c.ring) for c in replay.customers) + len(replay.terminals.ring)
+        keys = replay.scorer.customers.keys + replay.table.keys + len(replay.aggregator.terminals.ring)
         filled = bool(data.event_ts_ms[stop - 1] >= full_ms)
         samples.append(
             {"events": stop, "windows_full": filled, "state_keys": keys, "rss": rss_bytes(os.getpid())}

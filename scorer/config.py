@@ -66,7 +66,7 @@ class Settings:
     def consumer_config(
         self, group: str | None = None, background: bool = False
     ) -> dict[str, str | int | bool | float]:
-        """librdkafka consumer settings; offsets are committed by the pipeline, never automatically.
+        """librdkafka consumer settings; offsets are committed by the commit tracker, never automatically.
 
         `background` consumers (terminal table, aggregator) are off the decision path: they fetch less
         often, which saves broker and client CPU at no cost to decision latency.

@@ -2,85 +2,72 @@
 
 Two stages in one process, each its own consumer group, so any number of instances share the work:
 1. re-key: transactions and fraud labels -> `terminal-events`, keyed by terminal_id (compact binary);
-2. aggregate: each instance folds its terminal-events partitions into TerminalFeatures and, when the
-   event-time watermark passes midnight, closes the day: it publishes the changed terminals' rows (and
-   tombstones for expired ones) to partition p of the compacted `terminal-features` topic, then a marker
-   {"day", "position", "replay_from"}. Offsets are committed at `replay_from` (the oldest label still
-   waiting for a later close); on restart the rows are restored and the records before `position` that
-   the rows already contain are skipped, so recovery neither loses nor double-counts.
+2. aggregate: each instance folds its terminal-events partitions into terminal state (partition.py) and,
+   when the event-time watermark passes midnight, closes the day: it publishes the changed terminals' rows
+   (and tombstones for expired ones) to partition p of the compacted `terminal-features` topic, then a
+   marker. Offsets are committed at the marker's `replay_from` once the close is acknowledged, and the
+   re-key stage's offsets once its re-keyed records are, so recovery neither loses nor double-counts.
+
+The consumers and the producer can be given (tests inject fakes that refuse deliveries or revoke).
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from scorer.aggregate.partition import EventRecord, PartitionAgg, label_record, transaction_record
 from scorer.aggregate.table import terminal_codec
 from scorer.config import Settings
-from scorer.events.batches import LabelBatch
 from scorer.events.decode import decode_labels, decode_transactions
-from scorer.events.timestamps import MS_PER_DAY
-from scorer.features.engine import LATE_GRACE_DAYS, FeatureConfig, TerminalFeatures
-from scorer.features.rows import MARKER_KEY, encode_marker, load_rows
+from scorer.events.timestamps import MS_PER_DAY, NEVER
+from scorer.features.engine import FeatureConfig
+from scorer.features.rows import PartitionDump
+from scorer.kafka.deadletters import send_dead_letter
 from scorer.kafka.sink import Sink
 from scorer.kafka.tables import read_partition
 from scorer.kafka.topics import check_topics
-from scorer.runtime.health import HealthServer
+from scorer.runtime.health import serve_health
 from scorer.runtime.metrics import AggregatorMetrics
 from scorer.runtime.process import tune_gc
 
 logger = logging.getLogger(__name__)
-# b"T", event_ts_ms, source partition, source offset
-TX = struct.Struct("<cqiq")
-# b"L", reported_ts_ms, tx_ts_ms, is_fraud, source partition, source offset
-LABEL = struct.Struct("<cqq?iq")
-NEVER = -(2**62)
 IDLE_PARTITION_S = 10.0  # a partition silent this long no longer holds the watermark back
-
-
-@dataclass(slots=True)
-class PartitionAgg:
-    """Terminal state of one terminal-events partition and where it stands."""
-
-    terminals: TerminalFeatures
-    watermark_ms: int = NEVER
-    last_seen: float = 0.0
-    position: int = 0  # next offset to read
-    skip_before: int = 0  # records before this offset are already in the restored rows
-    skip_labels_before_ms: int = NEVER  # ... unless a label was reported after the restored close
-    label_offsets: list[tuple[int, int]] = field(default_factory=list)  # (offset, reported_ms) still pending
-    # newest source offset applied per source ("t3": transactions partition 3, "l0": labels partition 0):
-    # a re-key stage that crashed re-sends a suffix of each source, and those repeats must count once
-    sources: dict[str, int] = field(default_factory=dict)
+ReadPartition = Callable[[Mapping[str, Any], str, int], PartitionDump]
 
 
 class Aggregator:
     """One `scorer aggregate` process."""
 
     def __init__(
-        self, settings: Settings, config: FeatureConfig, registry: CollectorRegistry | None = None
+        self,
+        settings: Settings,
+        config: FeatureConfig,
+        registry: CollectorRegistry | None = None,
+        *,
+        sink: Sink | None = None,
+        rekey: Consumer | None = None,
+        consumer: Consumer | None = None,
+        read: ReadPartition = read_partition,
     ) -> None:
         self.settings = settings
         self.config = config
         self.codec = terminal_codec(config)
         self.registry = registry or CollectorRegistry()
         self.metrics = AggregatorMetrics(self.registry)
-        self.sink = Sink(settings.producer_config())
-        self.rekey = Consumer(
-            settings.consumer_config(group=f"{settings.aggregator_group}-rekey", background=True)
-        )
-        self.consumer = Consumer(settings.consumer_config(group=settings.aggregator_group, background=True))
-        self.reader_config = settings.consumer_config(
-            group=f"{settings.aggregator_group}-reader", background=True
-        )
+        group = settings.aggregator_group
+        self.sink = sink or Sink(settings.producer_config())
+        self.rekey = rekey or Consumer(settings.consumer_config(group=f"{group}-rekey", background=True))
+        self.consumer = consumer or Consumer(settings.consumer_config(group=group, background=True))
+        self.reader_config = settings.consumer_config(group=f"{group}-reader", background=True)
+        self.read = read
         self.parts: dict[int, PartitionAgg] = {}
         self.closed_day = NEVER
         self.rekey_pending: list[tuple[int, list[TopicPartition]]] = []
@@ -90,12 +77,7 @@ class Aggregator:
     def run(self, stop: threading.Event) -> int:
         s = self.settings
         check_topics(s, [(s.terminal_events_topic, s.terminal_topic)])
-        server = None
-        if self.settings.metrics_port:
-            server = HealthServer(
-                self.registry, self.settings.metrics_host, self.settings.metrics_port, self.ready
-            )
-            server.start()
+        server = serve_health(self.registry, s.metrics_host, s.metrics_port, self.ready)
         try:
             self.rekey.subscribe([self.settings.input_topic, self.settings.labels_topic])
             self.consumer.subscribe(
@@ -105,14 +87,21 @@ class Aggregator:
             tune_gc()
             while not stop.is_set() and self.sink.failure is None:
                 self.step()
-            self._flush_commits(timeout_s=10.0)
-            self.rekey.close()
-            self.consumer.close()
-            self.sink.close()
+            self.close()
         finally:
             if server is not None:
                 server.stop()
-        return 1 if self.sink.failure else 0
+        if self.sink.failure:
+            logger.error("stopped_on_fatal_error", extra={"error": self.sink.failure})
+            return 1
+        return 0
+
+    def close(self) -> None:
+        """Commit what is acknowledged (nothing past a refused delivery), leave both groups, flush."""
+        self._flush_commits(timeout_s=10.0)
+        self.rekey.close()
+        self.consumer.close()
+        self.sink.close()
 
     def ready(self) -> bool:
         return self.running and self.sink.failure is None
@@ -122,7 +111,8 @@ class Aggregator:
         self._aggregate(self.consumer.consume(self.settings.batch_max, self.settings.batch_wait_s))
         self.running = True
         self._maybe_close()
-        self._commit_acknowledged()
+        if self.sink.failure is None:
+            self._commit_acknowledged()
 
     # -- stage 1: re-key by terminal ---------------------------------------------------------------------
 
@@ -146,33 +136,34 @@ class Aggregator:
         decoded = decode_transactions([m.value() for m in msgs], self.settings.max_value_bytes)
         b = decoded.batch
         self.metrics.repartitioned.labels("transaction").inc(len(b))
-        ts = b.event_ts_ms.tolist()
         src = [msgs[i] for i in decoded.kept.tolist()]
         return [
-            {"key": t.encode(), "value": TX.pack(b"T", ts[i], src[i].partition() or 0, src[i].offset() or 0)}
-            for i, t in enumerate(b.terminal_id)
+            transaction_record(t, ts, m.partition() or 0, m.offset() or 0)
+            for t, ts, m in zip(b.terminal_id, b.event_ts_ms.tolist(), src, strict=True)
         ]
 
     def _rekey_labels(self, msgs: Sequence[Message]) -> list[dict[str, object]]:
         """Valid labels re-keyed; invalid ones go to the dead-letter topic with their reason."""
         decoded = decode_labels([m.value() for m in msgs], self.settings.max_value_bytes)
+        now_ms = int(time.time() * 1000)
         for index, rejected in decoded.rejected:
-            m = msgs[index]
-            headers = [("reason", rejected.reason.encode()), ("source.topic", (m.topic() or "").encode()),
-                       ("source.partition", str(m.partition()).encode()), ("source.offset", str(m.offset()).encode())]  # fmt: skip
-            self.sink.send_one(self.settings.dlq_topic, m.value(), m.key(), headers)
+            send_dead_letter(
+                self.sink, self.settings.dlq_topic, msgs[index], rejected.reason, rejected.detail, now_ms
+            )
         b = decoded.batch
         self.metrics.repartitioned.labels("label").inc(len(b))
-        rep, txs, fraud = b.reported_ts_ms.tolist(), b.tx_ts_ms.tolist(), b.is_fraud.tolist()
         src = [msgs[i] for i in decoded.kept.tolist()]
+        columns = zip(
+            b.terminal_id,
+            b.reported_ts_ms.tolist(),
+            b.tx_ts_ms.tolist(),
+            b.is_fraud.tolist(),
+            src,
+            strict=True,
+        )
         return [
-            {
-                "key": t.encode(),
-                "value": LABEL.pack(
-                    b"L", rep[i], txs[i], fraud[i], src[i].partition() or 0, src[i].offset() or 0
-                ),
-            }
-            for i, t in enumerate(b.terminal_id)
+            label_record(t, rep, tx, fraud, m.partition() or 0, m.offset() or 0)
+            for t, rep, tx, fraud, m in columns
         ]
 
     # -- stage 2: aggregate --------------------------------------------------------------------------------
@@ -190,45 +181,13 @@ class Aggregator:
             if p in self.parts:
                 self._fold(self.parts[p], records)
 
-    def _fold(self, part: PartitionAgg, records: Sequence[Message]) -> None:
-        tx_ids: list[str] = []
-        tx_ts: list[int] = []
-        labels: list[tuple[str, int, int, bool, int]] = []
-        for m in records:
-            offset, value, key = (
-                m.offset() or 0,
-                m.value() or b"",
-                (m.key() or b"").decode("utf-8", "replace"),
-            )
-            part.position = offset + 1
-            if value[:1] == b"T" and len(value) == TX.size:
-                _, ts, src_partition, src_offset = TX.unpack(value)
-                part.watermark_ms = max(part.watermark_ms, ts)
-                if offset >= part.skip_before and _first_time(part, f"t{src_partition}", src_offset):
-                    tx_ids.append(key)
-                    tx_ts.append(ts)
-                    self._count_late("transaction", ts)
-            elif value[:1] == b"L" and len(value) == LABEL.size:
-                _, reported, tx_time, is_fraud, src_partition, src_offset = LABEL.unpack(value)
-                part.watermark_ms = max(part.watermark_ms, reported)
-                if offset < part.skip_before:
-                    keep = reported >= part.skip_labels_before_ms  # pending at the restored close
-                else:
-                    keep = _first_time(part, f"l{src_partition}", src_offset)
-                if keep:
-                    labels.append((key, reported, tx_time, is_fraud, offset))
+    def _fold(self, part: PartitionAgg, msgs: Sequence[Message]) -> None:
+        records: list[EventRecord] = [(m.offset() or 0, m.key() or b"", m.value() or b"") for m in msgs]
+        folded = part.fold(records, self.closed_day)
         part.last_seen = time.monotonic()
-        if tx_ids:
-            part.terminals.add_transactions(tx_ids, np.asarray(tx_ts, dtype=np.int64))
-            self.metrics.events.labels("transaction").inc(len(tx_ids))
-        if labels:
-            part.terminals.buffer_labels(_label_batch(labels))
-            part.label_offsets += [(o, r) for _, r, _, fraud, o in labels if fraud]
-            self.metrics.events.labels("label").inc(len(labels))
-
-    def _count_late(self, kind: str, ts_ms: int) -> None:
-        if ts_ms // MS_PER_DAY <= self.closed_day:
-            self.metrics.late.labels(kind).inc()
+        self.metrics.events.labels("transaction").inc(folded.transactions)
+        self.metrics.events.labels("label").inc(folded.labels)
+        self.metrics.late.labels("transaction").inc(folded.late_transactions)
 
     def _maybe_close(self) -> None:
         """Close the newest day the watermark of every active partition has passed."""
@@ -258,28 +217,9 @@ class Aggregator:
         )
 
     def _close_partition(self, p: int, part: PartitionAgg, day: int) -> int:
-        terminals = part.terminals
-        terminals.close(day)
-        terminals.ring.expire_idle(day + 1, LATE_GRACE_DAYS)
-        keys, slots, expired = terminals.ring.drain_changes()
-        values = self.codec.encode(terminals.ring, slots) if len(slots) else []
-        topic = self.settings.terminal_topic
-        messages: list[dict[str, object]] = [
-            {"key": k.encode(), "value": v} for k, v in zip(keys, values, strict=True)
-        ]
-        messages += [{"key": k.encode(), "value": None} for k in expired]
-        cutoff = (day + 1) * MS_PER_DAY
-        part.label_offsets = [(o, r) for o, r in part.label_offsets if r >= cutoff]
-        replay_from = min([o for o, _ in part.label_offsets], default=part.position)
-        marker = {
-            "day": day,
-            "position": part.position,
-            "replay_from": replay_from,
-            "ring_days": self.codec.n_days,
-        }
-        messages.append({"key": MARKER_KEY, "value": encode_marker(marker)})
-        self.sink.send(topic, messages, partition=p)
-        self.metrics.rows.inc(len(keys))
+        records, replay_from, changed = part.close(day, self.codec)
+        self.sink.send(self.settings.terminal_topic, records, partition=p)
+        self.metrics.rows.inc(changed)
         self.metrics.state_keys.set(sum(len(x.terminals.ring) for x in self.parts.values()))
         self.metrics.state_bytes.set(sum(x.terminals.ring.nbytes for x in self.parts.values()))
         return replay_from
@@ -309,20 +249,9 @@ class Aggregator:
         logger.info("partitions_assigned", extra={"partitions": [tp.partition for tp in partitions]})
 
     def _restore(self, p: int) -> PartitionAgg:
-        dump = read_partition(self.reader_config, self.settings.terminal_topic, p)
-        part = PartitionAgg(TerminalFeatures(self.config))
-        load_rows(
-            part.terminals.ring, self.codec, {k.decode("utf-8", "replace"): v for k, v in dump.rows.items()}
-        )
-        part.terminals.ring.drain_changes()
-        if dump.marker is not None:
-            day = int(dump.marker["day"])
-            part.terminals.closed_day = day
-            self.closed_day = max(self.closed_day, day)
-            part.position = int(dump.marker["replay_from"])
-            part.skip_before = int(dump.marker["position"])
-            part.skip_labels_before_ms = (day + 1) * MS_PER_DAY
-            part.sources = {str(k): int(v) for k, v in dump.marker.get("sources", {}).items()}
+        dump = self.read(self.reader_config, self.settings.terminal_topic, p)
+        part = PartitionAgg.restore(self.config, self.codec, dump)
+        self.closed_day = max(self.closed_day, part.terminals.closed_day)
         return part
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -330,22 +259,3 @@ class Aggregator:
         for tp in partitions:
             self.parts.pop(tp.partition, None)
         logger.info("partitions_revoked", extra={"partitions": [tp.partition for tp in partitions]})
-
-
-def _first_time(part: PartitionAgg, source: str, offset: int) -> bool:
-    """True (and remembered) unless this source record was already applied."""
-    if offset <= part.sources.get(source, -1):
-        return False
-    part.sources[source] = offset
-    return True
-
-
-def _label_batch(rows: Sequence[tuple[str, int, int, bool, int]]) -> LabelBatch:
-    return LabelBatch(
-        transaction_id=[""] * len(rows),
-        customer_id=[""] * len(rows),
-        terminal_id=[r[0] for r in rows],
-        is_fraud=np.asarray([r[3] for r in rows], dtype=bool),
-        reported_ts_ms=np.asarray([r[1] for r in rows], dtype=np.int64),
-        tx_ts_ms=np.asarray([r[2] for r in rows], dtype=np.int64),
-    )

@@ -12,23 +12,51 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from scorer.events.batches import pick
-from scorer.events.timestamps import MS_PER_DAY
+from scorer.events.timestamps import MS_PER_DAY, NEVER
 from scorer.features.engine import TERMINAL_NAMES, FeatureConfig, TerminalFeatures
 from scorer.features.rows import MARKER_KEY, RowCodec, decode_marker, load_rows
 
 logger = logging.getLogger(__name__)
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
-NEVER = -(2**62)
+TableRecord = tuple[int, bytes, bytes | None]  # partition, key, value (None: tombstone)
+
+
+class TableSource(Protocol):
+    """Where the table's records come from: every partition of the topic, from its beginning."""
+
+    partitions: list[int]
+
+    def read(self, timeout_s: float, max_records: int) -> list[TableRecord]: ...
+
+    def close(self) -> None: ...
+
+
+class MemorySource:
+    """A TableSource fed in-process (tests, the benchmark, scoring without Kafka): records go in with
+    `add` and come out of `read` in order."""
+
+    def __init__(self, partitions: Sequence[int]) -> None:
+        self.partitions = sorted(partitions)
+        self.records: list[TableRecord] = []
+
+    def add(self, partition: int, records: Sequence[Mapping[str, bytes | None]]) -> None:
+        """Append records ({"key", "value"}, as the aggregator produces them) to `partition`."""
+        self.records += [(partition, r["key"] or b"", r["value"]) for r in records]
+
+    def read(self, timeout_s: float, max_records: int) -> list[TableRecord]:
+        out, self.records = self.records[:max_records], self.records[max_records:]
+        return out
+
+    def close(self) -> None:
+        self.records = []
 
 
 def terminal_codec(config: FeatureConfig) -> RowCodec:
@@ -42,60 +70,41 @@ class TerminalTable:
     def __init__(
         self,
         config: FeatureConfig,
-        consumer_config: Mapping[str, Any],
-        topic: str,
+        source: TableSource,
         wait_s: float = 0.0,
         on_stale: Callable[[int], None] | None = None,
         on_ahead: Callable[[int], None] | None = None,
     ) -> None:
         self.terminals = TerminalFeatures(config)
         self.codec = terminal_codec(config)
-        self.topic = topic
+        self.source = source
         self.wait_s = wait_s
         self.on_stale = on_stale
         self.on_ahead = on_ahead
-        conf = {
-            **consumer_config,
-            "group.id": f"scorer-table-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-        }
-        self.consumer = Consumer(conf)
-        self.partitions: list[int] = []
         self._open: dict[int, dict[str, bytes | None]] = {}  # rows after the last marker, per partition
         self._closed: dict[int, int] = {}  # last marker day per partition
         self.pending: dict[int, dict[str, bytes | None]] = {}  # close day -> rows, not yet applied
         self.applied_day = NEVER
 
-    def start(self, timeout_s: float = 10.0) -> None:
-        meta = self.consumer.list_topics(self.topic, timeout=timeout_s)
-        topic = meta.topics.get(self.topic)
-        if topic is None or topic.error is not None or not topic.partitions:
-            raise RuntimeError(f"terminal table topic {self.topic!r} is missing")
-        self.partitions = sorted(topic.partitions)
-        self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self.partitions])
-
     @property
     def closed_day(self) -> int:
         """Newest day closed on every partition (NEVER until every partition has a marker)."""
-        if not self.partitions or any(p not in self._closed for p in self.partitions):
+        partitions = self.source.partitions
+        if not partitions or any(p not in self._closed for p in partitions):
             return NEVER
-        return min(self._closed[p] for p in self.partitions)
+        return min(self._closed[p] for p in partitions)
 
     def poll(self, timeout_s: float = 0.0, max_records: int = 10_000) -> int:
         """Read what has arrived; returns the number of records read."""
-        msgs = self.consumer.consume(max_records, timeout_s)
-        for msg in msgs:
-            if msg.error():
-                continue
-            p = msg.partition() or 0
-            key = msg.key() or b""
+        records = self.source.read(timeout_s, max_records)
+        for p, key, value in records:
             if key == MARKER_KEY:
-                day = int(decode_marker(msg.value() or b"")["day"])
+                day = int(decode_marker(value or b"")["day"])
                 self.pending.setdefault(day, {}).update(self._open.pop(p, {}))
                 self._closed[p] = max(self._closed.get(p, NEVER), day)
             else:
-                self._open.setdefault(p, {})[key.decode("utf-8", "replace")] = msg.value()
-        return len(msgs)
+                self._open.setdefault(p, {})[key.decode("utf-8", "replace")] = value
+        return len(records)
 
     def catch_up(self, timeout_s: float) -> None:
         """Read until nothing more arrives (startup): the table then holds everything published so far."""
@@ -140,7 +149,7 @@ class TerminalTable:
         return out
 
     def close(self) -> None:
-        self.consumer.close()
+        self.source.close()
 
     @property
     def keys(self) -> int:

@@ -91,14 +91,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from scorer.model.onnx import OnnxModel
     from scorer.runtime import logs
     from scorer.runtime.process import install_signal_handlers
-    from scorer.scoring.loop import Pipeline
+    from scorer.scoring.loop import ScorerLoop
 
     settings = settings_from(args)
     logs.configure(settings.log_level)
     model = OnnxModel(Path(settings.model), threads=settings.onnx_threads)
     stop = threading.Event()
     install_signal_handlers(stop)
-    return Pipeline(settings, model).run(stop)
+    return ScorerLoop(settings, model).run(stop)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scorer.events.batches import LabelBatch, TransactionBatch, concat_labels, pick, take_labels
-from scorer.events.timestamps import MS_PER_DAY
+from scorer.events.timestamps import MS_PER_DAY, NEVER
 from scorer.features.state import DayRing, occurrence_rank
 
 F32 = npt.NDArray[np.float32]
@@ -159,7 +159,7 @@ class TerminalFeatures:
     def __init__(self, config: FeatureConfig) -> None:
         self.ring = DayRing(config.terminal_ring_days, ("count", "fraud"), MS_PER_DAY)
         self.delay_days = config.label_delay_days
-        self.closed_day = np.iinfo(np.int64).min  # newest day whose close has been applied
+        self.closed_day = NEVER  # newest day whose close has been applied
         self._pending: list[LabelBatch] = []
 
     def compute(self, slots: I64, day: I64) -> F64:
@@ -214,7 +214,7 @@ class FeatureEngine:
         self.vocab = self.config.codes()
         self.customers = CustomerFeatures(self.config)
         self.terminals = TerminalFeatures(self.config)
-        self.today = np.iinfo(np.int64).min  # expiry clock: newest 'oldest day of a batch' seen
+        self.today = NEVER  # expiry clock: newest 'oldest day of a batch' seen
 
     def update_and_compute(self, batch: TransactionBatch) -> F32:
         if len(batch) == 0:

@@ -73,3 +73,37 @@ def load_rows(ring: DayRing, codec: RowCodec, rows: Mapping[str, bytes | None]) 
     if live:
         ring.load(list(live), codec.decode(list(live.values())))
     return len(live)
+
+
+@dataclass(slots=True)
+class PartitionDump:
+    """A state partition read to its end: latest value per key up to the last marker, and that marker."""
+
+    rows: dict[bytes, bytes | None]
+    marker: dict[str, Any] | None
+    records: int
+
+
+class PartitionLog:
+    """Builds a PartitionDump from a state partition's records, read in offset order.
+
+    Rows written after the last marker belong to a snapshot that was cut short and are ignored.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[bytes, bytes | None] = {}
+        self.since_marker: dict[bytes, bytes | None] = {}
+        self.marker: dict[str, Any] | None = None
+        self.count = 0
+
+    def add(self, key: bytes, value: bytes | None) -> None:
+        self.count += 1
+        if key == MARKER_KEY:
+            self.rows.update(self.since_marker)
+            self.since_marker.clear()
+            self.marker = decode_marker(value or b"")
+        else:
+            self.since_marker[key] = value
+
+    def result(self) -> PartitionDump:
+        return PartitionDump(dict(self.rows), self.marker, self.count)

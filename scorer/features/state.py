@@ -14,9 +14,10 @@ from itertools import repeat
 import numpy as np
 import numpy.typing as npt
 
+from scorer.events.timestamps import NEVER
+
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
-NO_MS = np.iinfo(np.int64).min // 2  # the newest event time of an unused slot (far before any real day)
 
 
 def occurrence_rank(slots: I64) -> I64:
@@ -41,7 +42,7 @@ class DayRing:
         self.index: dict[str, int] = {}
         self._keys: list[str | None] = []
         self._free: list[int] = []
-        self.newest_ms = np.full(0, NO_MS, dtype=np.int64)  # newest event time seen per slot
+        self.newest_ms = np.full(0, NEVER, dtype=np.int64)  # newest event time seen per slot
         self.dirty = np.zeros(0, dtype=bool)  # changed since the last drain_changes()
         self._expired: list[str] = []  # keys dropped since the last drain_changes()
         self.buckets = {name: np.zeros((0, n_days), dtype=np.float32) for name in self.fields}
@@ -61,7 +62,7 @@ class DayRing:
         old = len(self.newest_ms)
         if capacity <= old:
             return
-        self.newest_ms = np.concatenate([self.newest_ms, np.full(capacity - old, NO_MS, np.int64)])
+        self.newest_ms = np.concatenate([self.newest_ms, np.full(capacity - old, NEVER, np.int64)])
         self.dirty = np.concatenate([self.dirty, np.zeros(capacity - old, dtype=bool)])
         for name, arr in self.buckets.items():
             self.buckets[name] = np.concatenate([arr, np.zeros((capacity - old, self.n_days), np.float32)])
@@ -104,7 +105,7 @@ class DayRing:
         """
         unique, inverse = np.unique(slots, return_inverse=True)
         if len(unique) != len(slots):
-            newest = np.full(len(unique), NO_MS, dtype=np.int64)
+            newest = np.full(len(unique), NEVER, dtype=np.int64)
             np.maximum.at(newest, inverse, ts_ms)
             slots, ts_ms = unique, newest
         newer = ts_ms > self.newest_ms[slots]
@@ -161,7 +162,7 @@ class DayRing:
 
     def expire(self, before_day: int) -> int:
         """Drop keys whose newest day is before `before_day`; returns how many went."""
-        used = self.newest_ms != NO_MS
+        used = self.newest_ms != NEVER
         gone = np.flatnonzero(used & (self.newest_ms // self.ms_per_day < before_day))
         self._expired.extend(self._free_slots(gone))
         return len(gone)
@@ -184,7 +185,7 @@ class DayRing:
                 keys.append(key)
             self._keys[slot] = None
             self._free.append(slot)
-        self.newest_ms[slots] = NO_MS
+        self.newest_ms[slots] = NEVER
         self.dirty[slots] = False
         for arr in self.buckets.values():
             arr[slots] = 0.0

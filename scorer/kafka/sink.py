@@ -1,10 +1,11 @@
 """The producer for decisions, flags, dead letters and state: batched sends, backpressure, delivery epochs.
 
-Every message belongs to the current *epoch*. The pipeline seals an epoch when it wants to commit, and
-commits that epoch's offsets only once the broker has acknowledged every message of it and of all earlier
-epochs (at-least-once without flushing on the hot path). A full producer queue means poll and retry,
-never an exception and never an unbounded buffer. A message the broker refuses after all retries marks
-the sink failed: the pipeline stops without committing, so the records are processed again after restart.
+Every message belongs to the current *epoch*. The commit tracker (scoring/commits.py) seals an epoch when
+it wants to commit, and commits that epoch's offsets only once the broker has acknowledged every message
+of it and of all earlier epochs (at-least-once without flushing on the hot path). A full producer queue
+means poll and retry, never an exception and never an unbounded buffer. A message the broker refuses
+after all retries marks the sink failed and its epoch is never acknowledged: the loop stops without
+committing past it, so the records are processed again after restart.
 """
 
 from __future__ import annotations
@@ -24,15 +25,18 @@ RETRY_POLL_S = 0.05
 
 
 class Sink:
-    """Wraps one confluent-kafka Producer; not thread-safe (the pipeline's loop owns it)."""
+    """Wraps one confluent-kafka Producer; not thread-safe (one loop owns it)."""
 
-    def __init__(self, config: Mapping[str, Any], metrics: Metrics | None = None) -> None:
-        self.producer = Producer(dict(config))
+    def __init__(
+        self, config: Mapping[str, Any], metrics: Metrics | None = None, producer: Producer | None = None
+    ) -> None:
+        self.producer = producer if producer is not None else Producer(dict(config))  # tests pass a fake
         self.metrics = metrics
         self.epoch = 0
         self._in_flight: dict[int, int] = {}
         self._callbacks: dict[int, Callable[[KafkaError | None, Any], None]] = {}
         self.failure: str | None = None
+        self.first_failed_epoch: int | None = None  # the oldest epoch with a refused message
 
     def _callback(self, epoch: int) -> Callable[[KafkaError | None, Any], None]:
         cb = self._callbacks.get(epoch)
@@ -41,12 +45,14 @@ class Sink:
             def cb(err: KafkaError | None, msg: Any, epoch: int = epoch) -> None:
                 self._in_flight[epoch] -= 1
                 if err is not None:
-                    self._failed(err, msg)
+                    self._failed(err, msg, epoch)
 
             self._callbacks[epoch] = cb
         return cb
 
-    def _failed(self, err: KafkaError, msg: Any) -> None:
+    def _failed(self, err: KafkaError, msg: Any, epoch: int) -> None:
+        if self.first_failed_epoch is None or epoch < self.first_failed_epoch:
+            self.first_failed_epoch = epoch
         topic = msg.topic() if msg is not None else "?"
         if self.metrics is not None:
             self.metrics.produce_errors.labels(topic).inc()
@@ -121,21 +127,28 @@ class Sink:
         return sealed
 
     def acknowledged(self, epoch: int) -> bool:
-        """True when every message of `epoch` and earlier epochs has been acknowledged."""
+        """True when every message of `epoch` and earlier epochs has been delivered.
+
+        A message refused after all retries is answered too, but it was not delivered: its epoch and
+        every later one are never acknowledged, so nothing is committed past it.
+        """
         self.producer.poll(0)
+        if self.first_failed_epoch is not None and epoch >= self.first_failed_epoch:
+            return False
         for e in [e for e, n in self._in_flight.items() if n == 0 and e <= epoch]:
             del self._in_flight[e]
             self._callbacks.pop(e, None)
         return all(e > epoch for e in self._in_flight)
 
     def wait(self, epoch: int, timeout_s: float) -> bool:
-        """Poll until `epoch` is acknowledged or the timeout passes."""
+        """Poll until `epoch` is acknowledged (True), or cannot be (refused) or the timeout passes."""
         deadline = time.monotonic() + timeout_s
         while not self.acknowledged(epoch):
-            if self.failure is not None or time.monotonic() > deadline:
+            refused = self.first_failed_epoch is not None and epoch >= self.first_failed_epoch
+            if refused or time.monotonic() > deadline:
                 return False
             self.producer.poll(0.01)
-        return self.failure is None
+        return True
 
     def poll(self, timeout_s: float = 0.0) -> None:
         self.producer.poll(timeout_s)

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from scorer.features.rows import MARKER_KEY, decode_marker
-
-
-@dataclass(slots=True)
-class PartitionDump:
-    """A state partition read to its end: latest value per key up to the last marker, and that marker."""
-
-    rows: dict[bytes, bytes | None]
-    marker: dict[str, Any] | None
-    records: int
+from scorer.errors import ScorerError
+from scorer.features.rows import PartitionDump, PartitionLog
 
 
 def read_partition(
@@ -34,10 +26,7 @@ def read_partition(
     consumer = Consumer({**consumer_config, "enable.auto.commit": False})
     try:
         _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
-        rows: dict[bytes, bytes | None] = {}
-        since_marker: dict[bytes, bytes | None] = {}
-        marker: dict[str, Any] | None = None
-        count = 0
+        dump = PartitionLog()
         if high > 0:
             consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
             deadline = time.monotonic() + timeout_s
@@ -51,17 +40,42 @@ def read_partition(
                 if not msgs and position >= high:
                     break  # past the high watermark and nothing more: the end (see the docstring)
                 for msg in msgs:
-                    if msg.error():
-                        continue
-                    position = (msg.offset() or 0) + 1
-                    count += 1
-                    key = msg.key() or b""
-                    if key == MARKER_KEY:
-                        rows.update(since_marker)
-                        since_marker.clear()
-                        marker = decode_marker(msg.value() or b"")
-                    else:
-                        since_marker[key] = msg.value()
-        return PartitionDump(rows, marker, count)
+                    if msg.error() is None:
+                        position = (msg.offset() or 0) + 1
+                        dump.add(msg.key() or b"", msg.value())
+        return dump.result()
     finally:
         consumer.close()
+
+
+class TopicReader:
+    """Every partition of a compacted topic followed from its beginning (no group, no commits): the
+    TableSource of the terminal table in each scorer."""
+
+    def __init__(self, consumer_config: Mapping[str, Any], topic: str) -> None:
+        conf = {
+            **consumer_config,
+            "group.id": f"scorer-table-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+        }
+        self.consumer = Consumer(conf)
+        self.topic = topic
+        self.partitions: list[int] = []
+
+    def start(self, timeout_s: float = 10.0) -> TopicReader:
+        """Assign every partition from the beginning; ScorerError when the topic does not exist."""
+        meta = self.consumer.list_topics(self.topic, timeout=timeout_s)
+        topic = meta.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise ScorerError(f"topic {self.topic!r} is missing: create it with `scorer topics`")
+        self.partitions = sorted(topic.partitions)
+        self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self.partitions])
+        return self
+
+    def read(self, timeout_s: float, max_records: int) -> list[tuple[int, bytes, bytes | None]]:
+        """What has arrived, as (partition, key, value); consume errors (end of partition) are skipped."""
+        msgs = self.consumer.consume(max_records, timeout_s)
+        return [(m.partition() or 0, m.key() or b"", m.value()) for m in msgs if m.error() is None]
+
+    def close(self) -> None:
+        self.consumer.close()

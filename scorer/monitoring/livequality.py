@@ -20,14 +20,13 @@ import numpy as np
 import numpy.typing as npt
 
 from scorer.events.batches import LabelBatch
-from scorer.events.timestamps import MS_PER_DAY
+from scorer.events.timestamps import MS_PER_DAY, NEVER
 from scorer.model.quality import average_precision, card_precision_at_k
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 B = npt.NDArray[np.bool_]
 METRICS = ("precision", "recall", "average_precision", "card_precision_at_100")
-NEVER = np.iinfo(np.int64).max
 
 
 @dataclass(slots=True)
@@ -67,14 +66,14 @@ class LiveQuality:
         self.versions: list[str] = []
         self.cards: dict[str, int] = {}
         self.card_names: list[str] = []
-        self.first_report = _Column(np.int64, NEVER)  # per card: first fraud report time
+        self.first_report = _Column(np.int64, NEVER)  # per card: first fraud report time (NEVER: none)
         self.frauds: dict[str, int] = {}  # fraud-labelled transaction id -> its event day
         self.cols = {
             "version": _Column(np.int32), "day": _Column(np.int64), "card": _Column(np.int64),
             "score": _Column(np.float64), "flagged": _Column(np.bool_), "fraud": _Column(np.bool_),
         }  # fmt: skip
         self.size = 0
-        self.newest_day = -(2**62)
+        self.newest_day = NEVER
         self.label_watermark_ms = -1
         self.labels_seen = 0
 
@@ -115,7 +114,8 @@ class LiveQuality:
             tid = labels.transaction_id[i]
             self.frauds[tid] = int(tx_day[i])
             card = self._card(labels.customer_id[i])
-            self.first_report.data[card] = min(self.first_report.data[card], int(labels.reported_ts_ms[i]))
+            first, reported = int(self.first_report.data[card]), int(labels.reported_ts_ms[i])
+            self.first_report.data[card] = reported if first == NEVER else min(first, reported)
             for code in range(len(self.versions)):
                 row = self.index.get((code, tid))
                 if row is not None:
@@ -184,7 +184,8 @@ class LiveQuality:
         if not rows.any():
             return _empty()
         day, card, y, s, flagged = (c[k][rows] for k in ("day", "card", "fraud", "score", "flagged"))
-        known = self.first_report.data[card] < day * MS_PER_DAY
+        first = self.first_report.data[card]
+        known = (first != NEVER) & (first < day * MS_PER_DAY)
         tp = int((flagged & y).sum())
         return {
             "precision": tp / max(1, int(flagged.sum())),

@@ -1,7 +1,7 @@
 """The models that decide a batch: the champion alone, or champion and challenger under a plan.
 
 `Serving` is immutable; a new deployment builds a new one (models loaded in the control watcher's thread)
-and the pipeline swaps it in between batches, so a batch is never scored by a half-applied change.
+and the run loop swaps it in between batches, so a batch is never scored by a half-applied change.
 """
 
 from __future__ import annotations

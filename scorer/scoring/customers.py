@@ -4,7 +4,7 @@ restored when a partition is assigned, so a moved or restarted partition keeps i
 Input records are keyed by customer_id, so a customer's state lives with its input partition; the state
 topic has the same partition count and partition p of it holds the state of input partition p. A snapshot
 is the rows of the keys changed since the last one, tombstones for expired keys, then a marker with the
-input offset the state corresponds to. The pipeline produces a snapshot only after every decision before
+input offset the state corresponds to. The commit tracker produces a snapshot only after every decision before
 that offset is acknowledged, and commits the offset only after the snapshot is acknowledged; on restore
 the consumer starts at the marker's offset, so state and position always agree.
 """
@@ -12,17 +12,16 @@ the consumer starts at the marker's offset, so state and position always agree.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from scorer.events.timestamps import MS_PER_DAY
+from scorer.events.timestamps import MS_PER_DAY, NEVER
 from scorer.features.engine import LATE_GRACE_DAYS, CustomerFeatures, FeatureConfig
-from scorer.features.rows import MARKER_KEY, RowCodec, encode_marker, load_rows
-from scorer.kafka.tables import read_partition
+from scorer.features.rows import MARKER_KEY, PartitionDump, RowCodec, encode_marker, load_rows
 
 logger = logging.getLogger(__name__)
 F64 = npt.NDArray[np.float64]
@@ -34,7 +33,7 @@ class PartitionState:
     """The customer windows of one input partition and its expiry clock."""
 
     customers: CustomerFeatures
-    today: int = np.iinfo(np.int64).min
+    today: int = NEVER
 
     def update_and_compute(
         self, customer_id: Sequence[str], ts_ms: npt.NDArray[np.int64], amount: F64
@@ -50,10 +49,8 @@ class PartitionState:
 class CustomerStore:
     """All assigned partitions' customer state, with snapshot encoding and restore."""
 
-    def __init__(self, config: FeatureConfig, consumer_config: Mapping[str, Any], topic: str) -> None:
+    def __init__(self, config: FeatureConfig) -> None:
         self.config = config
-        self.consumer_config = consumer_config
-        self.topic = topic
         self.partitions: dict[int, PartitionState] = {}
         self.codec = RowCodec(("count", "amount"), config.customer_ring_days)
 
@@ -63,9 +60,9 @@ class CustomerStore:
             state = self.partitions[partition] = PartitionState(CustomerFeatures(self.config))
         return state
 
-    def restore(self, partition: int) -> int | None:
-        """Load partition p's snapshot; returns the input offset it corresponds to (None: no snapshot)."""
-        dump = read_partition(self.consumer_config, self.topic, partition)
+    def restore(self, partition: int, dump: PartitionDump) -> int | None:
+        """Load partition p's snapshot (read from the state topic); returns the input offset it
+        corresponds to (None: no snapshot yet)."""
         state = PartitionState(CustomerFeatures(self.config))
         rows = {k.decode("utf-8", "replace"): v for k, v in dump.rows.items()}
         keys = load_rows(state.customers.ring, self.codec, rows)

@@ -16,7 +16,7 @@ import numpy.typing as npt
 from scorer.errors import DataError
 from scorer.events.batches import LabelBatch, TransactionBatch, take_transactions
 from scorer.events.files import read_labels_jsonl, read_transactions_jsonl
-from scorer.events.timestamps import MS_PER_DAY
+from scorer.events.timestamps import MS_PER_DAY, NEVER
 from scorer.features.engine import CATEGORICAL_FIELDS, FeatureConfig, FeatureEngine
 from scorer.training.history import replay
 
@@ -96,9 +96,10 @@ def known_compromised(history: History) -> B:
         if ts < first.get(cid, ts + 1):
             first[cid] = ts
     tx = history.transactions
-    first_ms = np.fromiter((first.get(c, np.iinfo(np.int64).max) for c in tx.customer_id), dtype=np.int64)
+    first_ms = np.fromiter((first.get(c, NEVER) for c in tx.customer_id), dtype=np.int64)
     day_start = (tx.event_ts_ms // MS_PER_DAY) * MS_PER_DAY
-    return first_ms < day_start
+    known: npt.NDArray[np.bool_] = (first_ms != NEVER) & (first_ms < day_start)
+    return known
 
 
 def day_index(history: History) -> I64:

@@ -1,0 +1,167 @@
+"""One terminal-events partition of the aggregator: its records folded into terminal state, its day
+closes as records for `terminal-features`, and its recovery from them. No Kafka here.
+
+The re-key stage writes each transaction and label as a small binary record keyed by terminal_id,
+carrying its source partition and offset. A close publishes the rows of every terminal that changed,
+tombstones for the expired, then a marker:
+  {"day", "position": next terminal-events offset folded, "replay_from": the oldest label still waiting
+   for a later close, "sources": the newest source offset folded per source partition}.
+The aggregator commits `replay_from`. On restore the rows are loaded and the records before `position`
+that the rows already hold are skipped (labels reported after the close excepted); `sources` lets a
+record that a crashed re-key stage sent twice count once, before and after the restart.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from scorer.events.batches import LabelBatch
+from scorer.events.timestamps import MS_PER_DAY, NEVER
+from scorer.features.engine import LATE_GRACE_DAYS, FeatureConfig, TerminalFeatures
+from scorer.features.rows import MARKER_KEY, PartitionDump, RowCodec, encode_marker, load_rows
+
+TX = struct.Struct("<cqiq")  # b"T", event_ts_ms, source partition, source offset
+LABEL = struct.Struct("<cqq?iq")  # b"L", reported_ts_ms, tx_ts_ms, is_fraud, source partition, source offset
+Record = dict[str, Any]  # {"key": bytes, "value": bytes | None}
+EventRecord = tuple[int, bytes, bytes]  # terminal-events offset, key (terminal_id), value
+
+
+def transaction_record(terminal_id: str, ts_ms: int, partition: int, offset: int) -> Record:
+    return {"key": terminal_id.encode(), "value": TX.pack(b"T", ts_ms, partition, offset)}
+
+
+def label_record(
+    terminal_id: str, reported_ms: int, tx_ms: int, is_fraud: bool, partition: int, offset: int
+) -> Record:
+    return {
+        "key": terminal_id.encode(),
+        "value": LABEL.pack(b"L", reported_ms, tx_ms, is_fraud, partition, offset),
+    }
+
+
+@dataclass(slots=True)
+class Folded:
+    """What one fold applied, for the metrics."""
+
+    transactions: int = 0
+    labels: int = 0
+    late_transactions: int = 0
+
+
+@dataclass(slots=True)
+class PartitionAgg:
+    """Terminal state of one terminal-events partition and where it stands."""
+
+    terminals: TerminalFeatures
+    watermark_ms: int = NEVER
+    last_seen: float = 0.0
+    position: int = 0  # next offset to read
+    skip_before: int = 0  # records before this offset are already in the restored rows
+    skip_labels_before_ms: int = NEVER  # ... unless a label was reported after the restored close
+    label_offsets: list[tuple[int, int]] = field(default_factory=list)  # (offset, reported_ms) still pending
+    # newest source offset applied per source ("t3": transactions partition 3, "l0": labels partition 0):
+    # a re-key stage that crashed re-sends a suffix of each source, and those repeats must count once
+    sources: dict[str, int] = field(default_factory=dict)
+    replayed: set[tuple[int, int]] = field(default_factory=set)  # pending labels met again since restore
+
+    @classmethod
+    def restore(cls, config: FeatureConfig, codec: RowCodec, dump: PartitionDump) -> PartitionAgg:
+        """The partition as of its last close: rows, position, pending labels and sources."""
+        part = cls(TerminalFeatures(config))
+        load_rows(part.terminals.ring, codec, {k.decode("utf-8", "replace"): v for k, v in dump.rows.items()})
+        part.terminals.ring.drain_changes()
+        if dump.marker is not None:
+            day = int(dump.marker["day"])
+            part.terminals.closed_day = day
+            part.position = int(dump.marker["replay_from"])
+            part.skip_before = int(dump.marker["position"])
+            part.skip_labels_before_ms = (day + 1) * MS_PER_DAY
+            part.sources = {str(k): int(v) for k, v in dump.marker.get("sources", {}).items()}
+        return part
+
+    def fold(self, records: Sequence[EventRecord], closed_day: int) -> Folded:
+        """Apply terminal-events records (in offset order) to the state, each source record once."""
+        tx_ids: list[str] = []
+        tx_ts: list[int] = []
+        labels: list[tuple[str, int, int, bool, int]] = []
+        late = 0
+        for offset, key, value in records:
+            self.position = offset + 1
+            terminal = key.decode("utf-8", "replace")
+            if value[:1] == b"T" and len(value) == TX.size:
+                _, ts, src_partition, src_offset = TX.unpack(value)
+                self.watermark_ms = max(self.watermark_ms, ts)
+                if offset >= self.skip_before and self._first_time(f"t{src_partition}", src_offset):
+                    tx_ids.append(terminal)
+                    tx_ts.append(ts)
+                    late += ts // MS_PER_DAY <= closed_day
+            elif value[:1] == b"L" and len(value) == LABEL.size:
+                _, reported, tx_time, is_fraud, src_partition, src_offset = LABEL.unpack(value)
+                self.watermark_ms = max(self.watermark_ms, reported)
+                if offset < self.skip_before:  # folded before the restored close: replay the pending only
+                    keep = reported >= self.skip_labels_before_ms and self._first_replay(
+                        src_partition, src_offset
+                    )
+                else:
+                    keep = self._first_time(f"l{src_partition}", src_offset)
+                if keep:
+                    labels.append((terminal, reported, tx_time, is_fraud, offset))
+        if tx_ids:
+            self.terminals.add_transactions(tx_ids, np.asarray(tx_ts, dtype=np.int64))
+        if labels:
+            self.terminals.buffer_labels(_label_batch(labels))
+            self.label_offsets += [(o, r) for _, r, _, fraud, o in labels if fraud]
+        return Folded(len(tx_ids), len(labels), late)
+
+    def _first_replay(self, partition: int, offset: int) -> bool:
+        """True the first time a pending label is met again below `skip_before` (it may be there twice)."""
+        if (partition, offset) in self.replayed:
+            return False
+        self.replayed.add((partition, offset))
+        return True
+
+    def _first_time(self, source: str, offset: int) -> bool:
+        """True (and remembered) unless this source record was already applied."""
+        if offset <= self.sources.get(source, -1):
+            return False
+        self.sources[source] = offset
+        return True
+
+    def close(self, day: int, codec: RowCodec) -> tuple[list[Record], int, int]:
+        """Close `day`: the records for partition p of `terminal-features` (changed rows, tombstones,
+        the marker), the offset to commit (replay_from) and how many rows changed."""
+        terminals = self.terminals
+        terminals.close(day)
+        terminals.ring.expire_idle(day + 1, LATE_GRACE_DAYS)
+        keys, slots, expired = terminals.ring.drain_changes()
+        values = codec.encode(terminals.ring, slots) if len(slots) else []
+        records: list[Record] = [{"key": k.encode(), "value": v} for k, v in zip(keys, values, strict=True)]
+        records += [{"key": k.encode(), "value": None} for k in expired]
+        cutoff = (day + 1) * MS_PER_DAY
+        self.label_offsets = [(o, r) for o, r in self.label_offsets if r >= cutoff]
+        replay_from = min([o for o, _ in self.label_offsets], default=self.position)
+        marker = {
+            "day": day,
+            "position": self.position,
+            "replay_from": replay_from,
+            "ring_days": codec.n_days,
+            "sources": dict(self.sources),
+        }
+        records.append({"key": MARKER_KEY, "value": encode_marker(marker)})
+        return records, replay_from, len(keys)
+
+
+def _label_batch(rows: Sequence[tuple[str, int, int, bool, int]]) -> LabelBatch:
+    return LabelBatch(
+        transaction_id=[""] * len(rows),
+        customer_id=[""] * len(rows),
+        terminal_id=[r[0] for r in rows],
+        is_fraud=np.asarray([r[3] for r in rows], dtype=bool),
+        reported_ts_ms=np.asarray([r[1] for r in rows], dtype=np.int64),
+        tx_ts_ms=np.asarray([r[2] for r in rows], dtype=np.int64),
+    )

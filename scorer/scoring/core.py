@@ -1,0 +1,236 @@
+"""The scoring core: a batch of input values in; decisions, flags, shadow decisions and dead letters out.
+
+No Kafka here. The caller (the `scorer run` loop, the benchmark, a test) hands over the records' values
+and input partitions; the core decodes them, updates each partition's customer windows, reads the
+terminal table, scores the batch with one model call per model of the deployment, checks the inputs
+against the training reference, feeds drift, and returns what must be produced as plain records. The
+caller produces them and commits (commits.py). One batch is decided by one deployment: a new one is
+swapped in between batches (`adopt`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from scorer.aggregate.table import TerminalTable
+from scorer.config import Settings
+from scorer.events.batches import TransactionBatch, pick
+from scorer.events.decode import REASONS, decode_transactions
+from scorer.events.timestamps import HOUR_MS, rfc3339_ms
+from scorer.features.engine import CUSTOMER_NAMES, FEATURE_NAMES, stateless_features
+from scorer.model.onnx import OnnxModel
+from scorer.monitoring.drift import Bins, Drift
+from scorer.monitoring.inputs import InputChecks, issue_labels
+from scorer.rollout.serving import Outcome, Serving
+from scorer.runtime.metrics import Metrics
+from scorer.scoring.customers import CustomerStore
+from scorer.scoring.decisions import Explainer, ScoredBatch, encode_decisions
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+Record = dict[str, Any]  # {"key": bytes, "value": bytes}, as confluent-kafka's produce_batch takes it
+PROCESSING_ERROR = "processing_error"  # a batch that failed inside the scorer (see the run loop)
+DEAD_LETTER_REASONS = (*REASONS, PROCESSING_ERROR)  # every reason a dead letter can carry
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Input record `index` (position in the batch) breaks the event contract: why, in a stable word."""
+
+    index: int
+    reason: str
+    detail: str
+
+
+@dataclass(slots=True)
+class Scored:
+    """A batch's outputs, in input order, ready to produce."""
+
+    decisions: list[Record]
+    flags: list[Record] = field(default_factory=list)
+    shadow: list[Record] = field(default_factory=list)  # the challenger's decisions under a shadow plan
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    kept: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # input index per decision
+    scored_at_ms: int = 0
+
+
+def default_instance() -> str:
+    """This process's name in the monitoring records: host and PID."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Scorer:
+    """Customer state of the assigned partitions, the terminal table and the deployment in force."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        serving: Serving,
+        customers: CustomerStore,
+        terminals: TerminalTable,
+        metrics: Metrics,
+        *,
+        instance: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.customers = customers
+        self.terminals = terminals
+        self.metrics = metrics
+        self.instance = instance or default_instance()
+        self.clock = clock
+        self.lap: Callable[[str], None] = _no_lap  # marks the end of each stage (the benchmark times them)
+        self.vocab = customers.config.codes()
+        for name, reason in issue_labels(FEATURE_NAMES):
+            metrics.input_issues.labels(name, reason)
+        self.serving = serving
+        self.explainer, self.checks, self.drift = self._reference(serving.champion)
+
+    def _reference(self, champion: OnnxModel) -> tuple[Explainer, InputChecks, Drift]:
+        """Reasons, input checks and drift against this champion's training reference."""
+        s, meta = self.settings, champion.meta.raw
+        checks = InputChecks.from_meta(meta, FEATURE_NAMES, s.max_future_skew_s, s.max_event_delay_s)
+        drift = Drift(Bins.from_reference(meta["reference"], FEATURE_NAMES))
+        return Explainer.from_meta(meta, FEATURE_NAMES), checks, drift
+
+    def adopt(self, serving: Serving) -> list[Record]:
+        """Swap in a new deployment; returns the outgoing champion's unpublished drift counts."""
+        outgoing: list[Record] = []
+        if serving.champion is not self.serving.champion:
+            outgoing = self.drift_records()
+            self.explainer, self.checks, self.drift = self._reference(serving.champion)
+        self.serving = serving
+        return outgoing
+
+    def score(self, values: Sequence[bytes | None], partitions: I64) -> Scored:
+        """Decode a consumed batch (values and input partitions, in offset order) and score the valid."""
+        decoded = decode_transactions(values, self.settings.max_value_bytes)
+        dead = [DeadLetter(i, r.reason, r.detail) for i, r in decoded.rejected]
+        self.lap("decode")
+        if len(decoded.batch) == 0:
+            return Scored([], dead_letters=dead, scored_at_ms=self.now_ms())
+        scored = self.score_batch(decoded.batch, partitions[decoded.kept])
+        scored.dead_letters, scored.kept = dead, decoded.kept
+        return scored
+
+    def score_batch(self, batch: TransactionBatch, partitions: I64) -> Scored:
+        """Features, one call per model, checks, drift and the output records of a decoded batch."""
+        X = self.features(batch, partitions)
+        serving = self.serving
+        outcome = serving.score(X, batch, self._timed, self.settings.challenger_timeout_s)
+        self._record_models(serving, outcome)
+        self.lap("model")
+        now_ms = self.now_ms()
+        champion = serving.champion
+        self.checks.check(batch, X, now_ms, self._count_issue, champion.label)
+        self.drift.observe(X, outcome.champion_scores, batch.event_ts_ms)
+        self.lap("input checks + drift")
+        scored = ScoredBatch(
+            batch, X, outcome.scores, outcome.flagged, champion.threshold, champion.label, outcome.extra
+        )
+        keys = list(map(str.encode, batch.customer_id))
+        values = encode_decisions(scored, self.explainer, now_ms)
+        flag_idx = np.flatnonzero(outcome.flagged).tolist()
+        out = Scored(
+            _records(keys, values),
+            flags=[{"key": keys[i], "value": values[i]} for i in flag_idx],
+            kept=np.arange(len(batch), dtype=np.int64),
+            scored_at_ms=now_ms,
+        )
+        if outcome.shadow_scores is not None and serving.challenger is not None:
+            model = serving.challenger
+            flagged = outcome.shadow_scores >= model.threshold
+            shadow = ScoredBatch(batch, X, outcome.shadow_scores, flagged, model.threshold, model.label)
+            out.shadow = _records(keys, encode_decisions(shadow, self.explainer, now_ms))
+        self.metrics.scored.inc(len(batch))
+        self.metrics.flagged.inc(len(flag_idx))
+        self.lap("decisions")
+        return out
+
+    def features(self, batch: TransactionBatch, partitions: I64) -> F32:
+        """Stateless + per-partition customer windows + terminal table, in FEATURE_NAMES order."""
+        customer = np.empty((len(batch), len(CUSTOMER_NAMES)), dtype=np.float64)
+        for p in np.unique(partitions).tolist():
+            idx = np.flatnonzero(partitions == p)
+            state = self.customers.get(p)
+            customer[idx] = state.update_and_compute(
+                pick(batch.customer_id, idx), batch.event_ts_ms[idx], batch.amount[idx]
+            )
+        self.lap("customer windows")
+        terminal = self.terminals.features(batch.terminal_id, batch.event_ts_ms)
+        self.lap("terminal lookup")
+        X = np.hstack([stateless_features(batch, self.vocab), customer, terminal]).astype(np.float32)
+        self.lap("stateless + assemble")
+        return X
+
+    def drift_records(self) -> list[Record]:
+        """Per event hour, the binned counts gathered since the last call (for `scorer report`)."""
+        hours = self.drift.take_hours()
+        if not hours:
+            return []
+        bins = self.drift.bins
+        sizes = np.diff([*bins.offsets.tolist(), bins.size]).tolist()
+        ordered = sorted(hours)
+        stamps = rfc3339_ms(np.asarray(ordered, dtype=np.int64) * HOUR_MS)
+        key = self.instance.encode()
+        return [
+            {
+                "key": key,
+                "value": orjson.dumps(
+                    {
+                        "kind": "drift", "hour": stamp, "model_version": self.serving.champion.label,
+                        "instance": self.instance, "columns": bins.columns, "bins": sizes,
+                        "counts": hours[hour].tolist(),
+                    }
+                ),
+            }
+            for hour, stamp in zip(ordered, stamps, strict=True)
+        ]  # fmt: skip
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _record_models(self, serving: Serving, outcome: Outcome) -> None:
+        """Per model version: its score histogram, events scored and flagged; fallbacks and agreement."""
+        m, champion = self.metrics, serving.champion
+        champion_flags = outcome.champion_scores >= champion.threshold
+        m.model_scores.observe_many(outcome.champion_scores, champion.label)
+        m.model_scored.labels(champion.label).inc(len(champion_flags))
+        m.model_flagged.labels(champion.label).inc(int(champion_flags.sum()))
+        if serving.challenger is None:
+            return
+        label = serving.challenger.label
+        if outcome.fallbacks:
+            m.fallbacks.labels(label).inc(outcome.fallbacks)
+        if outcome.challenger_scores is not None:
+            usable = np.isfinite(outcome.challenger_scores)
+            scores = outcome.challenger_scores[usable]
+            flags = scores >= serving.challenger.threshold
+            m.model_scores.observe_many(scores, label)
+            m.model_scored.labels(label).inc(len(scores))
+            m.model_flagged.labels(label).inc(int(flags.sum()))
+            m.agreement.labels(label).inc(int((flags == champion_flags[usable]).sum()))
+
+    def _count_issue(self, name: str, reason: str, n: int) -> None:
+        self.metrics.input_issues.labels(name, reason).inc(n)
+
+    def _timed(self, label: str, seconds: float) -> None:
+        self.metrics.inference.labels(label).observe(seconds)
+
+
+def _no_lap(stage: str) -> None:
+    return None
+
+
+def _records(keys: list[bytes], values: list[bytes]) -> list[Record]:
+    return [{"key": k, "value": v} for k, v in zip(keys, values, strict=True)]

@@ -25,8 +25,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict scorer
 
 # Tools the tests use beside Python: promtool (alert rules, dashboard queries; Debian package prometheus),
-# docker-compose (`docker-compose config` on deploy/compose.yaml) and dockerfilelint (npm, into .tools/).
+# docker-compose (`docker-compose config` on deploy/compose.yaml), dockerfilelint (npm, into .tools/) and
+# kubectl (`kubectl kustomize` renders deploy/k8s; on the machine image, not installed here).
 tools: .tools/node_modules/.bin/dockerfilelint
+	@command -v kubectl >/dev/null || { echo "the tests need kubectl (kubectl kustomize renders deploy/k8s)"; exit 1; }
 	@command -v promtool >/dev/null && command -v docker-compose >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus docker-compose >/dev/null; } \
 	  || { echo "the tests need promtool and docker-compose: install the Debian packages prometheus and docker-compose"; exit 1; }

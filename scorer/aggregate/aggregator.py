@@ -79,10 +79,7 @@ class Aggregator:
         check_topics(s, [(s.terminal_events_topic, s.terminal_topic)])
         server = serve_health(self.registry, s.metrics_host, s.metrics_port, self.ready)
         try:
-            self.rekey.subscribe([self.settings.input_topic, self.settings.labels_topic])
-            self.consumer.subscribe(
-                [self.settings.terminal_events_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
-            )
+            self.subscribe()
             logger.info("aggregator_started", extra={"settings": self.settings.masked()})
             tune_gc()
             while not stop.is_set() and self.sink.failure is None:
@@ -95,6 +92,14 @@ class Aggregator:
             logger.error("stopped_on_fatal_error", extra={"error": self.sink.failure})
             return 1
         return 0
+
+    def subscribe(self) -> None:
+        """Join both groups: re-key on transactions and labels, aggregate on terminal-events."""
+        s = self.settings
+        self.rekey.subscribe([s.input_topic, s.labels_topic])
+        self.consumer.subscribe(
+            [s.terminal_events_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
 
     def close(self) -> None:
         """Commit what is acknowledged (nothing past a refused delivery), leave both groups, flush."""

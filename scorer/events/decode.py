@@ -182,7 +182,7 @@ def decode_transactions(
     return DecodedTransactions(_transaction_batch(cols), where, rejected)
 
 
-def _decode_transactions_per_record(
+def decode_transactions_per_record(
     values: Sequence[bytes | None], max_value_bytes: int = MAX_VALUE_BYTES
 ) -> DecodedTransactions:
     """The plain per-record decoder: what decode_transactions must agree with, record for record (tests)."""

@@ -65,7 +65,7 @@ for _part, (_start, _stop) in enumerate([(0, 4), (4, 6), (6, 8), (8, 10), (10, 1
 _DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 
 
-def _usual_stamps_ms(stamps: list[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+def usual_stamps_ms(stamps: list[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
     """ms of stamps of exactly len(_USUAL_STAMP) characters, and which are valid "....T...Z" stamps.
 
     Accepts only a subset of what parse_rfc3339_ms accepts (ASCII digits, "T", "Z", 3 fraction digits),
@@ -105,7 +105,7 @@ def stamps_ms(col: list[Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.boo
     usual = np.flatnonzero(ok)
     if usual.size:
         picked = stamps if usual.size == len(stamps) else [stamps[i] for i in usual.tolist()]
-        ms[usual], ok[usual] = _usual_stamps_ms(picked)
+        ms[usual], ok[usual] = usual_stamps_ms(picked)
     for i in np.flatnonzero(~ok).tolist():  # any other form: the regex, one by one
         with suppress(Rejected):
             ms[i] = parse_rfc3339_ms(stamps[i])

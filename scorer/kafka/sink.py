@@ -120,6 +120,11 @@ class Sink:
             self.metrics.backpressure.inc()
         self.producer.poll(RETRY_POLL_S)
 
+    @property
+    def in_flight(self) -> int:
+        """Messages queued or sent whose delivery report has not come back yet."""
+        return sum(self._in_flight.values())
+
     def seal(self) -> int:
         """Close the current epoch (returned); later messages belong to the next one."""
         sealed = self.epoch

@@ -91,10 +91,10 @@ def check_features(meta: ModelMeta) -> None:
 class OnnxModel:
     """One loaded model: an onnxruntime session plus its metadata; `predict` is one call per batch."""
 
-    def __init__(self, path: Path, threads: int = 1) -> None:
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
         import onnxruntime as ort  # imported here so feature-only tools do not pay for it
 
-        self.directory = resolve_artefact(path)
+        self.directory = resolve_artefact(Path(path))
         self.meta = read_meta(self.directory)
         check_features(self.meta)
         options = ort.SessionOptions()

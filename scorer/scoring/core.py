@@ -62,6 +62,7 @@ class Scored:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     kept: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # input index per decision
     scored_at_ms: int = 0
+    features: F32 = field(default_factory=lambda: np.zeros((0, len(FEATURE_NAMES)), dtype=np.float32))
 
 
 def default_instance() -> str:
@@ -146,6 +147,7 @@ class Scorer:
             flags=[{"key": keys[i], "value": values[i]} for i in flag_idx],
             kept=np.arange(len(batch), dtype=np.int64),
             scored_at_ms=now_ms,
+            features=X,
         )
         if outcome.shadow_scores is not None and serving.challenger is not None:
             model = serving.challenger

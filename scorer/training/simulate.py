@@ -85,7 +85,7 @@ def _ids(prefix: str, n: int) -> list[str]:
     return [f"{prefix}{i:0{width}d}" for i in range(n)]
 
 
-def _terminal_lists(
+def terminal_lists(
     rng: np.random.Generator, p: SimulationParams
 ) -> tuple[npt.NDArray[np.float64], list[npt.NDArray[np.int64]]]:
     """Customer profiles and, per customer, the terminals within the radius (grid-cell lookup)."""
@@ -104,7 +104,7 @@ def _terminal_lists(
 
 def simulate(p: SimulationParams) -> SimulatedData:
     rng = np.random.default_rng(p.seed)
-    _, reach = _terminal_lists(rng, p)
+    _, reach = terminal_lists(rng, p)
     mean_amount = rng.uniform(5, 100, p.customers)
     std_amount = mean_amount / 2
     tx_per_day = rng.uniform(0, 4, p.customers)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scorer.errors import Rejected
-from scorer.events.decode import _decode_transactions_per_record, decode_labels, decode_transactions
+from scorer.events.decode import decode_labels, decode_transactions, decode_transactions_per_record
 from scorer.events.timestamps import parse_rfc3339_ms
 
 json_values = st.recursive(
@@ -41,7 +41,7 @@ def check_partition(values: list[bytes | None]) -> None:
         assert sorted(decoded.kept.tolist() + rejected) == list(range(len(values)))
         assert all(isinstance(r, Rejected) and r.reason for _, r in decoded.rejected)
         assert len(decoded.batch) == len(decoded.kept)
-    fast, ref = decode_transactions(values), _decode_transactions_per_record(values)
+    fast, ref = decode_transactions(values), decode_transactions_per_record(values)
     assert fast.kept.tolist() == ref.kept.tolist()
     assert [(i, r.reason, r.detail) for i, r in fast.rejected] == [
         (i, r.reason, r.detail) for i, r in ref.rejected

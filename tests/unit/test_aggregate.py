@@ -69,8 +69,7 @@ def start(broker: FakeBroker, policy: Policy = deliver_all) -> Aggregator:
         SETTINGS, CONFIG, sink=Sink({}, producer=FakeProducer(broker, policy)), rekey=rekey, consumer=consumer,  # type: ignore[arg-type]
         read=lambda config, topic, p: broker.dump(topic, p),
     )  # fmt: skip
-    rekey.subscribe([SETTINGS.input_topic, SETTINGS.labels_topic])
-    consumer.subscribe([SETTINGS.terminal_events_topic], on_assign=agg._on_assign)
+    agg.subscribe()
     return agg
 
 
@@ -81,7 +80,7 @@ def drain(agg: Aggregator, steps: int = 10_000) -> int:
         agg.step()
         if agg.sink.failure is not None:
             return n
-        idle = idle + 1 if not agg.sink._in_flight and not agg.rekey_pending and not agg.close_pending else 0
+        idle = idle + 1 if not agg.sink.in_flight and not agg.rekey_pending and not agg.close_pending else 0
         if idle > 3 and _at_end(agg):
             return n
     return steps

@@ -1,17 +1,25 @@
 """deploy/: the image, the compose stack and the Kubernetes manifests, checked with what runs here.
 
-No Docker engine and no Kubernetes here: the Dockerfile is linted (dockerfilelint), the compose file is
-resolved by `docker-compose config`, Prometheus' config by `promtool check config`, the kustomizations
-are rendered by tests/unit/kustomize.py and every built-in resource is validated against the Kubernetes
-1.31 schemas (kubernetes-validate, strict). Every SCORER_* name anywhere in deploy/ must be a setting.
+No Docker engine and no Kubernetes cluster here. The image is checked by what its instructions do: the
+build stage's COPY instructions are carried out from the build context its .dockerignore lets through and
+its wheel is built and unpacked, so the package it would install must import and run `scorer run --help`
+from there with its runtime dependencies only; the HEALTHCHECK command must tell a live metrics endpoint
+from a dead one; the default model the image bakes in must load. The Dockerfile is also linted
+(dockerfilelint). The compose file is resolved by `docker-compose config`, Prometheus' config by
+`promtool check config`, the kustomizations are rendered by `kubectl kustomize` and every built-in
+resource is validated against the Kubernetes 1.31 schemas (kubernetes-validate, strict). Every SCORER_*
+name anywhere in deploy/ must be a setting.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,17 +27,23 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from prometheus_client import CollectorRegistry
 
 from scorer import __version__
 from scorer.config import ENV_PREFIX, from_env, load_settings
+from scorer.model.onnx import OnnxModel
+from scorer.model.registry import Registry
+from scorer.runtime.health import HealthServer
 from scorer.scoring.loop import ACK_TIMEOUT_S
-from tests.unit.kustomize import BUILTIN_GROUPS, build
+from tests.unit.dockerfile import context, copy_sources, exec_form, materialise, stages
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S_VERSION = "1.31.0"
 LINTER = ROOT / ".tools" / "node_modules" / ".bin" / "dockerfilelint"
 LONG_RUNNING = {"scorer", "scorer-aggregator", "scorer-monitor"}
+BUILTIN_GROUPS = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1"}
 
 
 def tool(path: str | Path, hint: str) -> str:
@@ -37,6 +51,14 @@ def tool(path: str | Path, hint: str) -> str:
     if found is None:
         pytest.fail(f"{path} not found: {hint} (make test installs it)")
     return found
+
+
+def build(directory: Path) -> list[dict[str, Any]]:
+    """The resources `kubectl kustomize directory` renders."""
+    kubectl = tool("kubectl", "kubectl is on the machine image (it renders with its built-in kustomize)")
+    done = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
 @pytest.fixture(scope="module")
@@ -68,29 +90,106 @@ def test_dockerfile_passes_the_linter() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_image_is_slim_non_root_runtime_only_with_the_package_version() -> None:
-    text = (DEPLOY / "Dockerfile").read_text()
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The build stage carried out: its COPYs from the filtered context, its wheel built and unpacked."""
+    build_stage = stages(DEPLOY / "Dockerfile")[0]
+    assert "pip wheel" in build_stage.last("RUN") and build_stage.last("RUN").endswith(" .")
+    files = context(ROOT, DEPLOY / "Dockerfile.dockerignore")
+    src = materialise(ROOT, files, build_stage, tmp_path_factory.mktemp("src"))
+    wheels = tmp_path_factory.mktemp("wheels")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(wheels), str(src)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (wheel,) = wheels.glob("scorer-*.whl")
+    unpacked = tmp_path_factory.mktemp("site")
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(unpacked)
+    return unpacked
+
+
+def test_the_build_context_holds_what_the_image_needs_and_nothing_else() -> None:
+    files = context(ROOT, DEPLOY / "Dockerfile.dockerignore")
+    assert {f.split("/")[0] for f in files} == {"pyproject.toml", "README.md", "scorer", "models", "schemas"}
+    assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
+    for stage in stages(DEPLOY / "Dockerfile"):
+        for sources, _ in copy_sources(stage):
+            assert all(any(f == s or f.startswith(s + "/") for f in files) for s in sources), sources
+
+
+def test_the_image_installs_every_module_and_only_the_runtime_dependencies(package: Path) -> None:
+    installed = {p.relative_to(package).as_posix() for p in package.rglob("*.py")}
+    shipped = {p.relative_to(ROOT).as_posix() for p in (ROOT / "scorer").rglob("*.py")}
+    assert installed == shipped
+    assert (package / "scorer" / "py.typed").is_file()
+    (info,) = package.glob("scorer-*.dist-info")
+    lines = (info / "METADATA").read_text().splitlines()
+    runtime = [x.split(":", 1)[1] for x in lines if x.startswith("Requires-Dist:") and "extra ==" not in x]
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert {Requirement(r) for r in runtime} == {Requirement(d) for d in declared}
+    install = stages(DEPLOY / "Dockerfile")[-1].last("RUN")
+    assert "--find-links /wheels scorer " in install  # the package without [extras]
+
+
+def test_the_entrypoint_and_command_run_the_scorer_from_the_installed_package(
+    package: Path, tmp_path: Path
+) -> None:
+    runtime = stages(DEPLOY / "Dockerfile")[-1]
+    entrypoint, command = exec_form(runtime.last("ENTRYPOINT")), exec_form(runtime.last("CMD"))
+    (info,) = package.glob("scorer-*.dist-info")
+    scripts = dict(re.findall(r"^(\S+) = (\S+)$", (info / "entry_points.txt").read_text(), re.M))
+    module, _, function = scripts[entrypoint[0]].partition(":")
+    code = f"import sys; from {module} import {function} as main; sys.exit(main(sys.argv[1:]))"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(package)}
+    args = [sys.executable, "-c", code, *entrypoint[1:], *command, "--help"]
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "usage: scorer run" in done.stdout
+    where = subprocess.run(
+        [sys.executable, "-c", "import scorer; print(scorer.__file__)"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert where.stdout.startswith(str(package))  # the unpacked wheel, not the repository
+
+
+def test_the_healthcheck_tells_a_live_scorer_from_a_dead_one() -> None:
+    runtime = stages(DEPLOY / "Dockerfile")[-1]
+    check = exec_form(runtime.last("HEALTHCHECK"))
+    assert check[0] == "python"
+    server = HealthServer(CollectorRegistry(), "127.0.0.1", 0, lambda: True).start()
+    env = {**os.environ, "SCORER_METRICS_PORT": str(server.port)}
+    try:
+        alive = subprocess.run([sys.executable, *check[1:]], env=env, capture_output=True, check=False)
+    finally:
+        server.stop()
+    dead = subprocess.run([sys.executable, *check[1:]], env=env, capture_output=True, check=False)
+    assert alive.returncode == 0 and dead.returncode != 0
+    assert runtime.env()["SCORER_METRICS_PORT"] == runtime.last("EXPOSE")
+
+
+def test_the_image_bakes_in_a_default_model_that_loads(tmp_path: Path) -> None:
+    runtime = stages(DEPLOY / "Dockerfile")[-1]
+    workdir = runtime.last("WORKDIR")
+    app = materialise(ROOT, context(ROOT, DEPLOY / "Dockerfile.dockerignore"), runtime, tmp_path)
+    env = runtime.env()
+    model = OnnxModel(app / Path(env["SCORER_MODEL"]).relative_to(workdir))
+    registry = Registry(app / Path(env["SCORER_REGISTRY"]).relative_to(workdir))
+    assert model.label in {e.label for e in registry.entries()}
+
+
+def test_the_image_is_slim_runs_as_the_user_it_creates_and_carries_the_package_version() -> None:
+    build_stage, runtime = stages(DEPLOY / "Dockerfile")
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert pyproject["project"]["version"] == __version__
-    assert f"ARG VERSION={__version__}\n" in text
-    assert re.findall(r"^FROM (\S+)", text, re.M) == [
-        "python:3.11-slim-bookworm",
-        "python:3.11-slim-bookworm",
-    ]
-    assert "pip install --no-cache-dir --no-index --find-links /wheels scorer \\" in text  # no [extras]
-    assert re.search(r"^USER 10001$", text, re.M) and "useradd --system --uid 10001" in text
-    assert "/healthz" in text.split("HEALTHCHECK", 1)[1].split("\n\n")[0]
-    assert 'ENTRYPOINT ["scorer"]' in text and 'CMD ["run"]' in text
-    assert "COPY --chown=10001:10001 models ./models" in text
-
-
-def test_the_dockerignore_lets_in_what_the_image_copies() -> None:
-    allowed = {line[1:].rstrip("/") for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
-               if line.startswith("!")}  # fmt: skip
-    copied = set(
-        re.findall(r"^COPY (?!--from)(?:--chown=\S+ )?(.+) \S+$", (DEPLOY / "Dockerfile").read_text(), re.M)
-    )
-    assert {p for c in copied for p in c.split()} <= allowed
+    assert runtime.last("ARG") == f"VERSION={__version__}"
+    assert build_stage.image == runtime.image == "python:3.11-slim-bookworm"
+    user = runtime.last("USER")
+    assert user.isdigit() and int(user) > 0
+    assert re.search(rf"useradd .*--uid {user}\b", " ".join(runtime.all("RUN")))
+    copies = [args.split() for args in runtime.all("COPY") if "--from" not in args]
+    assert copies and all(words[0].startswith(f"--chown={user}:") for words in copies)
 
 
 # -- compose -----------------------------------------------------------------------------------------------

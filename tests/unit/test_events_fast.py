@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scorer.errors import Rejected
-from scorer.events.decode import _decode_transactions_per_record, decode_transactions
-from scorer.events.timestamps import _usual_stamps_ms, parse_rfc3339_ms, rfc3339_ms
+from scorer.events.decode import decode_transactions, decode_transactions_per_record
+from scorer.events.timestamps import parse_rfc3339_ms, rfc3339_ms, usual_stamps_ms
 from scorer.training.simulate import SimulationParams, simulate, transaction_values
 
 FIELDS = (
@@ -32,7 +32,7 @@ STAMP = "2026-03-04T05:06:07.089Z"
 
 def assert_agrees(values: Sequence[bytes | None], max_value_bytes: int = 65_536) -> None:
     fast = decode_transactions(values, max_value_bytes)
-    ref = _decode_transactions_per_record(values, max_value_bytes)
+    ref = decode_transactions_per_record(values, max_value_bytes)
     assert fast.kept.dtype == ref.kept.dtype == np.int64
     assert fast.kept.tolist() == ref.kept.tolist()
     assert [(i, r.reason, r.detail) for i, r in fast.rejected] == [
@@ -172,7 +172,7 @@ def test_each_mutation_alone_and_amid_valid_records(k: int) -> None:
 
 def test_the_corpus_covers_both_outcomes_and_many_reasons() -> None:
     values = [mutated(BASE, m) for m in MUTATIONS]
-    ref = _decode_transactions_per_record(values, max_value_bytes=512)
+    ref = decode_transactions_per_record(values, max_value_bytes=512)
     reasons = {r.reason for _, r in ref.rejected}
     assert len(ref.kept) >= 20 and len(reasons) >= 10, reasons
     assert_agrees(values, max_value_bytes=512)
@@ -243,7 +243,7 @@ def reference_ms(text: str) -> int | None:
 
 
 def assert_usual_stamps_agree(texts: list[str]) -> None:
-    ms, ok = _usual_stamps_ms(texts)
+    ms, ok = usual_stamps_ms(texts)
     for text, got, good in zip(texts, ms.tolist(), ok.tolist(), strict=True):
         want = reference_ms(text)
         if good:  # the batch check may refuse what the regex takes (the caller retries), never the reverse
@@ -256,7 +256,7 @@ def test_usual_stamps_follow_the_calendar() -> None:
     years = [1969, 1970, 1999, 2000, 2001, 2023, 2024, 2025, 2100, 2400, 9996, 9999]
     texts = [f"{y:04d}-{m:02d}-{d:02d}T23:59:59.999Z" for y in years for m in range(15) for d in range(33)]
     assert_usual_stamps_agree(texts)
-    assert sum(_usual_stamps_ms(texts)[1]) == sum(
+    assert sum(usual_stamps_ms(texts)[1]) == sum(
         366 if y % 4 == 0 and y % 100 or y % 400 == 0 else 365 for y in years[1:]
     )
 
@@ -272,5 +272,5 @@ def test_any_24_character_stamp_agrees(texts: list[str]) -> None:
 @given(st.lists(st.integers(0, 253_402_300_799_999), min_size=1, max_size=20))
 def test_what_rfc3339_ms_writes_reads_back(ms: list[int]) -> None:
     texts = rfc3339_ms(np.array(ms, dtype=np.int64))
-    got, ok = _usual_stamps_ms(texts)
+    got, ok = usual_stamps_ms(texts)
     assert ok.all() and got.tolist() == ms == [parse_rfc3339_ms(t) for t in texts]

@@ -79,7 +79,10 @@ def test_rule_unit_tests_cover_every_alert() -> None:
 def test_rules_and_dashboard_name_only_exported_metrics() -> None:
     known = exported()
     rules = [r["expr"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
-    for expr in rules + [e for _, e in dashboard_queries()]:
+    queries = [e for _, e in dashboard_queries()]
+    assert len(rules) >= 9 and len(queries) >= 18
+    for expr in rules + queries:
+        assert names_in(expr), expr  # every expression reads at least one of our metrics
         assert names_in(expr) <= known, (expr, names_in(expr) - known)
 
 

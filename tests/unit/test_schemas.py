@@ -166,6 +166,7 @@ def test_corpus_covers_both_outcomes() -> None:
 def test_schemas_are_valid_and_their_examples_pass(name: str) -> None:
     schema = load(name)
     Draft202012Validator.check_schema(schema)
+    assert schema["examples"]
     for example in schema["examples"]:
         validator(name).validate(example)
 

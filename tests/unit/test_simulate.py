@@ -68,10 +68,10 @@ def test_fraud_scenarios(data: SimulatedData) -> None:
 
 def test_customers_use_terminals_within_the_radius() -> None:
     # the same seed draws the same positions: recompute them the way the simulator does
-    from scorer.training.simulate import _terminal_lists
+    from scorer.training.simulate import terminal_lists
 
     rng = np.random.default_rng(SMALL.seed)
-    cust_xy, reach = _terminal_lists(rng, SMALL)
+    cust_xy, reach = terminal_lists(rng, SMALL)
     data = simulate(SMALL)
     term_idx = np.asarray([int(t[1:]) for t in data.terminal_id])
     cust_idx = np.asarray([int(c[1:]) for c in data.customer_id])

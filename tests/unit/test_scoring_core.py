@@ -1,0 +1,189 @@
+"""The scoring core without Kafka: same features and scores as the offline engine, dead letters by
+position and reason, flags, shadow decisions, deployment swaps and metrics."""
+
+from __future__ import annotations
+
+import datetime
+import zlib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from scorer.aggregate.partition import PartitionAgg, transaction_record
+from scorer.aggregate.table import MemorySource, TerminalTable, terminal_codec
+from scorer.config import DEFAULT_MODEL, Settings
+from scorer.events.batches import LabelBatch
+from scorer.events.decode import decode_transactions
+from scorer.events.timestamps import MS_PER_DAY
+from scorer.features.engine import FEATURE_NAMES, FeatureEngine, TerminalFeatures
+from scorer.model.onnx import OnnxModel
+from scorer.rollout.plans import Plan
+from scorer.rollout.serving import Serving
+from scorer.runtime.metrics import Metrics
+from scorer.scoring.core import DEAD_LETTER_REASONS, Scorer
+from scorer.scoring.customers import CustomerStore
+from scorer.training.history import replay
+from scorer.training.simulate import SimulationParams, simulate, transaction_values
+
+NO_LABELS = LabelBatch([], [], [], np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
+@cache
+def history() -> tuple[list[bytes], np.ndarray[Any, Any]]:
+    data = simulate(
+        SimulationParams(customers=120, terminals=50, days=9, seed=2, start=datetime.date(2026, 5, 1))
+    )
+    values = transaction_values(data, np.arange(len(data.transaction_id), dtype=np.int64))
+    partitions = np.array([zlib.crc32(c.encode()) % 3 for c in data.customer_id], dtype=np.int64)
+    return values, partitions
+
+
+def core(
+    model: OnnxModel | None = None, registry: CollectorRegistry | None = None
+) -> tuple[Scorer, MemorySource]:
+    model = model or OnnxModel(DEFAULT_MODEL)
+    config = model.meta.feature_config
+    source = MemorySource([0])
+    metrics = Metrics(registry or CollectorRegistry(), DEAD_LETTER_REASONS)
+    scorer = Scorer(
+        Settings(),
+        Serving(model),
+        CustomerStore(config),
+        TerminalTable(config, source),
+        metrics,
+        instance="test-1",
+    )
+    return scorer, source
+
+
+def test_decisions_equal_the_offline_engine_with_customer_state_split_by_partition() -> None:
+    """Terminal closes come through the table as the aggregator would publish them, one day at a time."""
+    values, partitions = history()
+    scorer, source = core()
+    model = scorer.serving.champion
+    codec = terminal_codec(model.meta.feature_config)
+    aggregator = PartitionAgg(TerminalFeatures(model.meta.feature_config))
+    decoded = decode_transactions(values)
+    assert not decoded.rejected
+    day = decoded.batch.event_ts_ms // MS_PER_DAY
+    scores = np.empty(len(values))
+    features = np.empty((len(values), len(FEATURE_NAMES)), dtype=np.float32)
+    for d in np.unique(day).tolist():
+        records, _, _ = aggregator.close(d - 1, codec)  # the close of the day before, then its events
+        source.add(0, records)
+        scorer.terminals.poll()
+        rows = np.flatnonzero(day == d)
+        for chunk in np.array_split(rows, max(1, len(rows) // 97)):
+            out = scorer.score([values[i] for i in chunk.tolist()], partitions[chunk])
+            scores[chunk] = [orjson.loads(r["value"])["score"] for r in out.decisions]
+            features[chunk] = out.features
+            aggregator.fold([fold_record(decoded.batch, i) for i in chunk.tolist()], d - 1)
+    offline = replay(decoded.batch, NO_LABELS, FeatureEngine(model.meta.feature_config))
+    assert np.array_equal(features, offline)
+    assert scores == pytest.approx(model.predict(offline), abs=1e-9)
+
+
+def fold_record(batch: Any, i: int) -> tuple[int, bytes, bytes]:
+    """Transaction i as the aggregator's re-key stage writes it to terminal-events (at offset i)."""
+    record = transaction_record(batch.terminal_id[i], int(batch.event_ts_ms[i]), 0, i)
+    return i, record["key"], record["value"]
+
+
+def test_bad_records_become_dead_letters_by_position_and_the_rest_is_scored() -> None:
+    values, partitions = history()
+    scorer, _ = core()
+    bad = [b"", b"{not json", b"[1, 2]", b'{"transaction_id": 5}', b"\xff\xfe"]
+    batch = [values[0], bad[0], values[1], bad[1], bad[2], values[2], bad[3], bad[4]]
+    out = scorer.score(batch, np.zeros(len(batch), dtype=np.int64))
+    assert [(d.index, d.reason) for d in out.dead_letters] == [
+        (1, "empty_value"), (3, "invalid_json"), (4, "not_an_object"), (6, "wrong_type"), (7, "invalid_utf8"),
+    ]  # fmt: skip
+    assert out.kept.tolist() == [0, 2, 5]
+    ids = [orjson.loads(r["value"])["transaction_id"] for r in out.decisions]
+    assert ids == [orjson.loads(values[i])["transaction_id"] for i in (0, 1, 2)]
+    assert [r["key"] for r in out.decisions] == [
+        orjson.loads(values[i])["customer_id"].encode() for i in (0, 1, 2)
+    ]
+    assert {d.reason for d in out.dead_letters} <= set(DEAD_LETTER_REASONS)
+
+
+def test_a_batch_of_only_bad_records_touches_no_state() -> None:
+    scorer, _ = core()
+    out = scorer.score([b"", b"null"], np.array([0, 1], dtype=np.int64))
+    assert (
+        out.decisions == [] and len(out.dead_letters) == 2 and out.features.shape == (0, len(FEATURE_NAMES))
+    )
+    assert scorer.customers.keys == 0
+
+
+def test_flags_are_the_decisions_at_or_over_the_threshold_and_are_counted() -> None:
+    values, partitions = history()
+    model = OnnxModel(DEFAULT_MODEL)
+    model.predict = lambda X: np.where(np.arange(len(X)) % 4 == 0, 0.99, 0.0)  # type: ignore[method-assign]
+    registry = CollectorRegistry()
+    scorer, _ = core(model, registry)
+    out = scorer.score(values[:40], partitions[:40])
+    flagged = [r for r in out.decisions if orjson.loads(r["value"])["flagged"]]
+    assert [r["value"] for r in out.flags] == [r["value"] for r in flagged] and len(flagged) == 10
+    assert registry.get_sample_value("scorer_events_scored_total") == 40
+    assert registry.get_sample_value("scorer_events_flagged_total") == 10
+    assert registry.get_sample_value("scorer_model_scored_total", {"model_version": model.label}) == 40
+
+
+def test_a_shadow_plan_puts_the_challengers_decisions_apart_and_never_flags_with_them() -> None:
+    values, partitions = history()
+    champion, challenger = OnnxModel(DEFAULT_MODEL), OnnxModel(DEFAULT_MODEL)
+    champion.predict = lambda X: np.zeros(len(X))  # type: ignore[method-assign]
+    challenger.predict = lambda X: np.full(len(X), 0.99)  # type: ignore[method-assign]
+    scorer, _ = core(champion)
+    plan = Plan("p", "shadow", champion.label, challenger.label, 0)
+    scorer.adopt(Serving(champion, challenger, plan))
+    out = scorer.score(values[:30], partitions[:30])
+    assert out.flags == [] and len(out.shadow) == len(out.decisions) == 30
+    shadow = [orjson.loads(r["value"]) for r in out.shadow]
+    assert {d["score"] for d in shadow} == {0.99} and all(d["flagged"] for d in shadow)
+    assert [r["key"] for r in out.shadow] == [r["key"] for r in out.decisions]
+
+
+def test_a_new_champion_gets_its_own_reference_and_the_old_ones_drift_counts_are_handed_back() -> None:
+    values, partitions = history()
+    scorer, _ = core()
+    old = scorer.serving.champion
+    scorer.score(values[:50], partitions[:50])
+    assert scorer.adopt(Serving(old)) == []  # the same champion: nothing to hand back, counts go on
+    outgoing = scorer.adopt(Serving(OnnxModel(DEFAULT_MODEL)))
+    docs = [orjson.loads(r["value"]) for r in outgoing]
+    assert docs and {d["kind"] for d in docs} == {"drift"} and {d["instance"] for d in docs} == {"test-1"}
+    assert sum(sum(d["counts"][: d["bins"][0]]) for d in docs) == 50  # every event in the first column
+    assert all(r["key"] == b"test-1" for r in outgoing)
+    assert scorer.drift_records() == []  # the new champion's drift starts empty
+
+
+def test_every_input_issue_and_dead_letter_reason_is_pre_created() -> None:
+    registry = CollectorRegistry()
+    core(registry=registry)
+    for reason in DEAD_LETTER_REASONS:
+        assert registry.get_sample_value("scorer_dead_letters_total", {"reason": reason}) == 0
+    assert (
+        registry.get_sample_value(
+            "scorer_input_issues_total", {"field": "currency", "reason": "unseen_category"}
+        )
+        == 0
+    )
+
+
+def test_the_readme_example_of_the_public_api_runs() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = (
+        readme.split("Using the scoring core from Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    )
+    scope: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own documentation
+    scored = scope["scored"]
+    assert len(scored.decisions) == 1 and orjson.loads(scored.decisions[0]["value"])["transaction_id"] == "t1"
+    assert [(d.index, d.reason) for d in scored.dead_letters] == [(1, "invalid_json")]

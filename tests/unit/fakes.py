@@ -179,29 +179,13 @@ class FakeOffsets:
 
 
 @dataclass
-class FakeRecord:
+class FakeRecord(FakeMessage):
     """A consumed record, with the confluent-kafka Message methods the loops call."""
 
-    _topic: str
-    _partition: int
-    _offset: int
-    _key: bytes | None
-    _value: bytes | None
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
+    _offset: int = 0
 
     def offset(self) -> int:
         return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
 
     def error(self) -> None:
         return None
@@ -250,7 +234,7 @@ class FakeConsumer:
             log = self.broker.log.get((topic, p), [])[position : position + num_messages]
             seq = self.broker.seq.get((topic, p), [])[position : position + num_messages]
             waiting += [
-                (n, FakeRecord(topic, p, position + i, *kv))
+                (n, FakeRecord(topic, p, *kv, position + i))
                 for i, (n, kv) in enumerate(zip(seq, log, strict=True))
             ]
         out = [r for _, r in sorted(waiting, key=lambda x: x[0])[:num_messages]]

@@ -163,18 +163,11 @@ def markers(broker: FakeBroker, partition: int) -> list[int]:
     ]
 
 
-def refuse_when(pred: Callable[[str], bool]) -> Policy:
-    """Refuse decisions whose transaction id matches `pred`; deliver everything else."""
+def on_decisions(verdict: str, pred: Callable[[str], bool]) -> Policy:
+    """`verdict` ("refuse" or "hold") for the decisions whose transaction id matches; deliver the rest."""
 
     def policy(topic: str, value: bytes | None) -> str:
-        return "refuse" if topic == DECISIONS and pred(tx_id(value)) else "ok"
-
-    return policy
-
-
-def hold_when(pred: Callable[[str], bool]) -> Policy:
-    def policy(topic: str, value: bytes | None) -> str:
-        return "hold" if topic == DECISIONS and pred(tx_id(value)) else "ok"
+        return verdict if topic == DECISIONS and pred(tx_id(value)) else "ok"
 
     return policy
 
@@ -199,7 +192,7 @@ def test_a_refused_delivery_stops_snapshot_and_commit_and_a_restart_decides_it_a
     """The loss of issue 13: a refused decision must not be followed by a snapshot or commit past it."""
     broker = FakeBroker()
     victim = tx_id(inputs()[0][5 * BATCH + 7])  # a decision in partition 0's sixth batch
-    member = Member(broker, range(PARTITIONS), refuse_when(lambda t: t == victim))
+    member = Member(broker, range(PARTITIONS), on_decisions("refuse", lambda t: t == victim))
     member.run(commit_every=1)
     assert member.sink.failure is not None and "timed out" in member.sink.failure
     member.commits.begin()  # the refused decision's epoch is sealed, as a commit interval would
@@ -221,7 +214,7 @@ def test_a_refused_delivery_stops_snapshot_and_commit_and_a_restart_decides_it_a
 def test_an_acknowledgement_that_never_comes_blocks_the_commit_until_a_crash_then_nothing_is_lost() -> None:
     broker = FakeBroker()
     stuck = tx_id(inputs()[1][2 * BATCH])
-    member = Member(broker, range(PARTITIONS), hold_when(lambda t: t == stuck))
+    member = Member(broker, range(PARTITIONS), on_decisions("hold", lambda t: t == stuck))
     member.run()
     assert not member.finish()  # shutdown waits, then reports the commit incomplete
     at = offset_of(1, stuck)

@@ -33,7 +33,7 @@ def test_every_reason_the_decoder_can_give_is_listed_once_in_check_order() -> No
 
 
 def test_headers_say_why_where_from_when_and_keep_the_originals() -> None:
-    msg = WithHeaders("transactions", 3, 41, b"C1", b"{bad")
+    msg = WithHeaders("transactions", 3, b"C1", b"{bad", 41)
     headers = dead_letter_headers(msg, "invalid_json", "x" * 2000, now_ms=1_767_225_601_000)  # type: ignore[arg-type]
     assert [name for name, _ in headers] == [
         "reason", "detail", "source.topic", "source.partition", "source.offset", "source.timestamp",
@@ -53,7 +53,7 @@ def test_headers_say_why_where_from_when_and_keep_the_originals() -> None:
 def test_a_dead_letter_carries_the_original_key_and_value() -> None:
     broker = FakeBroker()
     sink = Sink({}, producer=FakeProducer(broker))
-    msg = FakeRecord("fraud-labels", 0, 9, b"K", b"\xff\xfe")
+    msg = FakeRecord("fraud-labels", 0, b"K", b"\xff\xfe", 9)
     send_dead_letter(sink, "dlq", msg, "invalid_utf8", "bad byte", 5)  # type: ignore[arg-type]
     assert sink.wait(sink.seal(), 1.0)
     assert broker.records("dlq") == [(b"K", b"\xff\xfe")]

@@ -21,9 +21,10 @@ HOUR_MS = 3_600_000
 # "Nothing seen yet / never happened", as a time in ms or a day number: far below any real value, yet far
 # enough from int64's minimum that subtracting days or windows from it in numpy cannot wrap around.
 NEVER = -(2**62)
+# ASCII digits only, as the schema's [0-9] (\d and int() would also take any Unicode digit)
 TIMESTAMP_RE = re.compile(
-    r"(19[7-9]\d|[2-9]\d{3})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):([0-5]\d):([0-5]\d)"
-    r"(?:\.(\d{1,9}))?(?:[Zz]|[+-]00:00)"
+    r"(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):([0-5][0-9]):"
+    r"([0-5][0-9])(?:\.([0-9]{1,9}))?(?:[Zz]|[+-]00:00)"
 )
 _EPOCH = datetime.date(1970, 1, 1)
 _EPOCH_DAY: dict[str, int] = {}  # "YYYY-MM-DD" -> days since 1970-01-01; dates repeat within a stream

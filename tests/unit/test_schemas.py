@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +157,86 @@ def test_decoder_accepts_exactly_what_the_transaction_schema_accepts(doc: Any) -
 def test_decoder_accepts_exactly_what_the_label_schema_accepts(doc: Any) -> None:
     schema_ok = validator("label.schema.json").is_valid(doc)
     assert (len(decode_labels([orjson.dumps(doc)]).kept) == 1) == schema_ok
+
+
+def raw(text: str) -> bytes:
+    """A transaction written by hand (duplicate names, escapes), BASE's fields first."""
+    head = orjson.dumps(BASE)[:-1].decode()
+    return (head + ", " + text + "}").encode("utf-8", "surrogatepass")
+
+
+# Records as bytes, for what a dict cannot hold: what every JSON producer might send.
+RAW: list[bytes] = [
+    b"\xef\xbb\xbf" + orjson.dumps(BASE),  # a UTF-8 byte order mark: not JSON (RFC 8259 section 8.1)
+    raw('"customer_id": "C2"'),  # duplicate names: the last one counts, as in most parsers
+    raw('"amount": -5'),  # ... so a valid first value does not save an invalid last one
+    raw('"customer_id": "\\ud800"'),  # a lone surrogate, escaped: no Unicode string
+    raw('"customer_id": "\\ud83d\\ude00"'),  # a surrogate pair, escaped: one emoji, fine
+    raw('"customer_id": "\ud800"'),  # a lone surrogate, raw (CESU-8 bytes): not UTF-8
+    raw('"terminal_id": "\uff34\uff11"'),  # full-width letters and digits in an id: just text
+    raw('"timestamp": "\uff12\uff10\uff12\uff16-01-01T00:00:00Z"'),  # full-width digits
+    raw('"timestamp": "2\u0660\u0662\u0666-01-01T00:00:00Z"'),  # Arabic-Indic digits
+    raw('"timestamp": "2026-01-01T00:00:00.\u0661\u0662\u0663Z"'),  # ... in the fraction only
+    raw('"timestamp": "2026-01-0\u09e7T00:00:00Z"'),  # a Bengali digit one
+    raw('"timestamp": "2026-01-01T00:00:00Z\\n"'),  # a newline after the stamp
+    raw('"currency": "EUR\\n"'),
+    raw('"currency": "\uff25\uff35\uff32"'),  # full-width EUR
+    raw('"amount": \uff11\uff10'),  # full-width digits as a number: not JSON
+    raw('"amount": 1e400'),  # not finite once parsed
+    raw('"channel": "p\\u0000s"'),  # an escaped NUL inside a string is text
+]
+
+
+def reference_parse(value: bytes) -> Any:
+    """The document as RFC 8259 defines it (strict UTF-8, no BOM, last duplicate wins), or None when
+    `value` is no JSON text with Unicode strings."""
+    try:
+        doc = json.loads(value.decode("utf-8"))  # bytes with a BOM refused by decode + loads below
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if value.startswith(b"\xef\xbb\xbf") or not _finite(doc) or not _unicode(doc):
+        return None
+    return doc
+
+
+def _unicode(node: Any) -> bool:
+    if isinstance(node, str):
+        try:
+            node.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(node, dict):
+        return all(_unicode(k) and _unicode(v) for k, v in node.items())
+    if isinstance(node, list):
+        return all(map(_unicode, node))
+    return True
+
+
+def _finite(node: Any) -> bool:
+    if isinstance(node, float):
+        return math.isfinite(node)
+    if isinstance(node, dict):
+        return all(map(_finite, node.values()))
+    if isinstance(node, list):
+        return all(map(_finite, node))
+    return True
+
+
+@pytest.mark.parametrize("value", RAW, ids=range(len(RAW)))
+def test_decoder_and_schema_agree_on_records_only_bytes_can_show(value: bytes) -> None:
+    doc = reference_parse(value)
+    schema_ok = doc is not None and validator("transaction.schema.json").is_valid(doc)
+    decoded = decode_transactions([value])
+    assert (len(decoded.kept) == 1) == schema_ok, (value, decoded.rejected)
+    labelled = decode_labels([value])
+    assert not labelled.kept.size or doc is not None
+
+
+def test_the_raw_corpus_covers_both_outcomes_and_the_last_duplicate_counts() -> None:
+    outcomes = [len(decode_transactions([v]).kept) == 1 for v in RAW]
+    assert True in outcomes and False in outcomes
+    assert decode_transactions([raw('"customer_id": "C2"')]).batch.customer_id == ["C2"]
 
 
 def test_corpus_covers_both_outcomes() -> None:

@@ -19,6 +19,7 @@ from scorer.errors import ConfigError
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default" / "1"
 ENV_PREFIX = "SCORER_"
+DEAD_LETTER_HEADROOM_BYTES = 65_536  # a dead letter's key and headers at most (kafka/deadletters.py)
 SECRET_WORDS = ("password", "secret", "token", "key.pem", "keystore", "private", "credential", "jaas")
 
 
@@ -55,7 +56,8 @@ class Settings:
     fetch_wait_max_ms: int = 10  # broker-side fetch wait: latency vs CPU (see README)
     table_fetch_wait_max_ms: int = 100  # the same for consumers off the decision path (tables, aggregator)
     onnx_threads: int = 1
-    max_value_bytes: int = 65_536  # larger records are dead-lettered as oversized_value
+    max_value_bytes: int = 65_536  # larger records are dead-lettered as oversized_value (see producer_config)
+    dead_letter_prefix_bytes: int = 4096  # what an oversized record's dead letter keeps of its value
     terminal_wait_s: float = 0.0  # how long to wait for the aggregator's close of the previous day
     day_close_grace_s: float = 0.0  # aggregator: event-time slack before closing a day
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped
@@ -92,8 +94,15 @@ class Settings:
             "linger.ms": 2,
             "compression.type": "lz4",
             "queue.buffering.max.messages": 200_000,
+            "message.max.bytes": self.producer_max_bytes,
             **{k: v for k, v in self.kafka.items() if not _consumer_only(k)},
         }
+
+    @property
+    def producer_max_bytes(self) -> int:
+        """The producer's message.max.bytes: room for any value the decoder accepts (max_value_bytes) in a
+        dead letter, with its key and headers (bounded in kafka/deadletters.py), never below the default."""
+        return max(1_000_000, self.max_value_bytes + DEAD_LETTER_HEADROOM_BYTES)
 
     def admin_config(self) -> dict[str, str | int | float | bool]:
         """Connection settings (security included) for admin and metadata requests."""
@@ -253,6 +262,14 @@ def validate(s: Settings) -> None:
     ):
         if getattr(s, name) < 0:
             problems.append(f"{name} must not be negative")
+    if not 0 <= s.dead_letter_prefix_bytes <= s.max_value_bytes:
+        problems.append("dead_letter_prefix_bytes must be between 0 and max_value_bytes")
+    asked = s.kafka.get("message.max.bytes")
+    if asked is not None and (not str(asked).isdigit() or int(asked) < s.producer_max_bytes):
+        problems.append(
+            f"kafka message.max.bytes={asked} is below {s.producer_max_bytes}, what a dead letter of the largest "
+            "accepted value (max_value_bytes) needs: lower max_value_bytes instead"
+        )
     if not 0 <= s.metrics_port <= 65535:
         problems.append(f"metrics_port {s.metrics_port} is not a TCP port")
     if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

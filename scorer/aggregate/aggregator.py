@@ -30,7 +30,7 @@ from scorer.events.decode import decode_labels, decode_transactions
 from scorer.events.timestamps import MS_PER_DAY, NEVER
 from scorer.features.engine import FeatureConfig
 from scorer.features.rows import PartitionDump
-from scorer.kafka.deadletters import send_dead_letter
+from scorer.kafka.deadletters import Limits, send_dead_letter
 from scorer.kafka.sink import Sink
 from scorer.kafka.tables import read_partition
 from scorer.kafka.topics import check_topics
@@ -149,11 +149,12 @@ class Aggregator:
 
     def _rekey_labels(self, msgs: Sequence[Message]) -> list[dict[str, object]]:
         """Valid labels re-keyed; invalid ones go to the dead-letter topic with their reason."""
-        decoded = decode_labels([m.value() for m in msgs], self.settings.max_value_bytes)
-        now_ms = int(time.time() * 1000)
+        s = self.settings
+        decoded = decode_labels([m.value() for m in msgs], s.max_value_bytes)
+        now_ms, limits = int(time.time() * 1000), Limits(s.max_value_bytes, s.dead_letter_prefix_bytes)
         for index, rejected in decoded.rejected:
             send_dead_letter(
-                self.sink, self.settings.dlq_topic, msgs[index], rejected.reason, rejected.detail, now_ms
+                self.sink, s.dlq_topic, msgs[index], rejected.reason, rejected.detail, now_ms, limits
             )
         b = decoded.batch
         self.metrics.repartitioned.labels("label").inc(len(b))

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from scorer.events.batches import LabelBatch, TransactionBatch, concat_labels, pick, take_labels
 from scorer.events.timestamps import MS_PER_DAY, NEVER
-from scorer.features.state import DayRing, occurrence_rank
+from scorer.features.state import DayRing, RingUndo, occurrence_rank
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -116,8 +116,14 @@ class CustomerFeatures:
     def __init__(self, config: FeatureConfig) -> None:
         self.ring = DayRing(config.customer_ring_days, ("count", "amount"), MS_PER_DAY)
 
-    def update_and_compute(self, customer_id: Sequence[str], ts_ms: I64, amount: F64) -> F64:
-        slots = self.ring.slots(customer_id)
+    def update_and_compute(
+        self, customer_id: Sequence[str], ts_ms: I64, amount: F64, undo: list[RingUndo] | None = None
+    ) -> F64:
+        """Features of each event including itself; with `undo`, what reverts the update is appended."""
+        created: list[str] | None = None if undo is None else []
+        slots = self.ring.slots(customer_id, created=created)
+        if undo is not None and created is not None:
+            undo.append(self.ring.save(slots, created))
         out = np.empty((len(slots), len(CUSTOMER_NAMES)), dtype=np.float64)
         for idx in rounds(slots):
             out[idx] = self._round(slots[idx], ts_ms[idx], amount[idx])

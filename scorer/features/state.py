@@ -9,6 +9,7 @@ whose newest day left every ring are dropped (`expire`), so memory is bounded by
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import repeat
 
 import numpy as np
@@ -30,6 +31,17 @@ def occurrence_rank(slots: I64) -> I64:
     rank = np.empty(len(slots), dtype=np.int64)
     rank[order] = np.arange(len(slots)) - group_start
     return rank
+
+
+@dataclass(slots=True)
+class RingUndo:
+    """The rows of the slots a batch touched as they were before it, and the keys it created."""
+
+    slots: I64
+    newest_ms: I64
+    dirty: npt.NDArray[np.bool_]
+    buckets: dict[str, npt.NDArray[np.float32]]
+    created: list[str]
 
 
 class DayRing:
@@ -69,8 +81,8 @@ class DayRing:
         self._keys.extend([None] * (capacity - old))
         self._free.extend(range(capacity - 1, old - 1, -1))
 
-    def slots(self, keys: Sequence[str], create: bool = True) -> I64:
-        """Slot of each key; unknown keys get a new slot, or -1 when `create` is false.
+    def slots(self, keys: Sequence[str], create: bool = True, created: list[str] | None = None) -> I64:
+        """Slot of each key; unknown keys get a new slot (listed in `created`), or -1 when `create` is false.
 
         The lookup is one map() over the batch; only keys seen for the first time take a Python loop.
         """
@@ -78,8 +90,27 @@ class DayRing:
         if create:
             for i in np.flatnonzero(found < 0).tolist():
                 slot = self.index.get(keys[i])  # the same new key may come twice in a batch
-                found[i] = self._allocate(keys[i]) if slot is None else slot
+                if slot is None:
+                    slot = self._allocate(keys[i])
+                    if created is not None:
+                        created.append(keys[i])
+                found[i] = slot
         return found
+
+    def save(self, slots: I64, created: list[str]) -> RingUndo:
+        """What `restore` needs to undo a batch that will change `slots` (and created `created`)."""
+        s = np.unique(slots)
+        buckets = {name: arr[s] for name, arr in self.buckets.items()}  # fancy indexing copies
+        return RingUndo(s, self.newest_ms[s], self.dirty[s], buckets, created)
+
+    def restore(self, undo: RingUndo) -> None:
+        """Put the saved rows back and forget the created keys, as if the batch had never come."""
+        self.newest_ms[undo.slots] = undo.newest_ms
+        self.dirty[undo.slots] = undo.dirty
+        for name, arr in self.buckets.items():
+            arr[undo.slots] = undo.buckets[name]
+        created = self.slots(undo.created, create=False)
+        self._free_slots(created[created >= 0])
 
     def _allocate(self, key: str) -> int:
         if not self._free:

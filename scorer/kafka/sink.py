@@ -15,13 +15,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from scorer.runtime.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 Message = dict[str, Any]
 RETRY_POLL_S = 0.05
+PRODUCE_ATTEMPTS = 3  # a message the producer refuses outright is tried this often before it is given up
+SIZE_ERRORS = (KafkaError.MSG_SIZE_TOO_LARGE,)  # the producer's refusal and the broker's share the code
 
 
 class Sink:
@@ -37,6 +39,9 @@ class Sink:
         self._callbacks: dict[int, Callable[[KafkaError | None, Any], None]] = {}
         self.failure: str | None = None
         self.first_failed_epoch: int | None = None  # the oldest epoch with a refused message
+        self._again: list[
+            tuple[int, str, bytes | None, int | None, tuple[bytes, list[tuple[str, bytes]]]]
+        ] = []
 
     def _callback(self, epoch: int) -> Callable[[KafkaError | None, Any], None]:
         cb = self._callbacks.get(epoch)
@@ -86,11 +91,11 @@ class Sink:
             if failed and len(failed) == len(pending) and queued == 0:
                 self._wait_for_room()
             elif failed:
-                self.producer.poll(0)
+                self._poll(0)
             for m in failed:
                 m.pop("_error", None)
             pending = failed
-        self.producer.poll(0)
+        self._poll(0)
 
     def send_one(
         self,
@@ -99,10 +104,43 @@ class Sink:
         key: bytes | None = None,
         headers: Sequence[tuple[str, bytes]] | None = None,
         partition: int | None = None,
-    ) -> None:
-        """Queue one message (with headers: dead letters); waits while the queue is full."""
+        fallback: tuple[bytes, list[tuple[str, bytes]]] | None = None,
+    ) -> bool:
+        """Queue one message with headers (dead letters); waits while the queue is full. Never raises:
+        a message the producer refuses for its size goes again as `fallback` (value and headers), here
+        or when the broker refuses it; any other refusal is retried, then counted and logged (False)."""
         epoch = self.epoch
-        kwargs: dict[str, Any] = {"value": value, "key": key, "on_delivery": self._callback(epoch)}
+        attempts = [(value, headers)] + ([fallback] if fallback is not None else [])
+        error: KafkaException | None = None
+        for number, (attempt_value, attempt_headers) in enumerate(attempts):
+            rest = fallback if number == 0 else None
+            for _ in range(PRODUCE_ATTEMPTS):
+                try:
+                    self._produce_one(epoch, topic, attempt_value, key, attempt_headers, partition, rest)
+                    return True
+                except KafkaException as exc:
+                    error = exc
+                    if _size_error(exc.args[0] if exc.args else None):
+                        break  # the next attempt is smaller, if there is one
+                    self._poll(RETRY_POLL_S)
+        self._count("dead_letter_errors")
+        logger.error("dead_letter_not_written", extra={"topic": topic, "error": str(error)})
+        return False
+
+    def _produce_one(
+        self,
+        epoch: int,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None,
+        partition: int | None,
+        fallback: tuple[bytes, list[tuple[str, bytes]]] | None,
+    ) -> None:
+        callback = self._callback(epoch)
+        if fallback is not None:  # a size refusal from the broker sends the fallback in the same epoch
+            callback = self._with_fallback(epoch, topic, key, partition, fallback)
+        kwargs: dict[str, Any] = {"value": value, "key": key, "on_delivery": callback}
         if headers:
             kwargs["headers"] = list(headers)
         if partition is not None:
@@ -115,10 +153,44 @@ class Sink:
                 self._wait_for_room()
         self._in_flight[epoch] = self._in_flight.get(epoch, 0) + 1
 
+    def _with_fallback(
+        self,
+        epoch: int,
+        topic: str,
+        key: bytes | None,
+        partition: int | None,
+        fallback: tuple[bytes, list[tuple[str, bytes]]],
+    ) -> Callable[[KafkaError | None, Any], None]:
+        def cb(err: KafkaError | None, msg: Any) -> None:
+            self._in_flight[epoch] -= 1
+            if err is not None and _size_error(err):
+                self._again.append((epoch, topic, key, partition, fallback))
+            elif err is not None:
+                self._failed(err, msg, epoch)
+
+        return cb
+
+    def _poll(self, timeout_s: float) -> None:
+        """Serve delivery reports, then send what the broker refused for its size again, cut."""
+        self.producer.poll(timeout_s)
+        while self._again:
+            epoch, topic, key, partition, (value, headers) = self._again.pop(0)
+            self._count("dead_letters_truncated")
+            logger.warning("dead_letter_cut", extra={"topic": topic, "bytes": len(value)})
+            try:
+                self._produce_one(epoch, topic, value, key, headers, partition, None)
+            except KafkaException as exc:
+                self._count("dead_letter_errors")
+                logger.error("dead_letter_not_written", extra={"topic": topic, "error": str(exc)})
+
+    def _count(self, name: str) -> None:
+        if self.metrics is not None:
+            getattr(self.metrics, name).inc()
+
     def _wait_for_room(self) -> None:
         if self.metrics is not None:
             self.metrics.backpressure.inc()
-        self.producer.poll(RETRY_POLL_S)
+        self._poll(RETRY_POLL_S)
 
     @property
     def in_flight(self) -> int:
@@ -137,7 +209,7 @@ class Sink:
         A message refused after all retries is answered too, but it was not delivered: its epoch and
         every later one are never acknowledged, so nothing is committed past it.
         """
-        self.producer.poll(0)
+        self._poll(0)
         if self.first_failed_epoch is not None and epoch >= self.first_failed_epoch:
             return False
         for e in [e for e, n in self._in_flight.items() if n == 0 and e <= epoch]:
@@ -152,12 +224,17 @@ class Sink:
             refused = self.first_failed_epoch is not None and epoch >= self.first_failed_epoch
             if refused or time.monotonic() > deadline:
                 return False
-            self.producer.poll(0.01)
+            self._poll(0.01)
         return True
 
     def poll(self, timeout_s: float = 0.0) -> None:
-        self.producer.poll(timeout_s)
+        self._poll(timeout_s)
 
     def close(self, timeout_s: float = 10.0) -> bool:
         """Flush everything; True when nothing is left in the queue."""
         return int(self.producer.flush(timeout_s)) == 0
+
+
+def _size_error(err: Any) -> bool:
+    """Is this the producer's or the broker's refusal of a message for its size?"""
+    return isinstance(err, KafkaError) and err.code() in SIZE_ERRORS

@@ -167,6 +167,16 @@ class Metrics:
             "Start of the newest day closed by the aggregator and applied to the terminal table.",
             registry=r,
         )
+        self.dead_letters_truncated = Counter(
+            "scorer_dead_letters_truncated",
+            "Dead letters the broker refused for their size, sent again with the value cut to its prefix.",
+            registry=r,
+        )
+        self.dead_letter_errors = Counter(
+            "scorer_dead_letter_errors",
+            "Dead letters that could not be written at all (refused by the producer after retries): logged.",
+            registry=r,
+        )
         self.produce_errors = Counter(
             "scorer_delivery_errors", "Outputs the broker refused after all retries.", ["topic"], registry=r
         )

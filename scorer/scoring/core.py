@@ -10,6 +10,7 @@ swapped in between batches (`adopt`).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -23,7 +24,8 @@ import orjson
 
 from scorer.aggregate.table import TerminalTable
 from scorer.config import Settings
-from scorer.events.batches import TransactionBatch, pick
+from scorer.errors import ScorerError
+from scorer.events.batches import TransactionBatch, pick, take_transactions
 from scorer.events.decode import REASONS, decode_transactions
 from scorer.events.timestamps import HOUR_MS, rfc3339_ms
 from scorer.features.engine import CUSTOMER_NAMES, FEATURE_NAMES, stateless_features
@@ -35,6 +37,7 @@ from scorer.runtime.metrics import Metrics
 from scorer.scoring.customers import CustomerStore
 from scorer.scoring.decisions import Explainer, ScoredBatch, encode_decisions
 
+logger = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -63,6 +66,23 @@ class Scored:
     kept: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # input index per decision
     scored_at_ms: int = 0
     features: F32 = field(default_factory=lambda: np.zeros((0, len(FEATURE_NAMES)), dtype=np.float32))
+
+    def followed_by(self, other: Scored, offset: int) -> Scored:
+        """This batch's outputs, then those of the `offset` records after it."""
+        return Scored(
+            self.decisions + other.decisions,
+            self.flags + other.flags,
+            self.shadow + other.shadow,
+            self.dead_letters
+            + [DeadLetter(d.index + offset, d.reason, d.detail) for d in other.dead_letters],
+            np.concatenate([self.kept, other.kept + offset]),
+            max(self.scored_at_ms, other.scored_at_ms),
+            np.vstack([self.features, other.features]),
+        )
+
+
+class SystemicFailure(ScorerError):
+    """Scoring fails whatever the records: the process must stop without committing."""
 
 
 def default_instance() -> str:
@@ -96,6 +116,7 @@ class Scorer:
             metrics.input_issues.labels(name, reason)
         self.serving = serving
         self.explainer, self.checks, self.drift = self._reference(serving.champion)
+        self.canary = _reference_row(serving.champion)  # a row the model scores: a broken model vs poison
 
     def _reference(self, champion: OnnxModel) -> tuple[Explainer, InputChecks, Drift]:
         """Reasons, input checks and drift against this champion's training reference."""
@@ -110,41 +131,93 @@ class Scorer:
         if serving.champion is not self.serving.champion:
             outgoing = self.drift_records()
             self.explainer, self.checks, self.drift = self._reference(serving.champion)
+            self.canary = _reference_row(serving.champion)
         self.serving = serving
         return outgoing
 
     def score(self, values: Sequence[bytes | None], partitions: I64) -> Scored:
-        """Decode a consumed batch (values and input partitions, in offset order) and score the valid."""
+        """Decode a consumed batch (values and input partitions, in offset order) and score the valid.
+
+        A record that makes scoring fail costs only itself: the batch is split in halves until the
+        failing records stand alone, the rest is scored, and those go out as `processing_error` dead
+        letters. If every record fails and the model also fails on a row it scored before, the fault
+        is not the records': SystemicFailure, and the caller stops without committing.
+        """
         decoded = decode_transactions(values, self.settings.max_value_bytes)
         dead = [DeadLetter(i, r.reason, r.detail) for i, r in decoded.rejected]
         self.lap("decode")
         if len(decoded.batch) == 0:
             return Scored([], dead_letters=dead, scored_at_ms=self.now_ms())
-        scored = self.score_batch(decoded.batch, partitions[decoded.kept])
-        scored.dead_letters, scored.kept = dead, decoded.kept
+        scored = self._isolate(decoded.batch, partitions[decoded.kept])
+        if not scored.decisions:
+            self._check_systemic(scored.dead_letters[0].detail)
+        where = decoded.kept
+        failed = [DeadLetter(int(where[d.index]), d.reason, d.detail) for d in scored.dead_letters]
+        scored.dead_letters = sorted(dead + failed, key=lambda d: d.index)
+        scored.kept = where[scored.kept]
         return scored
 
+    def _isolate(self, batch: TransactionBatch, partitions: I64) -> Scored:
+        """score_batch, or, when it fails, each half on its own (positions are the batch's)."""
+        try:
+            return self.score_batch(batch, partitions)
+        except Exception as exc:  # the failing records are found by halving; the rest is scored
+            if len(batch) == 1:
+                logger.warning("record_failed", exc_info=True)
+                return Scored(
+                    [], dead_letters=[DeadLetter(0, PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")]
+                )
+            mid = len(batch) // 2
+            left = self._isolate(take_transactions(batch, np.arange(mid)), partitions[:mid])
+            right = self._isolate(take_transactions(batch, np.arange(mid, len(batch))), partitions[mid:])
+            return left.followed_by(right, mid)
+
+    def _check_systemic(self, detail: str) -> None:
+        """Every record failed: poison, or a broken model? Ask the champion about a row it scored before
+        (the newest batch's first row, or at first its training reference sample)."""
+        if self.canary is None:
+            return  # nothing to compare with: the records get the benefit of the doubt
+        try:
+            self.serving.champion.predict(self.canary)
+        except Exception as exc:
+            raise SystemicFailure(f"every record failed ({detail}) and so does the model: {exc}") from exc
+
     def score_batch(self, batch: TransactionBatch, partitions: I64) -> Scored:
-        """Features, one call per model, checks, drift and the output records of a decoded batch."""
-        X = self.features(batch, partitions)
-        serving = self.serving
-        outcome = serving.score(X, batch, self._timed, self.settings.challenger_timeout_s)
+        """Features, one call per model, the output records, then checks, drift and metrics, of a decoded
+        batch; if it fails, the customer state is as it was before (so a retry counts nothing twice)."""
+        undo: list[Callable[[], None]] = []
+        try:
+            X = self.features(batch, partitions, undo)
+            serving = self.serving
+            outcome = serving.score(X, batch, self._timed, self.settings.challenger_timeout_s)
+            self.lap("model")
+            out = self._records(batch, X, serving, outcome)
+        except Exception:
+            for revert in reversed(undo):
+                revert()
+            raise
+        self.lap("decisions")
         self._record_models(serving, outcome)
-        self.lap("model")
+        self.checks.check(batch, X, out.scored_at_ms, self._count_issue, serving.champion.label)
+        self.drift.observe(X, outcome.champion_scores, batch.event_ts_ms)
+        self.metrics.scored.inc(len(batch))
+        self.metrics.flagged.inc(len(out.flags))
+        self.canary = X[:1].copy()
+        self.lap("input checks + drift")
+        return out
+
+    def _records(self, batch: TransactionBatch, X: F32, serving: Serving, outcome: Outcome) -> Scored:
+        """Decision, flag and shadow records of a scored batch."""
         now_ms = self.now_ms()
         champion = serving.champion
-        self.checks.check(batch, X, now_ms, self._count_issue, champion.label)
-        self.drift.observe(X, outcome.champion_scores, batch.event_ts_ms)
-        self.lap("input checks + drift")
         scored = ScoredBatch(
             batch, X, outcome.scores, outcome.flagged, champion.threshold, champion.label, outcome.extra
         )
         keys = list(map(str.encode, batch.customer_id))
         values = encode_decisions(scored, self.explainer, now_ms)
-        flag_idx = np.flatnonzero(outcome.flagged).tolist()
         out = Scored(
             _records(keys, values),
-            flags=[{"key": keys[i], "value": values[i]} for i in flag_idx],
+            flags=[{"key": keys[i], "value": values[i]} for i in np.flatnonzero(outcome.flagged).tolist()],
             kept=np.arange(len(batch), dtype=np.int64),
             scored_at_ms=now_ms,
             features=X,
@@ -154,19 +227,18 @@ class Scorer:
             flagged = outcome.shadow_scores >= model.threshold
             shadow = ScoredBatch(batch, X, outcome.shadow_scores, flagged, model.threshold, model.label)
             out.shadow = _records(keys, encode_decisions(shadow, self.explainer, now_ms))
-        self.metrics.scored.inc(len(batch))
-        self.metrics.flagged.inc(len(flag_idx))
-        self.lap("decisions")
         return out
 
-    def features(self, batch: TransactionBatch, partitions: I64) -> F32:
+    def features(
+        self, batch: TransactionBatch, partitions: I64, undo: list[Callable[[], None]] | None = None
+    ) -> F32:
         """Stateless + per-partition customer windows + terminal table, in FEATURE_NAMES order."""
         customer = np.empty((len(batch), len(CUSTOMER_NAMES)), dtype=np.float64)
         for p in np.unique(partitions).tolist():
             idx = np.flatnonzero(partitions == p)
             state = self.customers.get(p)
             customer[idx] = state.update_and_compute(
-                pick(batch.customer_id, idx), batch.event_ts_ms[idx], batch.amount[idx]
+                pick(batch.customer_id, idx), batch.event_ts_ms[idx], batch.amount[idx], undo
             )
         self.lap("customer windows")
         terminal = self.terminals.features(batch.terminal_id, batch.event_ts_ms)
@@ -228,6 +300,12 @@ class Scorer:
 
     def _timed(self, label: str, seconds: float) -> None:
         self.metrics.inference.labels(label).observe(seconds)
+
+
+def _reference_row(model: OnnxModel) -> F32 | None:
+    """The first row of the reference sample stored in model.json at training, if there is one."""
+    rows = model.meta.raw.get("reference", {}).get("sample", {}).get("features") or []
+    return np.asarray(rows[:1], dtype=np.float32) if rows else None
 
 
 def _no_lap(stage: str) -> None:

@@ -11,8 +11,9 @@ the consumer starts at the marker's offset, so state and position always agree.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy.typing as npt
 from scorer.events.timestamps import MS_PER_DAY, NEVER
 from scorer.features.engine import LATE_GRACE_DAYS, CustomerFeatures, FeatureConfig
 from scorer.features.rows import MARKER_KEY, PartitionDump, RowCodec, encode_marker, load_rows
+from scorer.features.state import RingUndo
 
 logger = logging.getLogger(__name__)
 F64 = npt.NDArray[np.float64]
@@ -36,14 +38,28 @@ class PartitionState:
     today: int = NEVER
 
     def update_and_compute(
-        self, customer_id: Sequence[str], ts_ms: npt.NDArray[np.int64], amount: F64
+        self,
+        customer_id: Sequence[str],
+        ts_ms: npt.NDArray[np.int64],
+        amount: F64,
+        undo: list[Callable[[], None]] | None = None,
     ) -> F64:
-        """Same as the offline engine: expire on the batch's oldest day, then update and compute."""
+        """Same as the offline engine: expire on the batch's oldest day, then update and compute.
+
+        With `undo`, a function that reverts the update is appended (expiry is not reverted: a retry
+        of the same events expires the same idle keys).
+        """
         day = int(ts_ms.min()) // MS_PER_DAY
         if day > self.today:
             self.today = day
             self.customers.ring.expire_idle(day, LATE_GRACE_DAYS)
-        return self.customers.update_and_compute(customer_id, ts_ms, amount)
+        if undo is None:
+            return self.customers.update_and_compute(customer_id, ts_ms, amount)
+        saved: list[RingUndo] = []
+        out = self.customers.update_and_compute(customer_id, ts_ms, amount, saved)
+        ring = self.customers.ring
+        undo += [functools.partial(ring.restore, u) for u in saved]
+        return out
 
 
 class CustomerStore:

@@ -2,8 +2,9 @@
 
 The loop is the only part of the scorer that knows the consumer: it reads batches, hands their values
 to the core (core.py), sends what comes back, records each partition's progress with the commit tracker
-(commits.py), follows rebalances and the control topic, and keeps the gauges. This module holds the
-only broad `except` of the scorer.
+(commits.py), follows rebalances and the control topic, and keeps the gauges. A record that breaks the
+core costs only itself (the core isolates it); a fault that is not a record's stops the process
+without committing, so nothing is skipped.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from scorer.aggregate.table import TerminalTable
 from scorer.config import Settings
 from scorer.events.timestamps import NEVER
 from scorer.kafka.control import ControlWatcher
-from scorer.kafka.deadletters import send_dead_letter
+from scorer.kafka.deadletters import Limits, send_dead_letter
 from scorer.kafka.sink import Sink
 from scorer.kafka.tables import TopicReader, read_partition
 from scorer.kafka.topics import check_topics
@@ -39,7 +40,7 @@ from scorer.runtime.health import HealthServer, serve_health
 from scorer.runtime.metrics import Metrics
 from scorer.runtime.process import tune_gc
 from scorer.scoring.commits import CommitTracker
-from scorer.scoring.core import DEAD_LETTER_REASONS, PROCESSING_ERROR, Scored, Scorer
+from scorer.scoring.core import DEAD_LETTER_REASONS, Scored, Scorer, SystemicFailure
 from scorer.scoring.customers import CustomerStore
 
 logger = logging.getLogger(__name__)
@@ -154,8 +155,13 @@ class ScorerLoop:
         if msgs:
             try:
                 self.process(msgs)
-            except Exception as exc:  # the one broad except: a poison batch must not become a crash loop
-                self._dead_letter_batch(msgs, exc)
+            except SystemicFailure as exc:
+                self.fatal = str(exc)  # not the records' fault: stop without committing them
+            except (
+                Exception
+            ) as exc:  # the one broad except: a fault of ours outside the core, not of a record
+                logger.exception("batch_failed", extra={"records": len(msgs)})
+                self.fatal = f"{type(exc).__name__}: {exc}"
         if self.sink.failure is not None:
             self.fatal = self.sink.failure  # before any commit step: nothing moves past a refused delivery
             return
@@ -220,17 +226,10 @@ class ScorerLoop:
         for p in np.unique(partitions).tolist():
             self.commits.processed(p, int(offsets[partitions == p].max()) + 1)
 
-    def _dead_letter_batch(self, msgs: Sequence[Message], exc: Exception) -> None:
-        """A batch that failed for a reason of ours goes, record by record, to the DLQ with the error."""
-        logger.exception("batch_failed", extra={"records": len(msgs)})
-        detail = f"{type(exc).__name__}: {exc}"
-        for m in msgs:
-            if m.error() is None:
-                self._dead_letter(m, PROCESSING_ERROR, detail)
-                self.commits.processed(m.partition() or 0, (m.offset() or 0) + 1)
-
     def _dead_letter(self, msg: Message, reason: str, detail: str) -> None:
-        send_dead_letter(self.sink, self.settings.dlq_topic, msg, reason, detail, self.scorer.now_ms())
+        s = self.settings
+        limits = Limits(s.max_value_bytes, s.dead_letter_prefix_bytes)
+        send_dead_letter(self.sink, s.dlq_topic, msg, reason, detail, self.scorer.now_ms(), limits)
         self.metrics.dead_letters.labels(reason).inc()
 
     def _usable(self, msg: Message) -> bool:

@@ -13,26 +13,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
+
 from scorer.features.rows import PartitionDump, PartitionLog
 
-Policy = Callable[[str, bytes | None], str]  # (topic, value) -> "ok" | "refuse" | "hold"
+# (topic, value) -> "ok", "refuse" (after retries), "hold" (never answered), "too_large" (the broker refuses
+# its size), or at produce(): "too_large_here" (the producer refuses its size), "invalid_here" (any refusal)
+Policy = Callable[[str, bytes | None], str]
 
 
 def deliver_all(topic: str, value: bytes | None) -> str:
     return "ok"
 
 
-class FakeError:
-    """What a delivery report carries for a refused message."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def str(self) -> str:
-        return self.text
-
-    def __str__(self) -> str:
-        return self.text
+def refusal(code: int, text: str) -> KafkaError:
+    """The error a delivery report or produce() carries."""
+    return KafkaError(code, text)
 
 
 @dataclass
@@ -126,6 +122,11 @@ class FakeProducer:
         headers: Any = None,
         partition: int | None = None,
     ) -> None:
+        verdict = self.policy(topic, value)
+        if verdict == "too_large_here":
+            raise KafkaException(refusal(KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large"))
+        if verdict == "invalid_here":
+            raise KafkaException(refusal(KafkaError._INVALID_ARG, "Local: Invalid argument"))
         msg = FakeMessage(topic, self._partition(topic, key, partition), key, value)
         self.queue.append((msg, on_delivery or (lambda err, msg: None)))
 
@@ -137,7 +138,9 @@ class FakeProducer:
                 self.broker.append(msg)
                 cb(None, msg)
             elif verdict == "refuse":
-                cb(FakeError("Local: Message timed out"), msg)
+                cb(refusal(KafkaError._MSG_TIMED_OUT, "Local: Message timed out"), msg)
+            elif verdict == "too_large":
+                cb(refusal(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large"), msg)
             else:
                 self.held.append((msg, cb))
         return len(queue)

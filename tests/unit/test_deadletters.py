@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
+from typing import Any
 
+import pytest
+from prometheus_client import CollectorRegistry
+
+from scorer.config import DEAD_LETTER_HEADROOM_BYTES, Settings, load_settings
+from scorer.errors import ConfigError
 from scorer.events.decode import REASONS
-from scorer.kafka.deadletters import DETAIL_CHARS, dead_letter_headers, send_dead_letter
+from scorer.kafka.deadletters import (
+    DETAIL_CHARS,
+    MAX_KEY_BYTES,
+    Limits,
+    dead_letter,
+    dead_letter_headers,
+    send_dead_letter,
+)
 from scorer.kafka.sink import Sink
+from scorer.runtime.metrics import Metrics
 from scorer.scoring.core import DEAD_LETTER_REASONS, PROCESSING_ERROR
 from tests.unit.fakes import FakeBroker, FakeProducer, FakeRecord
 
@@ -54,6 +69,99 @@ def test_a_dead_letter_carries_the_original_key_and_value() -> None:
     broker = FakeBroker()
     sink = Sink({}, producer=FakeProducer(broker))
     msg = FakeRecord("fraud-labels", 0, b"K", b"\xff\xfe", 9)
-    send_dead_letter(sink, "dlq", msg, "invalid_utf8", "bad byte", 5)  # type: ignore[arg-type]
+    assert send_dead_letter(sink, "dlq", msg, "invalid_utf8", "bad byte", 5, Limits())  # type: ignore[arg-type]
     assert sink.wait(sink.seal(), 1.0)
     assert broker.records("dlq") == [(b"K", b"\xff\xfe")]
+
+
+class Big(FakeRecord):
+    """A record with many large headers."""
+
+    def headers(self) -> list[tuple[str, bytes]]:  # type: ignore[override]
+        return [(f"h{i}", b"v" * 1000) for i in range(100)]
+
+
+def sizes(record: Any) -> int:
+    return len(record.key or b"") + len(record.value or b"") + sum(len(k) + len(v) for k, v in record.headers)
+
+
+def test_an_oversized_record_keeps_a_prefix_its_size_and_hash() -> None:
+    value = b'{"transaction_id": "' + b"x" * 1_500_000 + b'"}'
+    record = dead_letter(
+        FakeRecord("tx", 0, b"C", value, 7), "oversized_value", "too big", 1, Limits(65_536, 4096)
+    )  # type: ignore[arg-type]
+    headers = dict(record.headers)
+    assert record.value == value[:4096] and record.fallback is None
+    assert headers["value.size"] == str(len(value)).encode()
+    assert headers["value.sha256"] == hashlib.sha256(value).hexdigest().encode()
+
+
+def test_a_record_within_the_limit_goes_whole_with_a_cut_fallback() -> None:
+    value = b"y" * 10_000
+    record = dead_letter(
+        FakeRecord("tx", 0, b"C", value, 7), "processing_error", "boom", 1, Limits(65_536, 4096)
+    )  # type: ignore[arg-type]
+    assert record.value == value and "value.size" not in dict(record.headers)
+    assert record.fallback is not None and record.fallback[0] == value[:4096]
+    assert dict(record.fallback[1])["value.size"] == b"10000"
+
+
+def test_huge_keys_and_headers_are_cut_and_every_dead_letter_fits_the_producer() -> None:
+    settings = Settings(max_value_bytes=2_000_000)  # where the headroom, not the 1 MB default, is the limit
+    limits = Limits(settings.max_value_bytes, settings.dead_letter_prefix_bytes)
+    msg = Big("tx", 0, b"k" * 50_000, b"z" * settings.max_value_bytes, 3)
+    record = dead_letter(msg, "wrong_type", "d" * 10_000, 1, limits)  # type: ignore[arg-type]
+    headers = dict(record.headers)
+    assert record.key == b"k" * MAX_KEY_BYTES and headers["key.size"] == b"50000"
+    assert int(headers["original.dropped"]) > 0
+    assert sizes(record) + 1024 < settings.producer_max_bytes  # + the record's own overhead
+    assert (
+        Settings(max_value_bytes=5_000_000).producer_config()["message.max.bytes"]
+        >= 5_000_000 + 32_768 + 2048
+    )
+
+
+class Producing:
+    """A Sink over a fake producer with a policy, and its metrics."""
+
+    def __init__(self, policy: Any) -> None:
+        self.broker = FakeBroker()
+        self.registry = CollectorRegistry()
+        self.sink = Sink({}, Metrics(self.registry), producer=FakeProducer(self.broker, policy))
+
+    def count(self, name: str) -> float | None:
+        return self.registry.get_sample_value(name)
+
+
+def test_a_dead_letter_the_producer_refuses_for_its_size_goes_cut() -> None:
+    p = Producing(lambda topic, value: "too_large_here" if len(value or b"") > 100 else "ok")
+    msg = FakeRecord("tx", 0, b"C", b"w" * 5000, 1)
+    assert send_dead_letter(p.sink, "dlq", msg, "processing_error", "x", 1, Limits(65_536, 50))  # type: ignore[arg-type]
+    assert p.sink.wait(p.sink.seal(), 1.0)
+    assert p.broker.records("dlq") == [(b"C", b"w" * 50)]
+
+
+def test_a_dead_letter_the_broker_refuses_for_its_size_goes_again_cut_in_the_same_epoch() -> None:
+    p = Producing(lambda topic, value: "too_large" if len(value or b"") > 100 else "ok")
+    msg = FakeRecord("tx", 0, b"C", b"w" * 5000, 1)
+    assert send_dead_letter(p.sink, "dlq", msg, "processing_error", "x", 1, Limits(65_536, 50))  # type: ignore[arg-type]
+    assert p.sink.wait(p.sink.seal(), 1.0) and p.sink.failure is None
+    assert p.broker.records("dlq") == [(b"C", b"w" * 50)]
+    assert p.count("scorer_dead_letters_truncated_total") == 1
+
+
+def test_a_dead_letter_that_cannot_be_produced_is_counted_and_logged_never_raised(caplog: Any) -> None:
+    p = Producing(lambda topic, value: "invalid_here")
+    msg = FakeRecord("tx", 0, b"C", b"v", 1)
+    assert not send_dead_letter(p.sink, "dlq", msg, "processing_error", "x", 1, Limits())  # type: ignore[arg-type]
+    assert p.count("scorer_dead_letter_errors_total") == 1
+    assert "dead_letter_not_written" in caplog.text
+    assert p.sink.wait(p.sink.seal(), 1.0)  # nothing in flight: the loop goes on and commits
+
+
+def test_the_producer_limit_comes_from_max_value_bytes_and_a_lower_one_is_refused() -> None:
+    assert Settings(max_value_bytes=2_000_000).producer_max_bytes == 2_000_000 + DEAD_LETTER_HEADROOM_BYTES
+    with pytest.raises(ConfigError, match="message.max.bytes"):
+        load_settings(environ={"SCORER_KAFKA_MESSAGE_MAX_BYTES": "100000"})
+    with pytest.raises(ConfigError, match="dead_letter_prefix_bytes"):
+        load_settings(environ={"SCORER_DEAD_LETTER_PREFIX_BYTES": "100000"})

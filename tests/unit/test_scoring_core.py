@@ -25,7 +25,7 @@ from scorer.model.onnx import OnnxModel
 from scorer.rollout.plans import Plan
 from scorer.rollout.serving import Serving
 from scorer.runtime.metrics import Metrics
-from scorer.scoring.core import DEAD_LETTER_REASONS, Scorer
+from scorer.scoring.core import DEAD_LETTER_REASONS, Scorer, SystemicFailure
 from scorer.scoring.customers import CustomerStore
 from scorer.training.history import replay
 from scorer.training.simulate import SimulationParams, simulate, transaction_values
@@ -187,3 +187,67 @@ def test_the_readme_example_of_the_public_api_runs() -> None:
     scored = scope["scored"]
     assert len(scored.decisions) == 1 and orjson.loads(scored.decisions[0]["value"])["transaction_id"] == "t1"
     assert [(d.index, d.reason) for d in scored.dead_letters] == [(1, "invalid_json")]
+
+
+def poisoned(model: OnnxModel, amount: float) -> OnnxModel:
+    """The model, failing on any batch holding a transaction of `amount` (a record that breaks scoring)."""
+    column = FEATURE_NAMES.index("amount")
+    predict = model.predict
+
+    def picky(X: Any) -> Any:
+        if (X[:, column] == amount).any():
+            raise ValueError(f"cannot score amount {amount}")
+        return predict(X)
+
+    model.predict = picky  # type: ignore[method-assign]
+    return model
+
+
+def test_a_poison_record_costs_only_itself_and_the_rest_is_scored_as_without_it() -> None:
+    values, partitions = history()
+    batch = [orjson.loads(v) for v in values[:60]]
+    for i in (7, 41):
+        batch[i]["amount"] = 666.0
+    raw = [orjson.dumps(d) for d in batch]
+    raw.insert(20, b"{broken")  # a decoding reject in the same batch keeps its own position
+    parts = np.insert(partitions[:60], 20, 0)
+    scorer, _ = core(poisoned(OnnxModel(DEFAULT_MODEL), 666.0))
+    out = scorer.score(raw, parts)
+    assert [(d.index, d.reason) for d in out.dead_letters] == [
+        (7, "processing_error"), (20, "invalid_json"), (42, "processing_error"),
+    ]  # fmt: skip
+    assert "cannot score amount 666" in out.dead_letters[0].detail
+    clean, _ = core()
+    keep = [i for i in range(len(raw)) if i not in (7, 20, 42)]
+    want = clean.score([raw[i] for i in keep], parts[keep])
+    assert out.kept.tolist() == keep
+    assert [r["value"][:60] for r in out.decisions] == [r["value"][:60] for r in want.decisions]
+    assert np.array_equal(out.features, want.features)  # no customer counted twice by the retries
+    assert scorer.customers.nbytes == clean.customers.nbytes
+
+
+def test_a_model_that_fails_on_everything_is_no_poison_and_changes_no_state() -> None:
+    values, partitions = history()
+    model = OnnxModel(DEFAULT_MODEL)
+    registry = CollectorRegistry()
+    scorer, _ = core(model, registry)
+    scorer.score(values[:10], partitions[:10])
+    keys = scorer.customers.keys
+
+    def broken(X: Any) -> Any:
+        raise RuntimeError("onnxruntime: session lost")
+
+    model.predict = broken  # type: ignore[method-assign]
+    with pytest.raises(SystemicFailure, match="session lost"):
+        scorer.score(values[10:20], partitions[10:20])
+    assert scorer.customers.keys == keys
+    assert registry.get_sample_value("scorer_events_scored_total") == 10  # nothing counted for the failure
+
+
+def test_a_model_broken_from_the_start_is_told_from_poison_by_its_reference_sample() -> None:
+    values, partitions = history()
+    model = OnnxModel(DEFAULT_MODEL)
+    model.predict = lambda X: (_ for _ in ()).throw(RuntimeError("no session"))  # type: ignore[method-assign]
+    scorer, _ = core(model)
+    with pytest.raises(SystemicFailure):
+        scorer.score(values[:3], partitions[:3])

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck tools unit bench clean
+.PHONY: demo test lint typecheck tools unit bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ test: lint typecheck tools
 # The side-by-side benchmark (about 15 minutes at the defaults); results go to benchmarks/results/.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(ARGS)
+
+# The adversarial corpus at full size (100,000 records, 6 over 1 MiB) through `scorer run`; the suite runs 20,000.
+fuzz: $(STAMP)
+	$(BIN)/python -m benchmarks.fuzz $(ARGS)
 
 unit: $(STAMP) tools
 	$(BIN)/pytest -q -m "not integration"

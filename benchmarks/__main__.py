@@ -46,6 +46,13 @@ PROFILES = {
         description="scorer without the aggregator's broker traffic",
     ),
     "scorer-x2": Profile("scorer-x2", "scorer", scorers=2, description="two scorer processes in one group"),
+    "scorer-eos": Profile(
+        "scorer-eos",
+        "scorer",
+        {"SCORER_PROCESSING_GUARANTEE": "exactly_once"},
+        aggregator=False,
+        description="scorer-solo in exactly_once mode: a Kafka transaction per input partition per second",
+    ),
 }
 WORKLOADS = ("drain", "scaleout", "paced", "state", "memory", "stages", "soak")
 DEFAULT_WORKLOADS = "drain,scaleout,paced,state,memory,stages"  # soak: tansu cannot sustain it (README)
@@ -64,7 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--soak-rate", type=float, default=500.0, help="soak: events/s")
     p.add_argument("--workloads", default=DEFAULT_WORKLOADS, help=f"any of {', '.join(WORKLOADS)}")
     p.add_argument(
-        "--profiles", default="passthrough,naive,scorer,scorer-solo", help=f"any of {', '.join(PROFILES)}"
+        "--profiles",
+        default="passthrough,naive,scorer,scorer-solo,scorer-eos",
+        help=f"any of {', '.join(PROFILES)}",
     )
     p.add_argument("--fetch-wait-ms", type=int, default=5, help="fetch.wait.max.ms of every consumer")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)

@@ -19,6 +19,7 @@ from scorer.errors import ConfigError
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default" / "1"
 ENV_PREFIX = "SCORER_"
+GUARANTEES = ("at_least_once", "exactly_once")
 DEAD_LETTER_HEADROOM_BYTES = 65_536  # a dead letter's key and headers at most (kafka/deadletters.py)
 SECRET_WORDS = ("password", "secret", "token", "key.pem", "keystore", "private", "credential", "jaas")
 
@@ -52,7 +53,11 @@ class Settings:
     model: str = str(DEFAULT_MODEL)
     batch_max: int = 2000  # records per consume() call
     batch_wait_s: float = 0.02  # how long consume() may wait to fill a batch
-    commit_interval_s: float = 1.0  # state snapshot + offset commit cadence
+    commit_interval_s: float = (
+        1.0  # state snapshot + offset commit cadence (a transaction each, exactly_once)
+    )
+    processing_guarantee: str = "at_least_once"  # or "exactly_once": Kafka transactions (see README)
+    transactional_id_prefix: str = ""  # exactly_once: <prefix>-<input topic>-<partition>; default: the group
     fetch_wait_max_ms: int = 10  # broker-side fetch wait: latency vs CPU (see README)
     table_fetch_wait_max_ms: int = 100  # the same for consumers off the decision path (tables, aggregator)
     onnx_threads: int = 1
@@ -262,6 +267,10 @@ def validate(s: Settings) -> None:
     ):
         if getattr(s, name) < 0:
             problems.append(f"{name} must not be negative")
+    if s.processing_guarantee not in GUARANTEES:
+        problems.append(
+            f"processing_guarantee {s.processing_guarantee!r} is not one of {', '.join(GUARANTEES)}"
+        )
     if not 0 <= s.dead_letter_prefix_bytes <= s.max_value_bytes:
         problems.append("dead_letter_prefix_bytes must be between 0 and max_value_bytes")
     asked = s.kafka.get("message.max.bytes")

@@ -37,8 +37,10 @@ def read_partition(
                         f"reading {topic}[{partition}] timed out at offset {position} of {high}"
                     )
                 msgs = consumer.consume(1000, 0.2)
-                if not msgs and position >= high:
-                    break  # past the high watermark and nothing more: the end (see the docstring)
+                if not msgs:  # the position also moves past transaction markers, which are no messages
+                    at = consumer.position([TopicPartition(topic, partition)])[0].offset
+                    if max(position, at) >= high:
+                        break  # past the high watermark and nothing more: the end (see the docstring)
                 for msg in msgs:
                     if msg.error() is None:
                         position = (msg.offset() or 0) + 1

@@ -53,6 +53,29 @@ class OffsetStore(Protocol):
     def commit(self, offsets: Mapping[int, int], asynchronous: bool) -> bool: ...
 
 
+class Commits(Protocol):
+    """What the run loop needs of a commit strategy: this at-least-once tracker, or the transactions of
+    exactly-once mode (kafka/transactions.py)."""
+
+    @property
+    def assigned(self) -> set[int]: ...
+
+    @property
+    def failure(self) -> str | None: ...
+
+    def assign(self, partitions: Sequence[int]) -> None: ...
+
+    def processed(self, partition: int, next_offset: int) -> None: ...
+
+    def begin(self) -> None: ...
+
+    def advance(self, asynchronous: bool = True) -> None: ...
+
+    def flush(self, timeout_s: float) -> bool: ...
+
+    def forget(self, partitions: Sequence[int], lost: bool = False) -> None: ...
+
+
 @dataclass(slots=True)
 class PendingCommit:
     """Offsets waiting for their outputs (stage 1) and then for their state snapshot (stage 2)."""
@@ -84,6 +107,10 @@ class CommitTracker:
         self.pending: list[PendingCommit] = []
         self.commits = 0
         self.failed_commits = 0
+
+    @property
+    def failure(self) -> str | None:
+        return self.outbox.failure
 
     def assign(self, partitions: Sequence[int]) -> None:
         self.assigned.update(partitions)
@@ -142,7 +169,7 @@ class CommitTracker:
             )
         return not self.pending
 
-    def forget(self, partitions: Sequence[int]) -> None:
+    def forget(self, partitions: Sequence[int], lost: bool = False) -> None:
         """Partitions revoked or lost: their progress and pending steps go (the new owner writes their state)."""
         gone = set(partitions)
         self.assigned -= gone

@@ -61,6 +61,9 @@ class Scored:
 
     decisions: list[Record]
     flags: list[Record] = field(default_factory=list)
+    flag_rows: I64 = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64)
+    )  # each flag's decision position
     shadow: list[Record] = field(default_factory=list)  # the challenger's decisions under a shadow plan
     dead_letters: list[DeadLetter] = field(default_factory=list)
     kept: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # input index per decision
@@ -72,6 +75,7 @@ class Scored:
         return Scored(
             self.decisions + other.decisions,
             self.flags + other.flags,
+            np.concatenate([self.flag_rows, other.flag_rows + len(self.decisions)]),
             self.shadow + other.shadow,
             self.dead_letters
             + [DeadLetter(d.index + offset, d.reason, d.detail) for d in other.dead_letters],
@@ -215,9 +219,11 @@ class Scorer:
         )
         keys = list(map(str.encode, batch.customer_id))
         values = encode_decisions(scored, self.explainer, now_ms)
+        flag_rows = np.flatnonzero(outcome.flagged)
         out = Scored(
             _records(keys, values),
-            flags=[{"key": keys[i], "value": values[i]} for i in np.flatnonzero(outcome.flagged).tolist()],
+            flags=[{"key": keys[i], "value": values[i]} for i in flag_rows.tolist()],
+            flag_rows=flag_rows,
             kept=np.arange(len(batch), dtype=np.int64),
             scored_at_ms=now_ms,
             features=X,

@@ -30,16 +30,17 @@ from scorer.aggregate.table import TerminalTable
 from scorer.config import Settings
 from scorer.events.timestamps import NEVER
 from scorer.kafka.control import ControlWatcher
-from scorer.kafka.deadletters import Limits, send_dead_letter
+from scorer.kafka.deadletters import Limits, dead_letter, send_dead_letter
 from scorer.kafka.sink import Sink
 from scorer.kafka.tables import TopicReader, read_partition
 from scorer.kafka.topics import check_topics
+from scorer.kafka.transactions import PartitionTransactions
 from scorer.model.onnx import OnnxModel
 from scorer.rollout.serving import Serving
 from scorer.runtime.health import HealthServer, serve_health
 from scorer.runtime.metrics import Metrics
 from scorer.runtime.process import tune_gc
-from scorer.scoring.commits import CommitTracker
+from scorer.scoring.commits import Commits, CommitTracker
 from scorer.scoring.core import DEAD_LETTER_REASONS, Scored, Scorer, SystemicFailure
 from scorer.scoring.customers import CustomerStore
 
@@ -108,11 +109,19 @@ class ScorerLoop:
         """Score until `stop` is set (SIGTERM/SIGINT) or a fatal error; returns the exit code."""
         s = self.settings
         check_topics(s, [(s.input_topic, s.state_topic), (s.terminal_events_topic, s.terminal_topic)])
-        self.sink = Sink(s.producer_config(), self.metrics)
+        self.sink = Sink(s.producer_config(), self.metrics)  # exactly_once: the monitoring topic only
         self.consumer = Consumer(s.consumer_config())
-        offsets = KafkaOffsets(self.consumer, s.input_topic)
         snapshot = self.scorer.customers.snapshot
-        self.commits = CommitTracker(self.sink, offsets, snapshot, s.state_topic, self.metrics.commits.inc)
+        self.transactions: PartitionTransactions | None = None
+        self.commits: Commits
+        if s.processing_guarantee == "exactly_once":
+            self.transactions = PartitionTransactions(s, self.consumer, snapshot, self.metrics.commits.inc)
+            self.commits = self.transactions
+        else:
+            offsets = KafkaOffsets(self.consumer, s.input_topic)
+            self.commits = CommitTracker(
+                self.sink, offsets, snapshot, s.state_topic, self.metrics.commits.inc
+            )
         server: HealthServer | None = serve_health(self.registry, s.metrics_host, s.metrics_port, self.ready)
         try:
             self._start()
@@ -162,8 +171,9 @@ class ScorerLoop:
             ) as exc:  # the one broad except: a fault of ours outside the core, not of a record
                 logger.exception("batch_failed", extra={"records": len(msgs)})
                 self.fatal = f"{type(exc).__name__}: {exc}"
-        if self.sink.failure is not None:
-            self.fatal = self.sink.failure  # before any commit step: nothing moves past a refused delivery
+        failure = self.sink.failure or self.commits.failure
+        if failure is not None:
+            self.fatal = failure  # before any commit step: nothing moves past a refused delivery
             return
         self.commits.advance()
         now = time.monotonic()
@@ -183,6 +193,8 @@ class ScorerLoop:
             if self.settings.monitoring_interval_s > 0:
                 self._publish_drift()
             complete = self.commits.flush(ACK_TIMEOUT_S)
+        if self.transactions is not None:
+            self.transactions.close()  # aborts what a failed run still holds
         self.consumer.close()
         self.scorer.terminals.close()
         self.watcher.close()
@@ -204,7 +216,10 @@ class ScorerLoop:
         scored = self.scorer.score(list(map(Message.value, records)), partitions)
         for dead in scored.dead_letters:
             self._dead_letter(records[dead.index], dead.reason, dead.detail)
-        self._send(scored)
+        if self.transactions is None:
+            self._send(scored)
+        else:
+            self._send_in_transactions(scored, partitions[scored.kept])
         if len(scored.kept):
             produced = np.fromiter(map(_create_time, records), dtype=np.int64, count=n)[scored.kept]
             latency_s = np.maximum(scored.scored_at_ms - produced[produced > 0], 0) / 1000.0
@@ -221,6 +236,19 @@ class ScorerLoop:
         if scored.shadow:
             self.sink.send(f"{s.decisions_topic}-shadow", scored.shadow)
 
+    def _send_in_transactions(self, scored: Scored, partitions: I64) -> None:
+        """exactly_once: each record's outputs go into its input partition's transaction."""
+        assert self.transactions is not None  # noqa: S101 - only called in exactly_once mode
+        s, flags_at = self.settings, partitions[scored.flag_rows]
+        for p in np.unique(partitions).tolist():
+            rows = np.flatnonzero(partitions == p).tolist()
+            self.transactions.send(p, s.decisions_topic, [scored.decisions[i] for i in rows])
+            if scored.shadow:
+                self.transactions.send(p, f"{s.decisions_topic}-shadow", [scored.shadow[i] for i in rows])
+            flags = [scored.flags[i] for i in np.flatnonzero(flags_at == p).tolist()]
+            if flags:
+                self.transactions.send(p, s.flags_topic, flags)
+
     def _record_progress(self, partitions: I64, offsets: I64) -> None:
         """Next offset to commit per partition: one past the newest offset of the batch."""
         for p in np.unique(partitions).tolist():
@@ -229,7 +257,13 @@ class ScorerLoop:
     def _dead_letter(self, msg: Message, reason: str, detail: str) -> None:
         s = self.settings
         limits = Limits(s.max_value_bytes, s.dead_letter_prefix_bytes)
-        send_dead_letter(self.sink, s.dlq_topic, msg, reason, detail, self.scorer.now_ms(), limits)
+        if self.transactions is None:
+            send_dead_letter(self.sink, s.dlq_topic, msg, reason, detail, self.scorer.now_ms(), limits)
+        else:  # in the record's transaction; a broker that refuses its size fails the transaction (README)
+            record = dead_letter(msg, reason, detail, self.scorer.now_ms(), limits)
+            self.transactions.send_one(
+                msg.partition() or 0, s.dlq_topic, record.value, record.key, record.headers
+            )
         self.metrics.dead_letters.labels(reason).inc()
 
     def _usable(self, msg: Message) -> bool:
@@ -267,12 +301,12 @@ class ScorerLoop:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("assign").inc()
+        self.commits.assign([tp.partition for tp in partitions])  # exactly_once: fences the old owners first
         for tp in partitions:
             dump = read_partition(self.reader_config, self.settings.state_topic, tp.partition)
             offset = self.scorer.customers.restore(tp.partition, dump)
             if offset is not None:
                 tp.offset = offset  # state and position must agree (see commits.py)
-        self.commits.assign([tp.partition for tp in partitions])
         consumer.assign(partitions)
         self.metrics.assigned.set(len(self.commits.assigned))
         logger.info("partitions_assigned", extra={"partitions": [tp.partition for tp in partitions]})
@@ -280,7 +314,7 @@ class ScorerLoop:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("revoke").inc()
         revoked = [tp.partition for tp in partitions]
-        if self.fatal is None and self.sink.failure is None:
+        if self.fatal is None and self.sink.failure is None and self.commits.failure is None:
             self.commits.flush(ACK_TIMEOUT_S)
         self._forget(revoked)
         logger.info("partitions_revoked", extra={"partitions": revoked})
@@ -288,11 +322,11 @@ class ScorerLoop:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("lost").inc()
         lost = [tp.partition for tp in partitions]
-        self._forget(lost)
+        self._forget(lost, lost=True)
         logger.warning("partitions_lost", extra={"partitions": lost})
 
-    def _forget(self, partitions: Sequence[int]) -> None:
-        self.commits.forget(partitions)
+    def _forget(self, partitions: Sequence[int], lost: bool = False) -> None:
+        self.commits.forget(partitions, lost)
         for p in partitions:
             self.scorer.customers.drop(p)
             if p in self.lag_partitions:

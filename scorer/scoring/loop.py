@@ -166,9 +166,7 @@ class ScorerLoop:
                 self.process(msgs)
             except SystemicFailure as exc:
                 self.fatal = str(exc)  # not the records' fault: stop without committing them
-            except (
-                Exception
-            ) as exc:  # the one broad except: a fault of ours outside the core, not of a record
+            except Exception as exc:  # the one broad except: ours, outside the core, not a record's
                 logger.exception("batch_failed", extra={"records": len(msgs)})
                 self.fatal = f"{type(exc).__name__}: {exc}"
         failure = self.sink.failure or self.commits.failure

@@ -5,11 +5,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+import orjson
 import pytest
 from confluent_kafka import KafkaError, KafkaException
+from prometheus_client import CollectorRegistry
 
+from scorer.aggregate.table import MemorySource, TerminalTable
 from scorer.config import Settings
+from scorer.features.rows import PartitionLog
 from scorer.kafka.transactions import PartitionTransactions
+from scorer.rollout.serving import Serving
+from scorer.runtime.metrics import Metrics
+from scorer.scoring.core import Scorer
+from scorer.scoring.customers import CustomerStore
+from tests.unit.test_commits import BATCH, PARTITIONS, inputs, model, reference
 
 SETTINGS = Settings(group="g", input_topic="tx", state_topic="state", processing_guarantee="exactly_once")
 
@@ -19,6 +29,8 @@ class Ledger:
 
     def __init__(self) -> None:
         self.visible: list[tuple[str, int | None, bytes | None]] = []  # topic, partition, value
+        self.keys: list[bytes | None] = []  # the key of each visible record
+        self.crash_at: tuple[str, int] | None = None  # (step, how many such calls pass first)
         self.offsets: dict[int, int] = {}
         self.calls: list[tuple[str, str]] = []
         self.fail: dict[tuple[str, str], KafkaError] = {}  # (transactional id, step) -> error
@@ -29,10 +41,17 @@ class FakeTxnProducer:
         self.id = str(config["transactional.id"])
         self.ledger = ledger
         self.open: list[tuple[str, int | None, bytes | None]] = []
+        self.open_keys: list[bytes | None] = []
         self.offsets: dict[int, int] = {}
 
     def _step(self, name: str) -> None:
         self.ledger.calls.append((self.id, name))
+        crash = self.ledger.crash_at
+        if crash is not None and crash[0] == name:
+            if crash[1] == 0:
+                self.ledger.crash_at = None
+                raise Crash(name)
+            self.ledger.crash_at = (name, crash[1] - 1)
         err = self.ledger.fail.get((self.id, name))
         if err is not None:
             raise KafkaException(err)
@@ -42,11 +61,12 @@ class FakeTxnProducer:
 
     def begin_transaction(self) -> None:
         self._step("begin")
-        self.open, self.offsets = [], {}
+        self.open, self.open_keys, self.offsets = [], [], {}
 
     def produce_batch(self, topic: str, messages: list[dict[str, Any]], partition: int | None = None) -> int:
         self._step("produce")
         self.open += [(topic, partition, m["value"]) for m in messages]
+        self.open_keys += [m["key"] for m in messages]
         return len(messages)
 
     def produce(
@@ -54,6 +74,7 @@ class FakeTxnProducer:
     ) -> None:
         self._step("produce")
         self.open.append((topic, None, value))
+        self.open_keys.append(key)
 
     def poll(self, timeout: float = 0) -> int:
         return 0
@@ -70,11 +91,16 @@ class FakeTxnProducer:
     def commit_transaction(self, timeout: float) -> None:
         self._step("commit")
         self.ledger.visible += self.open
+        self.ledger.keys += self.open_keys
         self.ledger.offsets.update(self.offsets)
 
     def abort_transaction(self, timeout: float) -> None:
         self._step("abort")
-        self.open, self.offsets = [], {}
+        self.open, self.open_keys, self.offsets = [], [], {}
+
+
+class Crash(Exception):
+    """The process dies here (kill -9)."""
 
 
 class Metadata:
@@ -161,3 +187,70 @@ def test_transactional_ids_are_stable_per_input_partition(prefix: str) -> None:
         Settings(group="g", input_topic="tx", transactional_id_prefix=prefix), Metadata(), lambda p, o: []
     )  # type: ignore[arg-type]
     assert txn.transactional_id(3) == f"{prefix or 'g'}-tx-3"
+
+
+class EosMember:
+    """A scorer process in exactly_once mode over the ledger: the real core, the real transactions."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        config = model().meta.feature_config
+        self.customers = CustomerStore(config)
+        self.scorer = Scorer(
+            SETTINGS, Serving(model()), self.customers, TerminalTable(config, MemorySource([0])),
+            Metrics(CollectorRegistry()),
+        )  # fmt: skip
+        self.ledger = ledger
+        self.txn = PartitionTransactions(
+            SETTINGS, Metadata(), self.customers.snapshot,  # type: ignore[arg-type]
+            producer_factory=lambda config: FakeTxnProducer(config, ledger),  # type: ignore[arg-type,return-value]
+        )  # fmt: skip
+        self.txn.assign(list(range(PARTITIONS)))  # fences the previous incarnation first, then restores
+        self.position = {}
+        for p in range(PARTITIONS):
+            log = PartitionLog()
+            for (topic, part, value), key in zip(ledger.visible, ledger.keys, strict=True):
+                if topic == "state" and part == p:
+                    log.add(key or b"", value)
+            restored = self.customers.restore(p, log.result())
+            self.position[p] = restored if restored is not None else ledger.offsets.get(p, 0)
+
+    def run(self, commit_every: int = 3) -> None:
+        turn = 0
+        while True:
+            busy = False
+            for p, start in sorted(self.position.items()):
+                values = inputs()[p][start : start + BATCH]
+                if values:
+                    busy = True
+                    scored = self.scorer.score(values, np.full(len(values), p, dtype=np.int64))
+                    self.txn.send(p, "decisions", scored.decisions)
+                    self.position[p] = start + len(values)
+                    self.txn.processed(p, self.position[p])
+            turn += 1
+            if not busy or turn % commit_every == 0:
+                self.txn.begin()
+                assert self.txn.failure is None
+            if not busy:
+                return
+
+
+@pytest.mark.parametrize("step", ["produce", "flush", "offsets", "commit", "begin"])
+def test_a_kill_9_at_each_step_of_a_transaction_shows_every_decision_exactly_once(step: str) -> None:
+    """Each crash leaves its open transaction invisible; the restart decides those records again, so
+    read_committed sees every transaction's decision once, and the state equals a clean run's."""
+    ledger = Ledger()
+    ledger.crash_at = (step, 7)  # somewhere in the third or fourth transaction
+    with pytest.raises(Crash):
+        EosMember(ledger).run()
+    EosMember(ledger).run()
+    decided: dict[str, list[float]] = {}
+    for topic, _, value in ledger.visible:
+        if topic == "decisions":
+            doc = orjson.loads(value or b"")
+            decided.setdefault(doc["transaction_id"], []).append(doc["score"])
+    ref = reference()
+    assert set(decided) == set(ref)
+    assert all(
+        len(scores) == 1 and scores[0] == pytest.approx(ref[t], abs=1e-6) for t, scores in decided.items()
+    )
+    assert ledger.offsets == {p: len(inputs()[p]) for p in range(PARTITIONS)}

@@ -158,8 +158,10 @@ def test_a_newer_producer_for_the_same_partitions_fences_a_paused_one_which_stop
         assert wait_for(lambda: gauge(newer, "scorer_assigned_partitions") == PARTITIONS, timeout_s=60)
     finally:
         os.kill(old.popen.pid, signal.SIGCONT)
+    # new records give the old one something to commit (it may have committed the first ones before)
+    produce(settings, settings.input_topic, [good(i, customers=19) for i in range(100, 200)])
     assert old.popen.wait(60) == 1
     text = (tmp_path / "old.log").read_text()
     assert '"fenced"' in text and "another scorer owns the partition now" in text
-    assert committed(settings) == {p: -1001 for p in range(PARTITIONS)}  # the fenced one committed nothing
+    assert sum(max(0, o) for o in committed(settings).values()) <= 100  # nothing after the fence
     assert newer.terminate() == 0

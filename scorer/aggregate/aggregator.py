@@ -30,6 +30,7 @@ from scorer.events.decode import decode_labels, decode_transactions
 from scorer.events.timestamps import MS_PER_DAY, NEVER
 from scorer.features.engine import FeatureConfig
 from scorer.features.rows import PartitionDump
+from scorer.kafka import clients
 from scorer.kafka.deadletters import Limits, send_dead_letter
 from scorer.kafka.sink import Sink
 from scorer.kafka.tables import read_partition
@@ -64,8 +65,10 @@ class Aggregator:
         self.metrics = AggregatorMetrics(self.registry)
         group = settings.aggregator_group
         self.sink = sink or Sink(settings.producer_config())
-        self.rekey = rekey or Consumer(settings.consumer_config(group=f"{group}-rekey", background=True))
-        self.consumer = consumer or Consumer(settings.consumer_config(group=group, background=True))
+        self.rekey = rekey or clients.consumer(
+            settings.consumer_config(group=f"{group}-rekey", background=True)
+        )
+        self.consumer = consumer or clients.consumer(settings.consumer_config(group=group, background=True))
         self.reader_config = settings.consumer_config(group=f"{group}-reader", background=True)
         self.read = read
         self.parts: dict[int, PartitionAgg] = {}

@@ -141,6 +141,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_rate(args: argparse.Namespace) -> None:
+    """--rate (and --duration, where there is one) as numbers a stream can use: one line, exit 2."""
+    if not 0 < args.rate < float("inf"):
+        raise ConfigError(f"--rate must be positive, got {args.rate}")
+    if not 0 <= getattr(args, "duration", 0.0) < float("inf"):
+        raise ConfigError(f"--duration must be 0 (until Ctrl-C) or more seconds, got {args.duration}")
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
     import threading
 
@@ -149,8 +157,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from scorer.runtime.process import install_signal_handlers
     from scorer.training.simulate import simulate
 
-    if not args.rate > 0:
-        raise ConfigError(f"--rate must be positive, got {args.rate}")
+    _check_rate(args)
     settings = settings_from(args)
     logs.configure(settings.log_level)
     data = simulate(simulation_params(args))
@@ -171,6 +178,8 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     params = simulation_params(args)
+    if not args.offline:
+        _check_rate(args)
     if args.offline:
         from scorer.demo.offline import run_offline_demo
 

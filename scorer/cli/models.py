@@ -16,6 +16,7 @@ from scorer.cli.args import add_kafka_args, settings_from
 from scorer.config import Settings
 from scorer.errors import ScorerError
 from scorer.kafka.control import publish, read_deployment
+from scorer.kafka.topics import reach
 from scorer.model.onnx import read_meta, resolve_artefact
 from scorer.model.registry import DEFAULT_METRIC_TOLERANCE, Registry, passed, validate
 from scorer.rollout.deployment import Deployment
@@ -129,6 +130,7 @@ def _current(args: argparse.Namespace) -> tuple[Settings, Deployment]:
     """(settings, deployment in force); without a published one, the configured model is champion."""
 
     settings = settings_from(args)
+    reach(settings)  # one clear line when the brokers cannot be reached
     deployment = read_deployment(settings)
     if deployment is None:
         deployment = Deployment(read_meta(resolve_artefact(Path(settings.model))).label)

@@ -1,9 +1,11 @@
 """`scorer demo`: the whole system live on the embedded tansu broker (or `--brokers`), zero configuration.
 
-It starts the broker, creates the topics, runs `scorer aggregate` and `scorer run` as child processes,
-streams simulated transactions (in event-time order, with each fraud label released when the stream
-reaches its report time) at `--rate` events/s, and reads the decisions back to show events/s, p50/p99
-end-to-end latency, lag, flag rate and the precision of the flags (the simulator knows the truth).
+It starts the broker, creates the topics, warms the state on the history's first days (warm.py: as if
+the system had run through them), runs `scorer aggregate` and `scorer run` as child processes, streams
+the last LIVE_DAYS days of simulated transactions (in event-time order, with each fraud label released
+when the stream reaches its report time) at `--rate` events/s, and reads the decisions back to show
+events/s, p50/p99 end-to-end latency, lag, flag rate and the precision of the flags (the simulator knows
+the truth). With the default simulation, the live days are the week the default model was tested on.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +28,17 @@ from confluent_kafka import Consumer
 from scorer.config import DEFAULT_MODEL, Settings
 from scorer.demo.broker import EmbeddedBroker, free_port
 from scorer.demo.stream import Streamer
+from scorer.demo.warm import live_start, warm_state
+from scorer.events.timestamps import MS_PER_DAY
+from scorer.kafka import clients
 from scorer.kafka.topics import create_topics
-from scorer.runtime.console import table
+from scorer.model.onnx import read_meta, resolve_artefact
+from scorer.runtime.console import ProgressBar, table
 from scorer.training.simulate import SimulatedData, SimulationParams, simulate
 
 PARTITIONS = 4
+LIVE_DAYS = 7  # streamed live; the days before are replayed in process to warm the state
+RATE_WINDOW_S = 5.0
 
 
 @dataclass(slots=True)
@@ -41,17 +50,29 @@ class Tally:
     flagged_fraud: int = 0
     frauds_decided: int = 0
     latencies_ms: list[float] = field(default_factory=list)
-    window: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time, decided) for events/s
+    window: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time, decided), newest 5 s
 
-    def rate(self) -> float:
-        if len(self.window) < 2:
-            return 0.0
+    def count(self, now: float) -> None:
+        self.window.append((now, self.decided))
+        while len(self.window) > 2 and now - self.window[0][0] > RATE_WINDOW_S:
+            self.window.pop(0)
+
+    def rate(self) -> float | None:
+        """Decisions per second over the newest RATE_WINDOW_S (None until a second has passed)."""
         (t0, n0), (t1, n1) = self.window[0], self.window[-1]
-        return (n1 - n0) / max(1e-9, t1 - t0)
+        return (n1 - n0) / (t1 - t0) if t1 - t0 >= 1.0 else None
 
-    def percentile(self, q: float) -> float:
+    def percentile(self, q: float) -> float | None:
         recent = self.latencies_ms[-20_000:]
-        return float(np.percentile(recent, q)) if recent else float("nan")
+        return float(np.percentile(recent, q)) if recent else None
+
+    @property
+    def precision(self) -> float | None:
+        return self.flagged_fraud / self.flagged if self.flagged else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.flagged_fraud / self.frauds_decided if self.frauds_decided else None
 
 
 def child(
@@ -93,6 +114,7 @@ def run_live_demo(args: LiveDemo) -> int:
         flush=True,
     )
     data = simulate(params)
+    start = live_start(data, LIVE_DAYS)
     index = {tx: i for i, tx in enumerate(data.transaction_id)}
     logs = Path(tempfile.mkdtemp(prefix="scorer-demo-"))
     with ExitStack() as stack:
@@ -103,27 +125,42 @@ def run_live_demo(args: LiveDemo) -> int:
             print(f"embedded tansu broker on {brokers} (pid {broker.pid})")
         settings = Settings(brokers=brokers, kafka={"session.timeout.ms": "6000"} if not args.brokers else {})
         create_topics(settings, PARTITIONS)
+        warm_days = int(data.event_ts_ms[start] - data.event_ts_ms[0]) // MS_PER_DAY + 1
+        print(
+            f"warming the state on the first {warm_days} days ({start:,} transactions), as if the system had run through them"
+        )
+        config = read_meta(resolve_artefact(Path(model))).feature_config
+        warm_state(settings, data, start, config, PARTITIONS, ProgressBar("warming state", sys.stdout))
         metrics_port = (
             args.metrics_port if args.metrics_port and _port_free(args.metrics_port) else free_port()
         )
-        agg = child("aggregate", settings, model, free_port(), logs / "aggregate.log")
+        agg_port = free_port()
+        agg = child("aggregate", settings, model, agg_port, logs / "aggregate.log")
         scorer = child("run", settings, model, metrics_port, logs / "scorer.log")
         stack.callback(_stop_children, [scorer, agg])
         print(f"scorer metrics: http://127.0.0.1:{metrics_port}/metrics  (/healthz, /readyz); logs in {logs}")
-        return _loop(args, settings, data, index, metrics_port, [scorer, agg], logs)
+        print(
+            "starting the aggregator and the scorer (they join their groups and restore the warm state) ..."
+        )
+        if not _wait_ready([metrics_port, agg_port], [scorer, agg]):
+            print(f"scorer demo: the scorer did not get ready: {_last_lines(logs)}", file=sys.stderr)
+            return 1
+        print(f"streaming the last {LIVE_DAYS} days live at {args.rate:,.0f} transactions/s; Ctrl-C to stop")
+        return _loop(args, settings, data, start, index, metrics_port, [scorer, agg], logs)
 
 
 def _loop(
     args: LiveDemo,
     settings: Settings,
     data: SimulatedData,
+    start: int,
     index: dict[str, int],
     port: int,
     children: list[subprocess.Popen[bytes]],
     logs: Path,
 ) -> int:
-    streamer = Streamer(settings, data, args.rate)
-    reader = Consumer(
+    streamer = Streamer(settings, data, args.rate, start)
+    reader = clients.consumer(
         {
             "bootstrap.servers": settings.brokers,
             "group.id": "scorer-demo-monitor",
@@ -154,6 +191,26 @@ def _loop(
         reader.close()
     _summary(tally, streamer, port)
     return 0
+
+
+def _wait_ready(ports: list[int], children: list[subprocess.Popen[bytes]], timeout_s: float = 90.0) -> bool:
+    """Until every child answers 200 on /readyz (False if one stops or the time is up)."""
+    deadline = time.monotonic() + timeout_s
+    waiting = list(ports)
+    while waiting and time.monotonic() < deadline:
+        if any(c.poll() is not None for c in children):
+            return False
+        waiting = [p for p in waiting if not _ready(p)]
+        time.sleep(0.2)
+    return not waiting
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:  # noqa: S310 - ours
+            return int(r.status) == 200
+    except OSError:
+        return False
 
 
 def _port_free(port: int) -> bool:
@@ -197,34 +254,37 @@ def _read(reader: Consumer, tally: Tally, index: dict[str, int], streamer: Strea
         decided_ms = msg.timestamp()[1]
         if decided_ms > 0 and streamer.produced_ms[i] > 0:
             tally.latencies_ms.append(max(0.0, decided_ms - streamer.produced_ms[i]))
-    tally.window.append((time.monotonic(), tally.decided))
-    tally.window = tally.window[-10:]
+    tally.count(time.monotonic())
 
 
 def _status(tally: Tally, streamer: Streamer) -> None:
-    lag = streamer.next_tx - tally.decided
-    precision = tally.flagged_fraud / tally.flagged if tally.flagged else float("nan")
-    flag_rate = tally.flagged / tally.decided if tally.decided else 0.0
-    print(
-        f"\rsent {streamer.next_tx:>9,}  decided {tally.decided:>9,}  {tally.rate():>7,.0f} ev/s  "
-        f"p50 {tally.percentile(50):6.1f} ms  p99 {tally.percentile(99):6.1f} ms  "
-        f"lag {lag:>7,}  flag rate {flag_rate:6.2%}  flag precision {precision:6.1%}",
-        end="",
-        flush=True,
-    )
+    sent = streamer.next_tx - streamer.start
+    if not tally.decided:
+        line = f"sent {sent:>9,}  waiting for the first decisions (the scorer joins its group and restores its state)"
+    else:
+        flag_rate = tally.flagged / tally.decided
+        line = (
+            f"sent {sent:>9,}  decided {tally.decided:>9,}  {_num(tally.rate(), '{:,.0f}')} ev/s  "
+            f"p50 {_num(tally.percentile(50), '{:,.0f}')} ms  p99 {_num(tally.percentile(99), '{:,.0f}')} ms  "
+            f"lag {sent - tally.decided:>7,}  flag rate {flag_rate:.2%}  flag precision {_num(tally.precision, '{:.0%}')}"
+        )
+    print(f"\r{line:<140}", end="", flush=True)
+
+
+def _num(value: float | None, fmt: str) -> str:
+    """A figure, or "-" while there is none yet (never nan)."""
+    return "-" if value is None else fmt.format(value)
 
 
 def _summary(tally: Tally, streamer: Streamer, port: int) -> None:
-    precision = tally.flagged_fraud / tally.flagged if tally.flagged else float("nan")
-    recall = tally.flagged_fraud / tally.frauds_decided if tally.frauds_decided else float("nan")
     rows = [
-        ("transactions sent", streamer.next_tx),
-        ("decisions received", tally.decided),
-        ("flagged", tally.flagged),
-        ("precision of flags", precision),
-        ("recall of flags", recall),
-        ("latency p50 (ms)", tally.percentile(50)),
-        ("latency p99 (ms)", tally.percentile(99)),
+        ("transactions sent", f"{streamer.next_tx - streamer.start:,}"),
+        ("decisions received", f"{tally.decided:,}"),
+        ("flagged", f"{tally.flagged:,}"),
+        ("precision of flags", _num(tally.precision, "{:.1%}")),
+        ("recall of flags", _num(tally.recall, "{:.1%}")),
+        ("latency p50", _num(tally.percentile(50), "{:,.1f} ms")),
+        ("latency p99", _num(tally.percentile(99), "{:,.1f} ms")),
     ]
     print("\n" + table(["summary", "value"], rows))
     print(f"metrics were at http://127.0.0.1:{port}/metrics (the scorer has stopped with the demo)")

@@ -13,9 +13,11 @@ import threading
 import time
 
 import numpy as np
-from confluent_kafka import Producer
 
 from scorer.config import Settings
+from scorer.errors import ScorerError
+from scorer.kafka.sink import Sink
+from scorer.kafka.topics import reach
 from scorer.training.simulate import SimulatedData, label_values, transaction_values
 
 logger = logging.getLogger(__name__)
@@ -25,30 +27,35 @@ REPORT_EVERY_S = 10.0
 class Streamer:
     """Produces the simulated history at a fixed rate; labels go out once the stream passes their report time."""
 
-    def __init__(self, settings: Settings, data: SimulatedData, rate: float) -> None:
+    def __init__(self, settings: Settings, data: SimulatedData, rate: float, start: int = 0) -> None:
+        """From transaction `start` on (the labels reported before it are taken as sent already)."""
         self.settings = settings
         self.data = data
         self.rate = rate
-        self.producer = Producer({**settings.admin_config(), "linger.ms": 5})
-        self.next_tx = 0
-        self.next_label = 0
+        self.start = start
+        # the Sink waits while the producer queue is full and records a delivery refused after retries
+        self.sink = Sink({**settings.admin_config(), "linger.ms": 5})
+        self.next_tx = start
+        first_ms = int(data.event_ts_ms[start]) if start < len(data.transaction_id) else 0
+        self.next_label = int(np.searchsorted(data.label_reported_ts_ms, first_ms)) if start else 0
         self.started = time.monotonic()
         self.produced_ms = np.zeros(len(data.transaction_id), dtype=np.float64)  # wall time each tx was sent
 
     def pump(self) -> int:
         """Send what is due by now; returns how many transactions went out."""
-        due = min(len(self.data.transaction_id), int((time.monotonic() - self.started) * self.rate))
+        due = min(
+            len(self.data.transaction_id), self.start + int((time.monotonic() - self.started) * self.rate)
+        )
         if due <= self.next_tx:
-            self.producer.poll(0)
+            self.sink.poll(0)
             return 0
         idx = np.arange(self.next_tx, due)
         values = transaction_values(self.data, idx)
         keys = [self.data.customer_id[i].encode() for i in idx.tolist()]
         self.produced_ms[idx] = time.time() * 1000
         messages = [{"key": k, "value": v} for k, v in zip(keys, values, strict=True)]
-        self.producer.produce_batch(self.settings.input_topic, messages)
+        self.sink.send(self.settings.input_topic, messages)
         self._labels_until(int(self.data.event_ts_ms[due - 1]))
-        self.producer.poll(0)
         self.next_tx = due
         return len(idx)
 
@@ -59,8 +66,9 @@ class Streamer:
             return
         positions = np.arange(self.next_label, end)
         terminals = [self.data.terminal_id[i] for i in self.data.label_index[positions].tolist()]
-        for terminal, value in zip(terminals, label_values(self.data, positions), strict=True):
-            self.producer.produce(self.settings.labels_topic, value=value, key=terminal.encode())
+        values = label_values(self.data, positions)
+        labels = [{"key": t.encode(), "value": v} for t, v in zip(terminals, values, strict=True)]
+        self.sink.send(self.settings.labels_topic, labels)
         self.next_label = end
 
     def remaining_labels(self) -> None:
@@ -71,17 +79,26 @@ class Streamer:
     def done(self) -> bool:
         return self.next_tx >= len(self.data.transaction_id)
 
-    def close(self) -> None:
-        self.producer.flush(10)
+    @property
+    def failure(self) -> str | None:
+        """Why a record could not be delivered (the broker refused it after retries), if one could not."""
+        return self.sink.failure
+
+    def close(self, timeout_s: float = 30.0) -> bool:
+        """Deliver what is queued; False when something was refused or is still waiting."""
+        delivered = self.sink.wait(self.sink.seal(), timeout_s)
+        self.sink.close(0)
+        return delivered
 
 
 def run_stream(settings: Settings, data: SimulatedData, rate: float, stop: threading.Event) -> int:
     """Stream until the history is out or `stop` is set; a progress line in the log every 10 s."""
+    reach(settings)  # one clear line when the brokers cannot be reached
     streamer = Streamer(settings, data, rate)
     last = time.monotonic()
     logger.info("stream_started", extra={"transactions": len(data.transaction_id), "rate": rate})
     try:
-        while not streamer.done and not stop.is_set():
+        while not streamer.done and not stop.is_set() and streamer.failure is None:
             if streamer.pump() == 0:
                 time.sleep(0.005)
             if time.monotonic() - last >= REPORT_EVERY_S:
@@ -89,9 +106,12 @@ def run_stream(settings: Settings, data: SimulatedData, rate: float, stop: threa
                 logger.info(
                     "stream_progress", extra={"sent": streamer.next_tx, "labels": streamer.next_label}
                 )
-        if streamer.done:
+        if streamer.done and streamer.failure is None:
             streamer.remaining_labels()
     finally:
-        streamer.close()
+        delivered = streamer.close()
+    if not delivered:
+        why = streamer.failure or "the broker did not acknowledge every record within 30 s"
+        raise ScorerError(f"stream stopped: {why} ({streamer.next_tx:,} transactions queued)")
     logger.info("stream_finished", extra={"sent": streamer.next_tx, "labels": streamer.next_label})
     return 0

@@ -13,42 +13,52 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from scorer.errors import ScorerError
+from scorer.kafka import clients
 
 
 class Admin:
     """An AdminClient whose first metadata request fails with the broker's own reason, not a bare timeout.
 
-    librdkafka reports authentication and TLS failures (wrong password, untrusted CA, wrong mechanism) to
-    an error callback and then only times out; the callback's messages are kept, librdkafka's own log
-    lines are kept quiet, and `metadata` puts the reasons in one ScorerError line.
+    librdkafka reports an unreachable broker and authentication and TLS failures (wrong password,
+    untrusted CA, wrong mechanism) to an error callback and then only times out; the callback's messages
+    are kept, librdkafka's own log lines go to our logs (kafka/clients.py), and `metadata` puts the
+    reasons in one ScorerError line, as soon as every broker is known to be down.
     """
 
     def __init__(self, bootstrap: str, kafka: Mapping[str, str] | None = None) -> None:
         self.bootstrap = bootstrap
         self.errors: list[str] = []
-        config: dict[str, Any] = {"bootstrap.servers": bootstrap, "log_level": 2, **(kafka or {})}
+        self.all_down = False
+        config: dict[str, Any] = {"bootstrap.servers": bootstrap, **(kafka or {})}
         config["error_cb"] = self._error
-        self.client = AdminClient(config)
+        self.client = clients.admin(config)
 
     def _error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.all_down = True  # every bootstrap broker refused or failed: no use waiting longer
+            return
         text = re.sub(r" \(after \d+ms in state \w+\)", "", error.str())  # the same failure, retried
         if text not in self.errors:
             self.errors.append(text)
 
     def metadata(self, timeout_s: float) -> Any:
-        try:
-            return self.client.list_topics(timeout=timeout_s)
-        except KafkaException as exc:
-            self.client.poll(1.0)  # serves the error callbacks queued while the request waited
-            reasons = "; ".join(self.errors[-3:]) or str(exc.args[0] if exc.args else exc)
-            raise ScorerError(
-                f"cannot reach Kafka at {self.bootstrap}: {reasons}", reason="broker_down"
-            ) from exc
+        """The cluster's metadata, or ScorerError naming why not (at once when every broker is down)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.client.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+            except KafkaException as exc:
+                self.client.poll(0.2)  # serves the error callbacks queued while the request waited
+                if (self.all_down and self.errors) or time.monotonic() >= deadline:
+                    reasons = "; ".join(self.errors[-3:]) or str(exc.args[0] if exc.args else exc)
+                    raise ScorerError(
+                        f"cannot reach Kafka at {self.bootstrap}: {reasons}", reason="broker_down"
+                    ) from exc
 
 
 def wait_ready(bootstrap: str, timeout_s: float, kafka: Mapping[str, str] | None = None) -> None:
     """Until a metadata request answers (or ScorerError)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, **(kafka or {})})
+    admin = clients.admin({"bootstrap.servers": bootstrap, **(kafka or {})})
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:

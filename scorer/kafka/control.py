@@ -10,10 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from scorer.config import Settings
 from scorer.errors import ScorerError
+from scorer.kafka import clients
 from scorer.model.onnx import OnnxModel
 from scorer.model.registry import Registry
 from scorer.rollout.deployment import DEPLOYMENT_KEY, Deployment
@@ -25,7 +26,7 @@ CONTROL_POLL_S = 0.5
 
 def publish(settings: Settings, deployment: Deployment, timeout_s: float = 10.0) -> None:
     """Write the deployment and wait for the broker to acknowledge it."""
-    producer = Producer(settings.producer_config())
+    producer = clients.producer(settings.producer_config())
     failures: list[str] = []
 
     def delivered(err: Any, _msg: Any) -> None:
@@ -40,7 +41,7 @@ def publish(settings: Settings, deployment: Deployment, timeout_s: float = 10.0)
 def read_deployment(settings: Settings, timeout_s: float = 10.0) -> Deployment | None:
     """The newest deployment on the control topic, or None when nothing was ever published."""
     config = {**settings.consumer_config(group=f"{settings.group}-control"), "enable.partition.eof": True}
-    consumer = Consumer(config)
+    consumer = clients.consumer(config)
     try:
         meta = consumer.list_topics(settings.control_topic, timeout=timeout_s).topics[settings.control_topic]
         if meta.error is not None:
@@ -66,7 +67,7 @@ def read_deployment(settings: Settings, timeout_s: float = 10.0) -> Deployment |
 def follow_deployments(settings: Settings, stop: threading.Event, apply: Callable[[bytes], None]) -> None:
     """Call `apply` with each new deployment record (the newest of every poll) until `stop` is set."""
     s = settings
-    consumer = Consumer(s.consumer_config(group=f"{s.group}-control", background=True))
+    consumer = clients.consumer(s.consumer_config(group=f"{s.group}-control", background=True))
     seen: bytes | None = None
     try:
         meta = consumer.list_topics(s.control_topic, timeout=10).topics[s.control_topic]

@@ -17,6 +17,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from scorer.kafka import clients
 from scorer.runtime.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class Sink:
     def __init__(
         self, config: Mapping[str, Any], metrics: Metrics | None = None, producer: Producer | None = None
     ) -> None:
-        self.producer = producer if producer is not None else Producer(dict(config))  # tests pass a fake
+        self.producer = producer if producer is not None else clients.producer(config)  # tests pass a fake
         self.metrics = metrics
         self.epoch = 0
         self._in_flight: dict[int, int] = {}

@@ -7,10 +7,11 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from scorer.errors import ScorerError
 from scorer.features.rows import PartitionDump, PartitionLog
+from scorer.kafka import clients
 
 
 def read_partition(
@@ -23,7 +24,7 @@ def read_partition(
     of the last record batch plus one as the high watermark, short of the real end (Kafka does not).
     Only the partition's owner writes to it while this runs, so the end is final.
     """
-    consumer = Consumer({**consumer_config, "enable.auto.commit": False})
+    consumer = clients.consumer({**consumer_config, "enable.auto.commit": False})
     try:
         _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
         dump = PartitionLog()
@@ -60,7 +61,7 @@ class TopicReader:
             "group.id": f"scorer-table-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
         }
-        self.consumer = Consumer(conf)
+        self.consumer = clients.consumer(conf)
         self.topic = topic
         self.partitions: list[int] = []
 

@@ -8,6 +8,7 @@ the other. `scorer topics` creates them; `scorer run` checks them at start.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from scorer.config import Settings
 from scorer.errors import ScorerError
@@ -36,9 +37,15 @@ def create_topics(settings: Settings, partitions: int) -> None:
     ensure_topics(settings.brokers, topic_specs(settings, partitions), kafka=security)
 
 
-def partition_counts(settings: Settings, topics: list[str], timeout_s: float = 10.0) -> Mapping[str, int]:
+def reach(settings: Settings, timeout_s: float = 10.0) -> Any:
+    """The cluster's metadata, or ScorerError: one line saying why the brokers cannot be reached.
+    Every command that needs Kafka calls this first."""
     kafka = {k: str(v) for k, v in settings.admin_config().items() if k != "bootstrap.servers"}
-    meta = Admin(settings.brokers, kafka).metadata(timeout_s)
+    return Admin(settings.brokers, kafka).metadata(timeout_s)
+
+
+def partition_counts(settings: Settings, topics: list[str], timeout_s: float = 10.0) -> Mapping[str, int]:
+    meta = reach(settings, timeout_s)
     return {
         t: len(meta.topics[t].partitions) for t in topics if t in meta.topics and meta.topics[t].error is None
     }

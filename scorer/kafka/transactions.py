@@ -24,6 +24,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from scorer.config import Settings
+from scorer.kafka import clients
 
 logger = logging.getLogger(__name__)
 Record = dict[str, Any]
@@ -42,7 +43,7 @@ class PartitionTransactions:
         consumer: Consumer,
         snapshot: SnapshotFn,
         on_commit: Callable[[], object] = lambda: None,
-        producer_factory: Callable[[Mapping[str, Any]], Producer] = lambda config: Producer(dict(config)),
+        producer_factory: Callable[[Mapping[str, Any]], Producer] = clients.producer,
     ) -> None:
         self.settings = settings
         self.consumer = consumer

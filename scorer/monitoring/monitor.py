@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -29,6 +29,8 @@ from scorer.config import Settings
 from scorer.errors import ModelError, ScorerError
 from scorer.events.decode import decode_labels
 from scorer.events.timestamps import MS_PER_DAY, rfc3339_ms, stamps_ms
+from scorer.kafka import clients
+from scorer.kafka.topics import reach
 from scorer.model.onnx import ModelMeta, read_meta, resolve_artefact
 from scorer.model.registry import Registry
 from scorer.monitoring.livequality import METRICS, LiveQuality, decision_rows
@@ -104,7 +106,7 @@ class Monitor:
         for topic in self.topics:
             self.records.labels(topic)
             self.bad.labels(topic)
-        self.consumer = Consumer(s.consumer_config(group=s.monitor_group, background=True))
+        self.consumer = clients.consumer(s.consumer_config(group=s.monitor_group, background=True))
         self.started = False
 
     def run(self, stop: threading.Event) -> int:
@@ -135,10 +137,7 @@ class Monitor:
 
     def assign(self) -> None:
         """Every partition of the three topics, from the beginning (the store lives in memory only)."""
-        try:
-            meta = self.consumer.list_topics(timeout=10.0)
-        except KafkaException as exc:
-            raise ScorerError(f"cannot reach {self.settings.brokers}: {exc}") from exc
+        meta = reach(self.settings)
         missing = [t for t in self.topics if t not in meta.topics]
         if missing:
             raise ScorerError(f"missing topics {missing}: create them with `scorer topics`")

@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from scorer.config import Settings
 from scorer.errors import ScorerError
 from scorer.events.timestamps import MS_PER_DAY, parse_rfc3339_ms
 from scorer.features.engine import FEATURE_NAMES
+from scorer.kafka import clients
 from scorer.monitoring.drift import Bins, comparable
 from scorer.monitoring.livequality import METRICS, LiveQuality
 from scorer.monitoring.monitor import Models, Monitor, drain, label_delay
@@ -65,7 +66,9 @@ class DriftCounts:
 
 def read_drift(settings: Settings, first: int, last: int) -> DriftCounts:
     """Every drift record of the monitoring topic whose hour falls in the day range."""
-    consumer = Consumer(settings.consumer_config(group=f"{settings.monitor_group}-report", background=True))
+    consumer = clients.consumer(
+        settings.consumer_config(group=f"{settings.monitor_group}-report", background=True)
+    )
     out = DriftCounts()
     try:
         meta = consumer.list_topics(settings.monitoring_topic, timeout=10.0).topics[settings.monitoring_topic]

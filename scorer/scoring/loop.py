@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from scorer.aggregate.table import TerminalTable
 from scorer.config import Settings
 from scorer.events.timestamps import NEVER
+from scorer.kafka import clients
 from scorer.kafka.control import ControlWatcher
 from scorer.kafka.deadletters import Limits, dead_letter, send_dead_letter
 from scorer.kafka.sink import Sink
@@ -110,7 +111,7 @@ class ScorerLoop:
         s = self.settings
         check_topics(s, [(s.input_topic, s.state_topic), (s.terminal_events_topic, s.terminal_topic)])
         self.sink = Sink(s.producer_config(), self.metrics)  # exactly_once: the monitoring topic only
-        self.consumer = Consumer(s.consumer_config())
+        self.consumer = clients.consumer(s.consumer_config())
         snapshot = self.scorer.customers.snapshot
         self.transactions: PartitionTransactions | None = None
         self.commits: Commits

@@ -20,3 +20,6 @@ def test_live_demo_runs_and_summarises(tiny_model: Path) -> None:
     decided = int(summary.split("decisions received")[1].split("|")[1].replace(",", ""))
     assert sent > 1000 and decided > 0.5 * sent
     assert "metrics were at http://127.0.0.1:" in proc.stdout
+    assert "warming the state on the first 73 days" in proc.stdout and "nan" not in proc.stdout
+    precision = float(summary.split("precision of flags")[1].split("|")[1].strip().rstrip("%")) / 100
+    assert 0.2 < precision <= 1.0  # the warm state: the model works from the first decision on

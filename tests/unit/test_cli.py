@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,8 @@ import orjson
 import pytest
 
 from scorer.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -114,3 +118,53 @@ def test_drift_options_without_a_drift_day_are_refused(tmp_path: Path) -> None:
     )
     proc = run_cli("simulate", "--out", str(tmp_path), "--drift-from-day", "3", "--card-testing", "-1")
     assert proc.returncode == 2 and "must not be negative" in proc.stderr and "Traceback" not in proc.stderr
+
+
+KAFKA_COMMANDS = [
+    ["run"], ["aggregate"], ["monitor"], ["report", "--from", "2026-01-01", "--to", "2026-01-02"],
+    ["stream", "--days", "1", "--customers", "20", "--terminals", "20"], ["topics"],
+    ["models", "plan"], ["models", "finish"], ["models", "rollback"],
+    ["models", "promote", "default/1", "--strategy", "direct"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", KAFKA_COMMANDS, ids=[" ".join(c[:2]) for c in KAFKA_COMMANDS])
+def test_an_unreachable_broker_is_one_line_and_exit_1(command: list[str]) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    if command[0] == "models":
+        args = [
+            "models",
+            "--registry",
+            str(ROOT / "models"),
+            *command[1:2],
+            "--brokers",
+            f"127.0.0.1:{port}",
+            *command[2:],
+        ]
+    else:
+        args = [command[0], "--brokers", f"127.0.0.1:{port}", *command[1:]]
+    proc = subprocess.run(
+        [sys.executable, "-m", "scorer", *args], capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SCORER_")} | {"SCORER_METRICS_PORT": "0"},
+    )  # fmt: skip
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(
+        f"scorer: error: cannot reach Kafka at 127.0.0.1:{port}"
+    ), lines
+    assert "KafkaError{" not in proc.stderr and "%3|" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--rate", "0"], "--rate must be positive, got 0.0"),
+        (["--rate", "nan"], "--rate must be positive, got nan"),
+        (["--duration", "-5"], "--duration must be 0 (until Ctrl-C) or more seconds, got -5.0"),
+    ],
+)
+def test_the_live_demo_refuses_a_rate_or_duration_it_cannot_use(flags: list[str], message: str) -> None:
+    proc = run_cli("demo", *flags)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"scorer: error: {message}"

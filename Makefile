@@ -9,6 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: demo test lint typecheck tools unit bench fuzz clean
 
 $(STAMP): pyproject.toml
+	@echo "== setting up $(VENV): a virtual environment with scorer and what its demo, tests and tools need (pip, a few minutes the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -18,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/scorer demo
 
 lint: $(STAMP)
+	@echo "== ruff (lint and format), mypy --strict"
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -29,16 +31,24 @@ typecheck: $(STAMP)
 # kubectl (`kubectl kustomize` renders deploy/k8s; on the machine image, not installed here).
 tools: .tools/node_modules/.bin/dockerfilelint
 	@command -v kubectl >/dev/null || { echo "the tests need kubectl (kubectl kustomize renders deploy/k8s)"; exit 1; }
-	@command -v promtool >/dev/null && command -v docker-compose >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+	@command -v promtool >/dev/null && command -v docker-compose >/dev/null || { \
+	  echo "== installing promtool and docker-compose (Debian packages prometheus, docker-compose) with apt-get$(if $(SUDO), through sudo,): the tests check deploy/'s alert rules, dashboard and compose file with them"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus docker-compose >/dev/null; } \
 	  || { echo "the tests need promtool and docker-compose: install the Debian packages prometheus and docker-compose"; exit 1; }
 
 .tools/node_modules/.bin/dockerfilelint:
+	@echo "== installing dockerfilelint (npm, into .tools/ of this checkout only): the tests lint deploy/Dockerfile with it"
 	npm install --silent --no-audit --no-fund --prefix .tools dockerfilelint@1.8.0
 
-# pytest exits 5 when it collects no test: that is a failure of the suite, not a pass.
+# Two phases, so progress shows: the fast tests (a dot each), then the integration tests on the embedded broker
+# (a line each, by name: each takes seconds). pytest exits 5 when it collects no test: a failure, not a pass.
 test: lint typecheck tools
-	$(BIN)/pytest -q -p no:cacheprovider; rc=$$?; \
+	@echo "== unit and property tests (no broker; about a minute)"
+	@$(BIN)/pytest -q -p no:cacheprovider -m "not integration"; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; [ $$rc -eq 0 ] || exit $$rc
+	@echo "== integration tests (the embedded tansu broker, scorer processes; about 10 minutes, a line per test)"
+	@$(BIN)/pytest -p no:cacheprovider -m integration -v --no-header -o console_output_style=count; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 # The side-by-side benchmark (about 15 minutes at the defaults); results go to benchmarks/results/.

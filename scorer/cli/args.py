@@ -76,24 +76,67 @@ def simulation_params(args: argparse.Namespace) -> SimulationParams:
     )  # fmt: skip
 
 
-def add_kafka_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that talks to Kafka; each beats SCORER_* env vars and --config."""
-    p.add_argument("--config", help="TOML settings file (also SCORER_CONFIG)")
-    p.add_argument("--brokers", help="bootstrap servers, HOST:PORT[,HOST:PORT]")
-    p.add_argument("--group", help="consumer group of the scorers")
-    p.add_argument("--input-topic", help="transactions topic")
-    p.add_argument("--decisions-topic", help="decisions topic")
-    p.add_argument("--model", help="model artefact directory")
-    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics, /healthz, /readyz port (0: off)")
-    p.add_argument("--batch-max", type=int, help="records per batch")
-    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+class HelpFormatter(argparse.HelpFormatter):
+    """Each flag's default after its help line, when it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = not (default is None or default is False or default == [] or default == argparse.SUPPRESS)
+        return f"{text} (default: %(default)s)" if shown and "default" not in text else text
+
+
+# flag -> (setting, help); the default shown is the code's, which SCORER_* variables and --config override
+KAFKA_FLAGS: dict[str, tuple[str, str]] = {
+    "--brokers": ("brokers", "bootstrap servers, HOST:PORT[,HOST:PORT]"),
+    "--group": ("group", "consumer group of the scorers"),
+    "--input-topic": ("input_topic", "the transactions topic"),
+    "--decisions-topic": ("decisions_topic", "the decisions topic (flags and shadow topics follow its name)"),
+    "--model": ("model", "model artefact directory (the champion until a deployment is published)"),
+    "--metrics-port": ("metrics_port", "port of /metrics, /healthz and /readyz (0: off)"),
+    "--batch-max": ("batch_max", "records per consumed batch"),
+    "--log-level": ("log_level", "DEBUG, INFO, WARNING or ERROR (JSON lines on stderr)"),
+}
+# what each Kafka command reads: a flag it would ignore is not offered
+LONG_RUNNING = (
+    "--brokers",
+    "--group",
+    "--input-topic",
+    "--decisions-topic",
+    "--model",
+    "--metrics-port",
+    "--batch-max",
+    "--log-level",
+)
+COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
+    "run": LONG_RUNNING,
+    "aggregate": ("--brokers", "--input-topic", "--model", "--metrics-port", "--batch-max", "--log-level"),
+    "monitor": ("--brokers", "--decisions-topic", "--model", "--metrics-port", "--log-level"),
+    "report": ("--brokers", "--decisions-topic", "--model"),
+    "stream": ("--brokers", "--input-topic", "--log-level"),
+    "topics": ("--brokers", "--input-topic", "--decisions-topic"),
+    "models": ("--brokers", "--group", "--model"),
+}
+
+
+def add_kafka_args(p: argparse.ArgumentParser, command: str) -> None:
+    """The flags `command` uses, each over its SCORER_* variable and the --config file."""
+    from scorer.config import Settings
+
+    defaults = Settings()
+    p.add_argument("--config", metavar="FILE", help="TOML settings file (also SCORER_CONFIG)")
+    for flag in COMMAND_FLAGS[command]:
+        name, text = KAFKA_FLAGS[flag]
+        default = getattr(defaults, name)
+        shown = "the shipped models/default/1" if name == "model" else default
+        p.add_argument(
+            flag, type=type(default), metavar=name.upper(),
+            help=f"{text} (default: {shown}; env SCORER_{name.upper()})",
+        )  # fmt: skip
     p.add_argument(
-        "--kafka-opt",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="librdkafka property (repeatable)",
-    )
+        "--kafka-opt", action="append", default=[], metavar="KEY=VALUE",
+        help="any librdkafka property, e.g. security.protocol=SASL_SSL (repeatable; env SCORER_KAFKA_<KEY>)",
+    )  # fmt: skip
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

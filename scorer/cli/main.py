@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 from scorer.cli.args import (
+    HelpFormatter,
     add_kafka_args,
     add_simulation_args,
     date_arg,
@@ -45,20 +47,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     from scorer.runtime.console import ProgressBar
     from scorer.training.dataset import load_history
     from scorer.training.evaluate import metrics_table
-    from scorer.training.train import TrainParams, train, write_artefact
+    from scorer.training.train import MIN_TRAIN_DAYS, TrainParams, refuse_existing, train, write_artefact
 
     out = Path(args.out)
+    if args.policy_value is None and args.policy != "alert_budget":
+        raise ConfigError(
+            f"--policy {args.policy} needs --policy-value (a precision in (0, 1] or a threshold)"
+        )
+    if args.train_days is not None and args.train_days < MIN_TRAIN_DAYS:
+        raise ConfigError(
+            f"--train-days must be at least {MIN_TRAIN_DAYS} (a week to fit on), got {args.train_days}"
+        )
     params = TrainParams(
         name=args.name or out.parent.name,
         version=args.version or out.name,
         seed=args.seed,
         train_days=args.train_days,
         holdout_days=args.holdout_days,
-        policy=ThresholdPolicy(args.policy, args.policy_value),
+        policy=ThresholdPolicy(args.policy, 100.0 if args.policy_value is None else args.policy_value),
     )
+    refuse_existing(out)  # before minutes of work, not after
+    started = time.monotonic()
+    _err(f"loading {args.data} ...")
     history = load_history(Path(args.data))
+    _err(
+        f"loaded {len(history.transactions):,} transactions and {len(history.labels):,} labels in {time.monotonic() - started:.0f} s"
+    )
     result = train(history, Path(args.data), params, say=_err, progress=ProgressBar("replaying features"))
     write_artefact(out, result)
+    _err(f"done in {time.monotonic() - started:.0f} s")
     print(f"model {params.name}/{params.version} written to {out}")
     print("validation metrics (the week after the training fold, after the label-delay gap):")
     print(metrics_table(result.validation))
@@ -194,54 +211,89 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+HELP = HelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scorer", description="Real-time streaming fraud scorer.")
+    parser = argparse.ArgumentParser(
+        prog="scorer",
+        description="Real-time streaming fraud scorer. `scorer COMMAND --help` for a command's flags.",
+    )
     parser.add_argument("--version", action="version", version=f"scorer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("simulate", help="generate transactions.jsonl and labels.jsonl")
+    p = sub.add_parser("simulate", formatter_class=HELP, help="generate transactions.jsonl and labels.jsonl")
     p.add_argument("--out", required=True, help="output directory")
     add_simulation_args(p)
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("train", help="train a model on a simulate-format directory, export to ONNX")
+    p = sub.add_parser(
+        "train", formatter_class=HELP, help="train a model on a simulate-format directory, export to ONNX"
+    )
     p.add_argument("--data", required=True, help="directory with transactions.jsonl and labels.jsonl")
     p.add_argument("--out", required=True, help="artefact directory, e.g. models/default/2")
     p.add_argument("--name", help="model name (default: the parent directory of --out)")
     p.add_argument("--version", help="model version (default: the name of --out)")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--train-days", type=positive_int, help="keep only the last N labelled days")
+    p.add_argument(
+        "--seed", type=int, default=7, help="random seed of the fit (same data and seed, same model)"
+    )
+    p.add_argument(
+        "--train-days",
+        type=positive_int,
+        help="fit on the last N labelled days only, N >= 7 (default: all after the warm-up)",
+    )
     p.add_argument(
         "--holdout-days", type=int, default=0, help="ignore the last N days (keep them for evaluate)"
     )
-    p.add_argument("--policy", choices=["alert_budget", "precision_target", "fixed"], default="alert_budget")
     p.add_argument(
-        "--policy-value", type=float, default=100.0, help="alerts/day, a precision, or a threshold"
+        "--policy", choices=["alert_budget", "precision_target", "fixed"], default="alert_budget",
+        help="how the alert threshold is chosen on the validation week",
+    )  # fmt: skip
+    p.add_argument(
+        "--policy-value",
+        type=float,
+        help="alert_budget: alerts per day (default 100); precision_target: a precision in (0, 1]; fixed: the threshold",
     )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate a model on the last test days of a directory")
+    p = sub.add_parser(
+        "evaluate", formatter_class=HELP, help="evaluate a model on the last test days of a directory"
+    )
     p.add_argument("--data", required=True, help="directory with transactions.jsonl and labels.jsonl")
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="model artefact directory")
-    p.add_argument("--test-days", type=positive_int, default=7)
+    p.add_argument("--test-days", type=positive_int, default=7, help="score the last N days of the data")
     p.add_argument("--scores-out", help="write transaction_id,score for every scored transaction")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("run", help="score transactions from Kafka (a member of the consumer group)")
-    add_kafka_args(p)
+    p = sub.add_parser(
+        "run", formatter_class=HELP, help="score transactions from Kafka (a member of the consumer group)"
+    )
+    add_kafka_args(p, "run")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("aggregate", help="publish terminal features for every scorer (own consumer group)")
-    add_kafka_args(p)
+    p = sub.add_parser(
+        "aggregate",
+        formatter_class=HELP,
+        help="publish terminal features for every scorer (own consumer group)",
+    )
+    add_kafka_args(p, "aggregate")
     p.set_defaults(func=cmd_aggregate)
 
-    p = sub.add_parser("monitor", help="live model quality from delayed fraud labels (one per deployment)")
-    add_kafka_args(p)
+    p = sub.add_parser(
+        "monitor",
+        formatter_class=HELP,
+        help="live model quality from delayed fraud labels (one per deployment)",
+    )
+    add_kafka_args(p, "monitor")
     p.set_defaults(func=cmd_monitor)
 
-    p = sub.add_parser("report", help="an HTML report: drift, live quality per day and version, flag volume")
-    add_kafka_args(p)
+    p = sub.add_parser(
+        "report",
+        formatter_class=HELP,
+        help="an HTML report: drift, live quality per day and version, flag volume",
+    )
+    add_kafka_args(p, "report")
     p.add_argument(
         "--from", dest="start", type=date_arg, required=True, help="first event day, YYYY-MM-DD (UTC)"
     )
@@ -249,25 +301,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="HTML file to write (default: scorer-report-FROM-TO.html)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("stream", help="stream simulated transactions and labels into Kafka at a fixed rate")
-    add_kafka_args(p)
+    p = sub.add_parser(
+        "stream",
+        formatter_class=HELP,
+        help="stream simulated transactions and labels into Kafka at a fixed rate",
+    )
+    add_kafka_args(p, "stream")
     p.add_argument("--rate", type=float, default=200.0, help="transactions per second")
     add_simulation_args(p)
     p.set_defaults(func=cmd_stream)
 
-    p = sub.add_parser("topics", help="create the topics (partitions, compaction) the system needs")
-    add_kafka_args(p)
+    p = sub.add_parser(
+        "topics", formatter_class=HELP, help="create the topics (partitions, compaction) the system needs"
+    )
+    add_kafka_args(p, "topics")
     p.add_argument("--partitions", type=positive_int, default=4, help="partitions of the keyed topics")
     p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser(
-        "demo", help="the whole system live on an embedded broker (--offline: simulate/train/evaluate)"
-    )
+        "demo", formatter_class=HELP,
+        help="the whole system live on an embedded broker (--offline: simulate/train/evaluate)",
+    )  # fmt: skip
     p.add_argument("--brokers", help="use this Kafka instead of starting the embedded broker")
     p.add_argument("--rate", type=float, default=1000.0, help="transactions per second to stream")
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
-    p.add_argument("--model", help="model artefact (default: models/default/1)")
-    p.add_argument("--metrics-port", type=int, default=9108, help="the scorer's metrics port")
+    p.add_argument("--model", help="model artefact directory (default: models/default/1)")
+    p.add_argument(
+        "--metrics-port", type=int, default=9108, help="the scorer's metrics port (taken if busy: another)"
+    )
     p.add_argument("--offline", action="store_true", help="run simulate -> train -> evaluate instead")
     p.add_argument("--workdir", default="demo-data", help="--offline: where data and the demo model go")
     add_simulation_args(p)
@@ -293,5 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("scorer: interrupted", file=sys.stderr)
         return 130
     except KafkaException as exc:
-        print(f"scorer: error: Kafka: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        err = exc.args[0] if exc.args else exc
+        if isinstance(err, KafkaError) and err.code() == KafkaError._INVALID_ARG:  # a bad --kafka-opt
+            print(f"scorer: error: Kafka option: {err.str()}", file=sys.stderr)
+            return 2
+        print(f"scorer: error: Kafka: {err.str() if isinstance(err, KafkaError) else err}", file=sys.stderr)
         return 1

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from scorer.cli.args import add_kafka_args, settings_from
-from scorer.config import Settings
+from scorer.cli.args import HelpFormatter, add_kafka_args, settings_from
+from scorer.config import DEFAULT_MODEL, Settings
 from scorer.errors import ScorerError
 from scorer.kafka.control import publish, read_deployment
 from scorer.kafka.topics import reach
@@ -26,15 +26,29 @@ METRICS_SHOWN = ("roc_auc", "average_precision", "card_precision_at_100", "preci
 
 
 def add_models_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("models", help="the model registry: list, show, validate")
-    p.add_argument("--registry", type=Path, default=Path("models"), help="registry root (default: models)")
+    p = sub.add_parser(
+        "models", formatter_class=HelpFormatter,
+        help="the model registry (list, show, validate) and deployments (plan, promote, finish, rollback)",
+    )  # fmt: skip
+    p.add_argument(
+        "--registry", type=Path, default=None,
+        help="registry root (default: ./models if it exists, else the models shipped with scorer)",
+    )  # fmt: skip
     models = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    q = models.add_parser("list", help="every registered version with its validation metrics")
+    q = models.add_parser(
+        "list", formatter_class=HelpFormatter, help="every registered version with its validation metrics"
+    )
     q.set_defaults(func=cmd_list)
-    q = models.add_parser("show", help="one version's metadata, metrics, known faults and limits")
+    q = models.add_parser(
+        "show", formatter_class=HelpFormatter, help="one version's metadata, metrics, known faults and limits"
+    )
     q.add_argument("ref", help="name/version, name (newest version) or a directory")
     q.set_defaults(func=cmd_show)
-    q = models.add_parser("validate", help="run the validation gate; exit 1 with the reasons if it fails")
+    q = models.add_parser(
+        "validate",
+        formatter_class=HelpFormatter,
+        help="run the validation gate; exit 1 with the reasons if it fails",
+    )
     q.add_argument("ref", help="the candidate: name/version, name or a directory")
     q.add_argument("--champion", help="compare holdout metrics with this model (name/version or directory)")
     q.add_argument("--tolerance", type=float, default=DEFAULT_METRIC_TOLERANCE, help="allowed metric drop")
@@ -44,31 +58,56 @@ def add_models_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def add_deployment_parsers(models: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
-    q = models.add_parser("plan", help="the deployment in force: champion, plan and its weight schedule")
-    add_kafka_args(q)
+    q = models.add_parser(
+        "plan",
+        formatter_class=HelpFormatter,
+        help="the deployment in force: champion, plan and its weight schedule",
+    )
+    add_kafka_args(q, "models")
     q.set_defaults(func=cmd_plan)
-    q = models.add_parser("promote", help="validate a challenger, then publish a changeover plan")
+    q = models.add_parser(
+        "promote", formatter_class=HelpFormatter, help="validate a challenger, then publish a changeover plan"
+    )
     q.add_argument("ref", help="the challenger: name/version or name")
-    q.add_argument("--strategy", choices=STRATEGIES, required=True)
+    q.add_argument(
+        "--strategy", choices=STRATEGIES, required=True,
+        help="direct: switch at --start; shadow: score beside, never decide; blend: ramp the weight; canary: a share of customers",
+    )  # fmt: skip
     q.add_argument("--start", default="now", help="event time the plan starts: now or YYYY-MM-DDTHH:MM:SSZ")
     q.add_argument("--end", help="blend: event time the weight reaches 1")
     q.add_argument("--steps", type=int, default=0, help="blend: n equal steps instead of a linear ramp")
     q.add_argument("--share", type=float, default=0.0, help="canary: share of customers, (0, 1]")
     q.add_argument("--tolerance", type=float, default=DEFAULT_METRIC_TOLERANCE, help="allowed metric drop")
-    add_kafka_args(q)
+    add_kafka_args(q, "models")
     q.set_defaults(func=cmd_promote)
-    q = models.add_parser("finish", help="make the plan's challenger the champion (the plan ends)")
-    add_kafka_args(q)
+    q = models.add_parser(
+        "finish",
+        formatter_class=HelpFormatter,
+        help="make the plan's challenger the champion (the plan ends)",
+    )
+    add_kafka_args(q, "models")
     q.set_defaults(func=cmd_finish)
-    q = models.add_parser("rollback", help="drop the plan in force, or return to the previous champion")
-    add_kafka_args(q)
+    q = models.add_parser(
+        "rollback",
+        formatter_class=HelpFormatter,
+        help="drop the plan in force, or return to the previous champion",
+    )
+    add_kafka_args(q, "models")
     q.set_defaults(func=cmd_rollback)
 
 
+def registry_root(args: argparse.Namespace) -> Path:
+    """--registry, else ./models when there is one, else the models shipped with scorer."""
+    if args.registry is not None:
+        return Path(args.registry)
+    here = Path("models")
+    return here if here.is_dir() else DEFAULT_MODEL.parent.parent
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    entries = Registry(args.registry).entries()
+    entries = Registry(registry_root(args)).entries()
     if not entries:
-        print(f"no models in {args.registry}")
+        print(f"no models in {registry_root(args)}")
         return 0
     print(f"{'model':24} {'created':26} {'roc_auc':>8} {'avg_prec':>8}  path")
     for e in entries:
@@ -81,7 +120,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    e = Registry(args.registry).get(args.ref)
+    e = Registry(registry_root(args)).get(args.ref)
     raw = e.meta.raw
     print(f"{e.label}  ({e.path})")
     print(f"  created    {raw.get('created', '?')}")
@@ -100,7 +139,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    registry = Registry(args.registry)
+    registry = Registry(registry_root(args))
     candidate = Path(args.ref) if Path(args.ref).is_dir() else registry.get(args.ref).path  # may not load
     champion = registry.get(args.champion).path if args.champion else None
     checks = validate(candidate, champion, args.tolerance)
@@ -166,7 +205,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     settings, current = _current(args)
     if current.plan is not None:
         raise ScorerError(f"plan {current.plan.plan_id} is in force: finish it or roll it back first")
-    registry = Registry(args.registry)
+    registry = Registry(registry_root(args))
     challenger = registry.get(args.ref)
     checks = validate(challenger.path, registry.get(current.champion).path, args.tolerance)
     for c in checks:

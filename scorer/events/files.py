@@ -10,8 +10,12 @@ from scorer.events.decode import decode_labels, decode_transactions
 
 
 def _read_lines(path: Path) -> list[bytes]:
+    """The file's lines; blank lines at its end (an editor's trailing newline) are not records."""
     try:
-        return path.read_bytes().splitlines()
+        lines = path.read_bytes().splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()
+        return lines
     except FileNotFoundError as exc:
         raise DataError(f"{path}: no such file") from exc
     except OSError as exc:

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from scorer.errors import DataError
 from scorer.events.timestamps import MS_PER_DAY, rfc3339_ms
 
 GRID = 100.0
@@ -298,7 +299,16 @@ def label_values(data: SimulatedData, labels: npt.NDArray[np.int64]) -> list[byt
 
 
 def write_jsonl(data: SimulatedData, out_dir: Path) -> tuple[Path, Path]:
-    """DIR/transactions.jsonl and DIR/labels.jsonl, one compact JSON object per line."""
+    """DIR/transactions.jsonl and DIR/labels.jsonl, one compact JSON object per line; DataError (one line)
+    when DIR cannot be made or written."""
+    try:
+        return _write_jsonl(data, out_dir)
+    except OSError as exc:
+        where = exc.filename or out_dir
+        raise DataError(f"{where}: cannot write there ({exc.strerror})") from exc
+
+
+def _write_jsonl(data: SimulatedData, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     tx_path, label_path = out_dir / "transactions.jsonl", out_dir / "labels.jsonl"
     # in chunks: a million small bytes objects alive at once is slow here (page faults dominate)

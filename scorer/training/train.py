@@ -49,6 +49,10 @@ DEFAULT_GRID: tuple[dict[str, float | int], ...] = (
 )
 
 
+WARM_UP_DAYS = 30  # the longest feature window: rows before it have incomplete windows
+MIN_TRAIN_DAYS = 7  # the shortest period a model is fitted on
+
+
 @dataclass(frozen=True, slots=True)
 class TrainParams:
     """Everything that decides the model; recorded in model.json so a run can be repeated."""
@@ -81,20 +85,31 @@ def plan_periods(history: History, params: TrainParams) -> Periods:
     first_day = history.start_ms // MS_PER_DAY
     cutoff_ms = history.end_ms - params.holdout_days * MS_PER_DAY
     labelled_end = (cutoff_ms // MS_PER_DAY) - delay + 1  # days whose labels are all known by the cut-off
-    start = first_day + 30 + delay  # warm-up: the longest window (terminal risk, 30 days, delayed)
-    if params.train_days is not None:
-        start = max(start, labelled_end - params.train_days)
+    warm = first_day + WARM_UP_DAYS + delay  # warm-up: the longest window (terminal risk, 30 days, delayed)
     val_start = labelled_end - params.validation_days
     fold_end = val_start - delay
-    if fold_end - start < 7:
-        span = (history.end_ms - history.start_ms) / MS_PER_DAY
-        raise DataError(
-            f"not enough history to train: {span:.0f} days of data, need at least "
-            f"{30 + 3 * delay + params.validation_days + 7 + params.holdout_days} "
-            "(warm-up 30 days + label delay, 7 training days, a label-delay gap, the validation days, "
-            "the label delay before labels are known, the hold-out)"
+    start, fold_start = warm, warm
+    if params.train_days is not None:  # the final fit on the last N labelled days; the selection fit on
+        start = max(warm, labelled_end - params.train_days)  # N days too, the ones before the validation gap
+        fold_start = max(warm, fold_end - params.train_days)
+    if fold_end - fold_start < MIN_TRAIN_DAYS:
+        span = history.end_ms // MS_PER_DAY - first_day + 1
+        need = (
+            WARM_UP_DAYS
+            + delay
+            + MIN_TRAIN_DAYS
+            + delay
+            + params.validation_days
+            + delay
+            + params.holdout_days
         )
-    return Periods((start, labelled_end), (start, fold_end), (val_start, labelled_end), cutoff_ms)
+        raise DataError(
+            f"not enough history to train: {span} days of data, need at least {need} "
+            f"(warm-up {WARM_UP_DAYS} days + the {delay}-day label delay, {MIN_TRAIN_DAYS} days to fit on, a "
+            f"{delay}-day gap, {params.validation_days} validation days, {delay} days until their labels are "
+            f"known, {params.holdout_days} held out)"
+        )
+    return Periods((start, labelled_end), (fold_start, fold_end), (val_start, labelled_end), cutoff_ms)
 
 
 def in_days(days: npt.NDArray[np.int64], span: tuple[int, int]) -> B:
@@ -187,19 +202,23 @@ def train(
     periods = plan_periods(history, params)
     vocab = vocabulary(history.transactions, periods.cutoff_ms)
     config = FeatureConfig(label_delay_days=params.label_delay_days, categories=vocab)
+    say("replaying the history through the feature engine (as the stream would)")
     X = replay_features(history, config, progress)
     y = fraud_targets(history, known_by_ms=periods.cutoff_ms)
     days = day_index(history)
     fold, val, full = (in_days(days, p) for p in (periods.fold_train, periods.validation, periods.train))
     n_val_days = periods.validation[1] - periods.validation[0]
     best, best_ap = params.grid[0], -1.0
-    for hyper in params.grid:
+    for number, hyper in enumerate(params.grid, 1):
+        say(f"fitting candidate {number}/{len(params.grid)} on {int(fold.sum()):,} transactions ...")
         model = fit(X[fold], y[fold], hyper, params)
         report = _report(history, days, y, val, model.predict_proba(X[val])[:, 1], 0.5)
         say(f"candidate {hyper}: validation AP {report['average_precision']:.4f} AUC {report['roc_auc']:.4f}")
         if report["average_precision"] > best_ap:
             best, best_ap = hyper, float(report["average_precision"])
+    say(f"refitting the best, {best}, on {int(full.sum()):,} transactions ...")
     model = fit(X[full], y[full], best, params)
+    say("exporting to ONNX and checking it against scikit-learn on every row ...")
     onnx_bytes = to_onnx(model)
     delta = check_parity(model, onnx_bytes, X[full | val])
     val_scores = onnx_scores(onnx_bytes, X[val])
@@ -272,13 +291,23 @@ def _meta(
     }
 
 
+def refuse_existing(out_dir: Path) -> None:
+    """A model version is written once: ScorerError when `out_dir` holds one, or cannot be a directory."""
+    if (out_dir / "model.onnx").exists():
+        raise ScorerError(f"{out_dir}: a model already exists there; choose a new version directory")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ScorerError(f"{out_dir}: not a directory")
+
+
 def write_artefact(out_dir: Path, result: TrainResult) -> Path:
     """models/<name>/<version>/: model.onnx, model.json and MODEL_CARD.md (refuses to overwrite)."""
     from scorer.model.card import KNOWN_FAULTS, LIMITS, render_card
 
-    if (out_dir / "model.onnx").exists():
-        raise ScorerError(f"{out_dir}: a model already exists there; choose a new version directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    refuse_existing(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ScorerError(f"{out_dir}: cannot create the directory ({exc.strerror})") from exc
     meta = {**result.meta, "known_faults": list(KNOWN_FAULTS), "limits": list(LIMITS)}
     (out_dir / "model.onnx").write_bytes(result.onnx_bytes)
     (out_dir / "model.json").write_bytes(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import subprocess
@@ -11,7 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from scorer.cli.main import main
+from scorer.cli.main import build_parser, main
+from scorer.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -168,3 +170,91 @@ def test_an_unreachable_broker_is_one_line_and_exit_1(command: list[str]) -> Non
 def test_the_live_demo_refuses_a_rate_or_duration_it_cannot_use(flags: list[str], message: str) -> None:
     proc = run_cli("demo", *flags)
     assert proc.returncode == 2 and proc.stderr.strip() == f"scorer: error: {message}"
+
+
+def test_train_refusals_come_before_any_work(tiny_data: Path, tiny_model: Path, tmp_path: Path) -> None:
+    existing = run_cli("train", "--data", str(tiny_data), "--out", str(tiny_model))
+    assert existing.returncode == 1 and "a model already exists there" in existing.stderr
+    assert "loading" not in existing.stderr  # refused before the data was read
+    fixed = run_cli(
+        "train", "--data", str(tiny_data), "--out", str(tmp_path / "m" / "1"), "--policy", "fixed"
+    )
+    assert fixed.returncode == 2
+    assert (
+        fixed.stderr.strip()
+        == "scorer: error: --policy fixed needs --policy-value (a precision in (0, 1] or a threshold)"
+    )
+    short = run_cli(
+        "train", "--data", str(tiny_data), "--out", str(tmp_path / "m" / "2"), "--train-days", "3"
+    )
+    assert short.returncode == 2 and short.stderr.strip() == (
+        "scorer: error: --train-days must be at least 7 (a week to fit on), got 3"
+    )
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    """Every command's parser, the models actions as "models ACTION"."""
+    out: dict[str, argparse.ArgumentParser] = {}
+    for action in build_parser()._subparsers._group_actions:  # type: ignore[union-attr]  # noqa: SLF001
+        for name, parser in action.choices.items():  # type: ignore[union-attr]
+            out[name] = parser
+            if name == "models":
+                for inner in parser._subparsers._group_actions:  # type: ignore[union-attr]  # noqa: SLF001
+                    out |= {f"models {n}": p for n, p in inner.choices.items()}  # type: ignore[union-attr]
+    return out
+
+
+def test_every_flag_of_every_command_says_what_it_does() -> None:
+    parsers = subcommands()
+    assert len(parsers) >= 18
+    for name, parser in parsers.items():
+        for action in parser._actions:  # noqa: SLF001
+            if action.option_strings and action.dest != "help":
+                assert action.help, (name, action.option_strings)
+
+
+def test_a_command_offers_only_the_flags_it_uses_with_their_defaults() -> None:
+    helps = {name: parser.format_help() for name, parser in subcommands().items()}
+    assert "--model" not in helps["topics"] and "--batch-max" not in helps["topics"]
+    assert "--batch-max" not in helps["report"] and "--metrics-port" not in helps["report"]
+    assert "--group" not in helps["stream"] and "--batch-max" in helps["run"]
+    assert "(default: localhost:9092; env SCORER_BROKERS)" in " ".join(helps["run"].split())
+    assert "(default: 0)" in helps["train"] and "(default: 7)" in helps["evaluate"]
+    assert "(default: None)" not in "".join(helps.values())
+
+
+def test_an_unwritable_output_is_one_line(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for out in (a_file, a_file / "below"):
+        proc = run_cli("simulate", "--out", str(out), "--days", "1", "--customers", "5", "--terminals", "5")
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith(f"scorer: error: {out}: cannot write there")
+
+
+def test_an_unknown_librdkafka_property_is_a_settings_error() -> None:
+    proc = run_cli("topics", "--brokers", "127.0.0.1:1", "--kafka-opt", "no.such.prop=1")
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip() == 'scorer: error: Kafka option: No such configuration property: "no.such.prop"'
+    )
+
+
+def test_blank_lines_at_the_end_of_a_data_file_are_no_records(tmp_path: Path) -> None:
+    from scorer.events.files import read_transactions_jsonl
+
+    path = tmp_path / "transactions.jsonl"
+    line = b'{"transaction_id": "t", "customer_id": "c", "terminal_id": "x", "amount": 1, "timestamp": "2026-01-01T00:00:00Z"}'
+    path.write_bytes(line + b"\n\n  \n")
+    assert read_transactions_jsonl(path).transaction_id == ["t"]
+    path.write_bytes(line + b"\n\n" + line + b"\n")  # a blank line between records still is one
+    with pytest.raises(DataError, match="transactions.jsonl:2: empty_value"):
+        read_transactions_jsonl(path)
+
+
+def test_models_list_finds_the_shipped_registry_from_any_directory(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "scorer", "models", "list"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.returncode == 0 and "default/1" in proc.stdout, proc.stdout + proc.stderr

@@ -64,8 +64,26 @@ def test_alert_budget_threshold_is_stored_and_respected(tiny_model: Path) -> Non
 
 def test_too_short_history_is_a_clear_error(tiny_data: Path) -> None:
     history = load_history(tiny_data)
-    with pytest.raises(DataError, match="not enough history"):
-        plan_periods(history, TrainParams(holdout_days=TINY.days - 20))
+    with pytest.raises(DataError, match="not enough history to train: 80 days of data, need at least 125 "):
+        plan_periods(history, TrainParams(holdout_days=TINY.days - 20))  # 60 held out + 65
+
+
+def test_the_minimum_the_message_names_is_the_real_one(tiny_data: Path) -> None:
+    """80 days of data: training works with 15 held out (65 days left) and is refused with 16."""
+    history = load_history(tiny_data)
+    plan_periods(history, TrainParams(holdout_days=15))
+    with pytest.raises(DataError, match="80 days of data, need at least 81"):
+        plan_periods(history, TrainParams(holdout_days=16))
+
+
+@pytest.mark.parametrize("days", [7, 10, 20])
+def test_a_short_training_window_is_honoured_with_a_selection_window_as_long(
+    tiny_data: Path, days: int
+) -> None:
+    periods = plan_periods(load_history(tiny_data), TrainParams(holdout_days=7, train_days=days))
+    assert periods.train[1] - periods.train[0] == days  # the final fit: the last N labelled days
+    fold = periods.fold_train[1] - periods.fold_train[0]
+    assert 7 <= fold <= days and periods.validation[0] - periods.fold_train[1] == 7
 
 
 def test_periods_keep_the_label_delay_gap(tiny_data: Path) -> None:

@@ -177,13 +177,13 @@ def test_every_input_issue_and_dead_letter_reason_is_pre_created() -> None:
     )
 
 
-def test_the_readme_example_of_the_public_api_runs() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+def test_the_documented_example_of_the_public_api_runs() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "development.md").read_text()
     code = (
         readme.split("Using the scoring core from Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     )
     scope: dict[str, Any] = {}
-    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own documentation
+    exec(compile(code, "docs/development.md", "exec"), scope)  # noqa: S102 - our own documentation
     scored = scope["scored"]
     assert len(scored.decisions) == 1 and orjson.loads(scored.decisions[0]["value"])["transaction_id"] == "t1"
     assert [(d.index, d.reason) for d in scored.dead_letters] == [(1, "invalid_json")]

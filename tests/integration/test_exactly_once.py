@@ -146,7 +146,11 @@ def test_a_newer_producer_for_the_same_partitions_fences_a_paused_one_which_stop
     group (same prefix), so the paused one keeps its partitions and only learns of it when it commits."""
     produce(settings, settings.input_topic, [good(i, customers=19) for i in range(100)])
     env = {**EOS, "SCORER_COMMIT_INTERVAL_S": "3", "SCORER_TRANSACTIONAL_ID_PREFIX": "fence-test"}
-    old = Proc("run", settings, tiny_model, tmp_path / "old.log", **env)
+    # a session long enough that the pause below never costs the old one its partitions, however slow the
+    # newer one is to join: it must learn of the newer producer only when it commits
+    old = Proc(
+        "run", settings, tiny_model, tmp_path / "old.log", SCORER_KAFKA_SESSION_TIMEOUT_MS="45000", **env
+    )
     procs.append(old)
     assert wait_for(lambda: gauge(old, "scorer_events_consumed_total") == 100, timeout_s=60)
     os.kill(old.popen.pid, signal.SIGSTOP)
@@ -155,7 +159,9 @@ def test_a_newer_producer_for_the_same_partitions_fences_a_paused_one_which_stop
             "run", settings, tiny_model, tmp_path / "newer.log", SCORER_GROUP=f"{settings.group}-2", **env
         )
         procs.append(newer)
-        assert wait_for(lambda: gauge(newer, "scorer_assigned_partitions") == PARTITIONS, timeout_s=60)
+        started = time.monotonic()
+        assert wait_for(lambda: gauge(newer, "scorer_assigned_partitions") == PARTITIONS, timeout_s=40)
+        assert time.monotonic() - started < 40  # the pause stays inside the old one's session
     finally:
         os.kill(old.popen.pid, signal.SIGCONT)
     # new records give the old one something to commit (it may have committed the first ones before)

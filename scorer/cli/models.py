@@ -1,7 +1,7 @@
 """`scorer models ...`: the registry, its validation gate and the deployment on the control topic.
 
 list / show / validate read the registry only. plan / promote / finish / rollback read and write the
-deployment record on `scorer-control` (scorer/control.py); promote runs the gate first.
+deployment record on `scorer-control` (kafka/control.py); promote runs the gate first.
 """
 
 from __future__ import annotations

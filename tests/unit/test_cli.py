@@ -51,6 +51,9 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "Average Precision" in proc.stdout and "Card Precision@100" in proc.stdout
     assert (tmp_path / "models" / "demo" / "1" / "model.onnx").is_file()
+    for step in ("replaying the history", "fitting candidate 1/2", "refitting the best", "exporting to ONNX"):
+        assert step in proc.stdout, step  # training says what it is doing, never silent for long
+    assert "nan" not in proc.stdout
 
 
 def test_evaluate_json_and_scores_out(

@@ -26,7 +26,7 @@ def tiny_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
     out = tmp_path_factory.mktemp("models") / "tiny" / "1"
     params = TrainParams(
-        name="tiny", holdout_days=7, grid=({"n_estimators": 30, "max_depth": 3, "learning_rate": 0.2},)
+        name="tiny", holdout_days=7, grid=({"n_estimators": 30, "num_leaves": 7, "learning_rate": 0.2},)
     )
     result = train(load_history(tiny_data), tiny_data, params, say=lambda _: None)
     return write_artefact(out, result)

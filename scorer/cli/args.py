@@ -39,6 +39,13 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--days", type=positive_int, default=d.days, help="days of history to generate")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed: same seed, same bytes")
     p.add_argument("--start", type=date_arg, default=d.start, help="first day, YYYY-MM-DD (UTC)")
+    p.add_argument(
+        "--label-delay",
+        choices=("uniform", "fixed"),
+        default="uniform",
+        help="fraud reports arrive 1 h to 7 days after the fraud (uniform) or exactly 7 days after (fixed: "
+        "the Fraud Detection Handbook's feedback model; the transactions are the same)",
+    )
     g = p.add_argument_group("drift (from --drift-from-day on; the days before are unchanged)")
     g.add_argument("--drift-from-day", type=int, help="first drifted day (0-based); no drift without it")
     g.add_argument("--amount-factor", type=float, default=1.0, help="multiply every amount by this")
@@ -72,7 +79,7 @@ def simulation_params(args: argparse.Namespace) -> SimulationParams:
         )
     return SimulationParams(
         customers=args.customers, terminals=args.terminals, days=args.days, seed=args.seed, start=args.start,
-        drift=drift,
+        fixed_label_delay=args.label_delay == "fixed", drift=drift,
     )  # fmt: skip
 
 

@@ -48,7 +48,7 @@ def render_card(meta: Mapping[str, Any]) -> str:
         f"- Directory `{training['data_dir']}`, sha256 `{training['data_sha256']}`",
         f"- {training['n_transactions']:,} transactions, {training['n_labels']:,} labels",
         *(f"- {name} period: {span[0]} .. {span[1]}" for name, span in training["periods"].items()),
-        f"- ONNX vs scikit-learn max |delta score|: {training['onnx_parity_max_abs_delta']:.2e}",
+        f"- ONNX vs the trained model, max |delta score|: {training['onnx_parity_max_abs_delta']:.2e}",
         "",
         "## Metrics",
         "| split | ROC AUC | Average Precision | Card Precision@100 | precision | recall |",

@@ -20,7 +20,7 @@ import numpy as np
 from scorer.errors import ModelError
 from scorer.model.onnx import ModelMeta, OnnxModel, read_meta, resolve_artefact
 
-SCORE_TOLERANCE = 1e-5  # reference-sample scores: training checked ONNX against sklearn to this
+SCORE_TOLERANCE = 1e-5  # reference-sample scores: training checked ONNX against the trained model to this
 GATED_METRICS = ("roc_auc", "average_precision")  # higher is better; compared on the validation period
 DEFAULT_METRIC_TOLERANCE = 0.01
 

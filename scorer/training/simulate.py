@@ -40,6 +40,7 @@ class SimulationParams:
     start: datetime.date = datetime.date(2026, 1, 1)
     radius: float = 5.0
     label_delay_days: float = 7.0
+    fixed_label_delay: bool = False  # every label exactly label_delay_days late (the handbook's feedback model)
     drift: Drift | None = None  # changes from a given day on, for drift and quality-drop tests
 
 
@@ -214,11 +215,14 @@ def _customer_fraud(
 def _label_delays(
     rng: np.random.Generator, p: SimulationParams, n_base: int, n: int
 ) -> npt.NDArray[np.int64]:
-    """Report delays: `n_base` from the main stream (as without drift), any more from a stream of their own."""
+    """Report delays: `n_base` from the main stream (as without drift), any more from a stream of their own;
+    all exactly `label_delay_days` with `fixed_label_delay`."""
     high = p.label_delay_days * MS_PER_DAY
     delay = rng.uniform(3_600_000, high, n_base)[:n]
     extra = np.random.default_rng(p.seed + 2).uniform(3_600_000, high, n - len(delay))
     out: npt.NDArray[np.int64] = np.r_[delay, extra].astype(np.int64)
+    if p.fixed_label_delay:  # drawn all the same, so the transactions stay those of the uniform run
+        out[:] = int(high)
     return out
 
 

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -88,6 +89,16 @@ def test_simulate_writes_files(tmp_path: Path) -> None:
     assert main(args) == 0
     assert (tmp_path / "transactions.jsonl").stat().st_size > 0
     assert (tmp_path / "labels.jsonl").exists()
+
+
+def test_simulate_with_a_fixed_label_delay(tmp_path: Path) -> None:
+    args = ["simulate", "--out", str(tmp_path), "--customers", "50", "--terminals", "100", "--days", "20"]
+    assert main([*args, "--label-delay", "fixed"]) == 0
+    labels = [orjson.loads(line) for line in (tmp_path / "labels.jsonl").read_bytes().splitlines()]
+    assert labels
+    for label in labels:
+        reported, at = (datetime.fromisoformat(label[k]) for k in ("reported_at", "timestamp"))
+        assert reported - at == timedelta(days=7)
 
 
 def test_missing_data_dir(tmp_path: Path) -> None:

@@ -151,3 +151,14 @@ def test_drift_shifts_amounts_adds_terminals_a_currency_and_a_fraud_pattern(
     assert np.all(hours < 5.0)
     labelled = set(moved.label_index.tolist())
     assert set(np.flatnonzero(moved.is_fraud).tolist()) == labelled
+
+
+def test_a_fixed_label_delay_reports_every_fraud_seven_days_late_on_the_same_transactions(
+    data: SimulatedData,
+) -> None:
+    fixed = simulate(dataclasses.replace(SMALL, fixed_label_delay=True))
+    assert fixed.transaction_id == data.transaction_id and (fixed.is_fraud == data.is_fraud).all()
+    np.testing.assert_array_equal(np.sort(fixed.label_index), np.sort(data.label_index))
+    delays = fixed.label_reported_ts_ms - fixed.event_ts_ms[fixed.label_index]
+    assert (delays == 7 * MS_PER_DAY).all()
+    assert (data.label_reported_ts_ms - data.event_ts_ms[data.label_index] < 7 * MS_PER_DAY).all()

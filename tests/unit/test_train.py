@@ -1,4 +1,4 @@
-"""Training: reproducible, ONNX parity with scikit-learn, artefacts complete, threshold from the policy."""
+"""Training: reproducible, ONNX parity with the trained model, artefacts complete, threshold from the policy."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import numpy as np
 import orjson
 import pytest
 
-from scorer.errors import DataError, ModelError
+from scorer.errors import DataError, ModelError, ScorerError
 from scorer.features.engine import FEATURE_NAMES, FeatureConfig
 from scorer.model.onnx import OnnxModel
 from scorer.model.quality import ThresholdPolicy
 from scorer.training.dataset import load_history, replay_features
-from scorer.training.train import TrainParams, check_parity, fit, plan_periods, to_onnx, train
+from scorer.training.learner import FIXED, check_parity, fit, float32_exact, onnx_scores, predict, to_onnx
+from scorer.training.train import TrainParams, plan_periods, train
 from tests.conftest import TINY
 
 
@@ -33,19 +34,54 @@ def test_artefact_is_complete_and_loads(tiny_model: Path) -> None:
     assert ((scores >= 0) & (scores <= 1)).all()
 
 
-def test_onnx_matches_sklearn_on_every_row(tiny_data: Path) -> None:
+def test_onnx_matches_the_trained_model_on_every_row(tiny_data: Path) -> None:
     history = load_history(tiny_data)
     X = replay_features(history, FeatureConfig())
     y = np.zeros(len(X), dtype=bool)
     y[::50] = True
-    params = TrainParams(grid=({"n_estimators": 40, "max_depth": 4, "learning_rate": 0.1},))
-    model = fit(X, y, params.grid[0], params)
-    onnx_bytes = to_onnx(model)
+    model = fit(
+        X, y, {"n_estimators": 40, "num_leaves": 15, "learning_rate": 0.1}, seed=7, negative_share=0.1
+    )
+    onnx_bytes = to_onnx(model, len(FEATURE_NAMES))
     assert check_parity(model, onnx_bytes, X) <= 1e-5
 
 
+def test_float32_thresholds_keep_the_export_exact_where_rounding_would_flip_splits() -> None:
+    """Inputs on adjacent float32 values: LightGBM splits between them with a double threshold that
+    rounds onto one of them in ONNX. Moving thresholds down to float32 changes no training decision
+    and makes the export agree; the raw export does not."""
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(1, 1000, 50).astype(np.float32)
+    up = rng.random(20_000) < 0.5
+    x = base[rng.integers(0, 50, len(up))]
+    x = np.where(up, np.nextafter(x, np.float32(np.inf)), x)
+    X = np.column_stack([x, rng.random(len(up))]).astype(np.float32)
+    y = (up & (rng.random(len(up)) < 0.9)) | (rng.random(len(up)) < 0.05)
+    params = {"objective": "binary", "seed": 7, **FIXED, "n_estimators": 20, "num_leaves": 63}
+    raw = lgb.train(params, lgb.Dataset(X, label=y.astype(np.int32)))
+    exact = float32_exact(raw)
+    np.testing.assert_array_equal(predict(exact, X), predict(raw, X))  # the same model on float32 inputs
+    assert np.abs(onnx_scores(to_onnx(raw, 2), X) - predict(raw, X)).max() > 0.01
+    assert check_parity(exact, to_onnx(exact, 2), X) <= 1e-6
+
+
+def test_an_export_that_disagrees_is_refused() -> None:
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(2)
+    X = rng.random((500, 2)).astype(np.float32)
+    y = X[:, 0] > 0.5
+    params = {"objective": "binary", "seed": 7, **FIXED, "n_estimators": 5}
+    one = float32_exact(lgb.train(params, lgb.Dataset(X, label=y.astype(np.int32))))
+    other = float32_exact(lgb.train(params, lgb.Dataset(X, label=(X[:, 1] > 0.5).astype(np.int32))))
+    with pytest.raises(ScorerError, match="ONNX export differs from the trained model"):
+        check_parity(one, to_onnx(other, 2), X)
+
+
 def test_training_is_reproducible(tiny_data: Path) -> None:
-    params = TrainParams(holdout_days=7, grid=({"n_estimators": 20, "max_depth": 3, "learning_rate": 0.2},))
+    params = TrainParams(holdout_days=7, grid=({"n_estimators": 20, "num_leaves": 7, "learning_rate": 0.2},))
     history = load_history(tiny_data)
     a = train(history, tiny_data, params, say=lambda _: None)
     b = train(history, tiny_data, params, say=lambda _: None)

@@ -16,6 +16,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,12 +56,12 @@ class Replay:
     timed through the core's lap hook. The aggregator's part (folding the batch into terminal state and
     publishing each closed day to the terminal table) runs between batches, untimed, in-process."""
 
-    def __init__(self, batch_size: int, blend: bool = False) -> None:
-        model = OnnxModel(DEFAULT_MODEL)
+    def __init__(self, batch_size: int, blend: bool = False, model_dir: Path = DEFAULT_MODEL) -> None:
+        model = OnnxModel(model_dir)
         serving = Serving(model)
         if blend:  # a second copy of the model as challenger, blended over the whole stream
             plan = Plan("bench", "blend", model.label, model.label, 0, end_ms=2**62, steps=0)
-            serving = Serving(model, OnnxModel(DEFAULT_MODEL), plan)
+            serving = Serving(model, OnnxModel(model_dir), plan)
         config = model.meta.feature_config
         self.source = MemorySource([0])
         self.table = TerminalTable(config, self.source)
@@ -108,13 +109,18 @@ class Replay:
 
 
 def measure(
-    events: int, batch_size: int, default_gc: bool, warmup: int, blend: bool = False
+    events: int,
+    batch_size: int,
+    default_gc: bool,
+    warmup: int,
+    blend: bool = False,
+    model_dir: Path = DEFAULT_MODEL,
 ) -> dict[str, float]:
     data = simulate(SimulationParams())
     n = min(events + warmup, len(data.transaction_id))
     values = transaction_values(data, np.arange(n, dtype=np.int64))
     partitions = np.array([zlib.crc32(data.customer_id[i].encode()) % PARTITIONS for i in range(n)])
-    replay = Replay(batch_size, blend)
+    replay = Replay(batch_size, blend, model_dir)
     if not default_gc:
         tune_gc()
     replay.run(values[:warmup], partitions[:warmup])
@@ -165,13 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--default-gc", action="store_true", help="keep Python's default GC thresholds")
     p.add_argument("--blend", action="store_true", help="score with champion + challenger under a blend plan")
     p.add_argument("--json", action="store_true", help="print the per-stage figures as JSON")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="the model artefact to score with")
     p.add_argument("--memory", action="store_true", help="instead: RSS while --events stream through (JSON)")
     p.add_argument("--sample-every", type=int, default=50_000, help="--memory: events between RSS samples")
     args = p.parse_args(argv)
     if args.memory:
         sys.stdout.write(orjson.dumps(memory(args.events, args.sample_every)).decode() + "\n")
         return 0
-    us = measure(args.events, args.batch, args.default_gc, args.warmup, args.blend)
+    us = measure(args.events, args.batch, args.default_gc, args.warmup, args.blend, args.model)
     if args.json:
         sys.stdout.write(orjson.dumps({"batch": args.batch, "us_per_event": us}).decode() + "\n")
         return 0

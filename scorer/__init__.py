@@ -4,7 +4,7 @@ The public API for using the scorer from Python (everything else is internal and
 
     from scorer import Settings, OnnxModel, Scorer, Serving, CustomerStore, TerminalTable, MemorySource
 
-    model = OnnxModel("models/default/1")
+    model = OnnxModel("models/default/2")
     config = model.meta.feature_config
     core = Scorer(Settings(), Serving(model), CustomerStore(config), TerminalTable(config, MemorySource([0])),
                   Metrics(CollectorRegistry(), DEAD_LETTER_REASONS))

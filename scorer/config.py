@@ -17,7 +17,7 @@ from typing import Any
 
 from scorer.errors import ConfigError
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default" / "1"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default" / "2"
 ENV_PREFIX = "SCORER_"
 GUARANTEES = ("at_least_once", "exactly_once")
 DEAD_LETTER_HEADROOM_BYTES = 65_536  # a dead letter's key and headers at most (kafka/deadletters.py)

@@ -135,7 +135,7 @@ def add_kafka_args(p: argparse.ArgumentParser, command: str) -> None:
     for flag in COMMAND_FLAGS[command]:
         name, text = KAFKA_FLAGS[flag]
         default = getattr(defaults, name)
-        shown = "the shipped models/default/1" if name == "model" else default
+        shown = "the shipped models/default/2" if name == "model" else default
         p.add_argument(
             flag, type=type(default), metavar=name.upper(),
             help=f"{text} (default: {shown}; env SCORER_{name.upper()})",

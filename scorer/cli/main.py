@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--brokers", help="use this Kafka instead of starting the embedded broker")
     p.add_argument("--rate", type=float, default=1000.0, help="transactions per second to stream")
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
-    p.add_argument("--model", help="model artefact directory (default: models/default/1)")
+    p.add_argument("--model", help="model artefact directory (default: models/default/2)")
     p.add_argument(
         "--metrics-port", type=int, default=9108, help="the scorer's metrics port (taken if busy: another)"
     )

@@ -99,7 +99,7 @@ class LiveDemo:
     """What `scorer demo` was asked for."""
 
     params: SimulationParams
-    model: str | None = None  # default: models/default/1
+    model: str | None = None  # default: models/default/2
     brokers: str | None = None  # default: start the embedded broker
     rate: float = 1000.0  # transactions per second
     duration: float = 0.0  # seconds; 0: until Ctrl-C

@@ -1,9 +1,8 @@
 """The learner: LightGBM gradient-boosted trees, exported to ONNX so that the export scores exactly alike.
 
 Why LightGBM: on the Fraud Detection Handbook's data (benchmarks/quality.py) it lifts Average Precision
-from 0.63 (scikit-learn's GradientBoostingClassifier) to about 0.70 with the same features, at an
-inference cost per event the stages benchmark keeps within twice the old model's, and fits a year of
-transactions in seconds instead of minutes.
+from 0.61 (scikit-learn's GradientBoostingClassifier) to 0.70 with the same features, at 1.3-1.7 times the old
+model's inference cost per event (benchmarks/model_cost.py), and trains the default model in a third of the time.
 
 Why the thresholds are rewritten before export: LightGBM stores split thresholds as doubles that fall
 between two float32 values, while ONNX's tree ensemble compares float32 inputs with float32 thresholds.

@@ -52,6 +52,7 @@ def _data(rows: list[tuple[int, int, bool]]) -> Data:
         terminal=np.zeros(len(rows), dtype=np.int64),
         amount=np.ones(len(rows)),
         fraud=np.asarray([r[2] for r in rows], dtype=bool),
+        scenario=np.asarray([2 * r[2] for r in rows], dtype=np.int8),
     )
 
 
@@ -80,3 +81,14 @@ def test_book_features_follow_their_definitions() -> None:
     # terminal windows end 7 days back: on day 111 the 7-day window (day 97..104] holds 3 rows, 1 fraud
     assert X[3, 10] == 3 and X[3, 13] == 1 / 3
     assert X[0, 9] == 0 and X[0, 12] == 0  # nothing known a week back
+
+
+def test_the_scenario_table_measures_each_scenario_against_genuine_rows() -> None:
+    data = _data([(100, 1, False), (100, 2, True), (108, 3, True), (108, 4, False)])
+    data.scenario[:] = [0, 2, 3, 0]
+    rows = np.ones(4, dtype=bool)
+    text = quality.by_scenario(data, [(rows, np.array([0.1, 0.9, 0.05, 0.2]))])
+    assert "| 2: compromised terminal | 0.50 | 1.000 | 1.00 |" in text  # above both genuine rows; unseen
+    assert (
+        "| 3: compromised card | 0.50 | 0.000 | 0.00 |" in text
+    )  # below both; terminal T0 has card 2's fraud

@@ -271,4 +271,4 @@ def test_models_list_finds_the_shipped_registry_from_any_directory(tmp_path: Pat
         [sys.executable, "-m", "scorer", "models", "list"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
-    assert proc.returncode == 0 and "default/1" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "default/2" in proc.stdout, proc.stdout + proc.stderr

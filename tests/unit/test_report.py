@@ -62,7 +62,7 @@ def test_report_has_drift_quality_and_volume_for_every_day() -> None:
     html = render(store_with_decisions(), drift_records(DAY0 + 2), Models(Settings()), DAY0, DAY0 + 4)
     assert html.startswith("<!doctype html>") and "<script" not in html
     assert html.count("<svg") == 1 + 1 + 4 + 1  # score PSI, features, four quality figures, flags
-    assert "Most drifted features, default/1" in html
+    assert "Most drifted features, default/2" in html  # the drift records come from DEFAULT_MODEL
     table = re.search(r"PSI of every feature.*?</table>", html, re.S)
     assert table is not None
     first_row = re.search(r"<tr><td>([a-z_0-9]+)</td><td>([0-9.]+)</td>", table.group(0))

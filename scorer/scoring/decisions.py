@@ -32,6 +32,11 @@ class Explainer:
     importance: F64
     edges: tuple[F64, ...]  # training quantile edges per feature
 
+    @property
+    def json_names(self) -> npt.NDArray[np.object_]:
+        """The feature names as JSON strings (quotes included), indexable by column."""
+        return np.asarray([orjson.dumps(n) for n in self.names], dtype=object)
+
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], names: Sequence[str]) -> Explainer:
         weights = meta.get("feature_importances", {})
@@ -62,11 +67,64 @@ class ScoredBatch:
 
 
 def encode_decisions(scored: ScoredBatch, explainer: Explainer, scored_at_ms: int) -> list[bytes]:
-    """One JSON document per transaction, in batch order.
+    """One JSON document per transaction, in batch order, byte for byte what `encode_decisions_dicts` gives.
 
-    Only what each document needs crosses into Python objects: the reasons' names and values are picked
-    out with numpy first, so a batch costs one dict and one orjson call per transaction.
+    Why not one dict and one `orjson.dumps` per decision: that cost 3.8 us per event, the largest step of the
+    hot path. Here each column is serialised by one `orjson.dumps` call over the whole batch and split into
+    its per-row pieces (a JSON array of strings splits exactly on `","`, since a quote inside a string is
+    always escaped; an array of numbers splits on commas), and each document is one bytes template filled
+    with its row's pieces. Per-row rollout fields (`extra`) take the dict path.
     """
+    b = scored.batch
+    if scored.extra is not None or len(explainer.names) < N_REASONS:
+        return encode_decisions_dicts(scored, explainer, scored_at_ms)
+    if len(b) == 0:
+        return []
+    top = explainer.top(scored.features)
+    names = explainer.json_names[top]
+    values = _numbers(np.take_along_axis(scored.features, top, axis=1).ravel().tolist())
+    template = _template(scored.threshold, scored.model_version, scored_at_ms)
+    rows = zip(
+        _strings(b.transaction_id), _strings(b.customer_id), _strings(b.terminal_id),
+        _numbers(b.amount.tolist()), _strings(rfc3339_ms(b.event_ts_ms)), _numbers(scored.scores.tolist()),
+        map(_BOOLEANS.__getitem__, scored.flagged.tolist()),
+        names[:, 0].tolist(), values[0::3], names[:, 1].tolist(), values[1::3], names[:, 2].tolist(), values[2::3],
+        strict=True,
+    )  # fmt: skip
+    return [template % row for row in rows]
+
+
+_BOOLEANS = (b"false", b"true")
+
+
+def _strings(values: Sequence[str]) -> list[bytes]:
+    """The JSON-escaped content (without quotes) of each string, from one orjson call."""
+    return orjson.dumps(values)[2:-2].split(b'","')
+
+
+def _numbers(values: Sequence[float]) -> list[bytes]:
+    """Each number as orjson writes it (NaN as null), from one orjson call."""
+    return orjson.dumps(values)[1:-1].split(b",")
+
+
+def _template(threshold: float, version: str, scored_at_ms: int) -> bytes:
+    """The decision document with the batch's constants written in and a %b slot per row field."""
+
+    def constant(value: object) -> bytes:
+        return orjson.dumps(value).replace(b"%", b"%%")
+
+    scored_at = rfc3339_ms(np.asarray([scored_at_ms], dtype=np.int64))[0]
+    reasons = ",".join(['{"feature":%b,"value":%b}'] * N_REASONS).encode()
+    return (
+        b'{"transaction_id":"%b","customer_id":"%b","terminal_id":"%b","amount":%b,"timestamp":"%b",'
+        b'"score":%b,"flagged":%b,"threshold":' + constant(threshold) + b',"model_version":' + constant(version)
+        + b',"reasons":[' + reasons + b'],"scored_at":' + constant(scored_at) + b"}"
+    )  # fmt: skip
+
+
+def encode_decisions_dicts(scored: ScoredBatch, explainer: Explainer, scored_at_ms: int) -> list[bytes]:
+    """The same documents from one dict and one `orjson.dumps` per transaction: the reference the fast
+    path is tested against, and the path for batches with per-row rollout fields."""
     b = scored.batch
     top = explainer.top(scored.features)
     names = np.asarray(explainer.names, dtype=object)[top].tolist()

@@ -1,0 +1,56 @@
+"""Decision encoding: the batch encoder writes exactly what one dict + orjson.dumps per decision writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scorer.config import DEFAULT_MODEL
+from scorer.events.batches import TransactionBatch
+from scorer.features.engine import FEATURE_NAMES
+from scorer.model.onnx import read_meta
+from scorer.scoring.decisions import Explainer, ScoredBatch, encode_decisions, encode_decisions_dicts
+
+EXPLAINER = Explainer.from_meta(read_meta(DEFAULT_MODEL).raw, FEATURE_NAMES)
+ids = st.text(min_size=0, max_size=12)  # quotes, backslashes, control characters, '","', '%', non-ASCII
+numbers = st.floats(allow_nan=True, allow_infinity=False, width=64)
+
+
+def _scored(
+    tx: list[str], customers: list[str], amounts: list[float], scores: list[float], version: str
+) -> ScoredBatch:
+    n = len(tx)
+    rng = np.random.default_rng(n)
+    batch = TransactionBatch(
+        tx, customers, [f"T{i}" for i in range(n)], np.asarray(amounts, dtype=np.float64),
+        1_767_225_600_000 + rng.integers(0, 10**9, n), [None] * n, [None] * n, [None] * n,
+    )  # fmt: skip
+    features = (rng.standard_normal((n, len(FEATURE_NAMES))) * 100).astype(np.float32)
+    s = np.asarray(scores, dtype=np.float64)
+    return ScoredBatch(batch, features, s, s > 0.5, 0.0920, version)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(st.tuples(ids, ids, numbers, numbers), min_size=0, max_size=20),
+    version=st.text(max_size=10),
+)
+def test_the_batch_encoder_equals_one_dumps_per_decision(
+    rows: list[tuple[str, str, float, float]], version: str
+) -> None:
+    scored = _scored(
+        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows], version
+    )
+    fast = encode_decisions(scored, EXPLAINER, 1_767_225_700_123)
+    assert fast == encode_decisions_dicts(scored, EXPLAINER, 1_767_225_700_123)
+    for doc, tx in zip(fast, scored.batch.transaction_id, strict=True):
+        assert orjson.loads(doc)["transaction_id"] == tx
+
+
+def test_rollout_fields_take_the_dict_path() -> None:
+    scored = _scored(["a", "b"], ["c", "d"], [1.0, 2.0], [0.1, 0.9], "default/2")
+    scored.extra = [{"challenger_score": 0.2, "weight": 0.5}, {"challenger_score": 0.8, "weight": 0.5}]
+    docs = [orjson.loads(d) for d in encode_decisions(scored, EXPLAINER, 0)]
+    assert [d["weight"] for d in docs] == [0.5, 0.5] and docs[1]["flagged"] is True

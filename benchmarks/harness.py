@@ -157,6 +157,8 @@ class Launcher:
             **{f"SCORER_{n.upper()}": getattr(s, n) for n in _topic_fields(s)},
             **profile.env,
         }
+        if not profile.aggregator:  # no one reads terminal-events: the scorer need not write its transactions
+            env["SCORER_TERMINAL_EVENTS_FROM"] = "aggregator"
         procs = {}
         if profile.aggregator:
             procs["aggregator"] = _spawn(_scorer_cmd("aggregate"), logs, {**env, "SCORER_METRICS_PORT": "0"})

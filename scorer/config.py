@@ -20,6 +20,7 @@ from scorer.errors import ConfigError
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default" / "2"
 ENV_PREFIX = "SCORER_"
 GUARANTEES = ("at_least_once", "exactly_once")
+TERMINAL_EVENT_WRITERS = ("scorer", "aggregator")  # who writes transactions to terminal-events
 DEAD_LETTER_HEADROOM_BYTES = 65_536  # a dead letter's key and headers at most (kafka/deadletters.py)
 SECRET_WORDS = ("password", "secret", "token", "key.pem", "keystore", "private", "credential", "jaas")
 
@@ -37,6 +38,9 @@ class Settings:
     labels_topic: str = "fraud-labels"
     terminal_topic: str = "terminal-features"  # compacted table published by `scorer aggregate`
     terminal_events_topic: str = "terminal-events"  # transactions + labels re-keyed by terminal
+    # who re-keys transactions into terminal-events: "scorer" (each scorer, from the batch it decoded anyway)
+    # or "aggregator" (its re-key stage reads and decodes the transactions topic again). One writer only.
+    terminal_events_from: str = "scorer"
     state_topic: str = "scorer-state"  # compacted changelog of per-customer window state
     control_topic: str = "scorer-control"  # compacted: model deployment plans
     monitoring_topic: str = "scorer-monitoring"  # hourly binned feature/score counts for `scorer report`
@@ -270,6 +274,10 @@ def validate(s: Settings) -> None:
     if s.processing_guarantee not in GUARANTEES:
         problems.append(
             f"processing_guarantee {s.processing_guarantee!r} is not one of {', '.join(GUARANTEES)}"
+        )
+    if s.terminal_events_from not in TERMINAL_EVENT_WRITERS:
+        problems.append(
+            f"terminal_events_from {s.terminal_events_from!r} is not one of {', '.join(TERMINAL_EVENT_WRITERS)}"
         )
     if not 0 <= s.dead_letter_prefix_bytes <= s.max_value_bytes:
         problems.append("dead_letter_prefix_bytes must be between 0 and max_value_bytes")

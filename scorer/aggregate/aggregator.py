@@ -1,7 +1,9 @@
 """`scorer aggregate`: terminal features for every scorer, from all partitions' transactions and the labels.
 
 Two stages in one process, each its own consumer group, so any number of instances share the work:
-1. re-key: transactions and fraud labels -> `terminal-events`, keyed by terminal_id (compact binary);
+1. re-key: fraud labels -> `terminal-events`, keyed by terminal_id (compact binary). The scorers write the
+   transactions there themselves from the batches they decoded (terminal_events_from = "scorer", the
+   default); with terminal_events_from = "aggregator" this stage also reads and re-keys the transactions;
 2. aggregate: each instance folds its terminal-events partitions into terminal state (partition.py) and,
    when the event-time watermark passes midnight, closes the day: it publishes the changed terminals' rows
    (and tombstones for expired ones) to partition p of the compacted `terminal-features` topic, then a
@@ -97,9 +99,11 @@ class Aggregator:
         return 0
 
     def subscribe(self) -> None:
-        """Join both groups: re-key on transactions and labels, aggregate on terminal-events."""
+        """Join both groups: re-key on the labels (and on the transactions when the scorers do not write
+        them to terminal-events: terminal_events_from = "aggregator"), aggregate on terminal-events."""
         s = self.settings
-        self.rekey.subscribe([s.input_topic, s.labels_topic])
+        rekeyed = [s.labels_topic] if s.terminal_events_from == "scorer" else [s.input_topic, s.labels_topic]
+        self.rekey.subscribe(rekeyed)
         self.consumer.subscribe(
             [s.terminal_events_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
         )

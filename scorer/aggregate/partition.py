@@ -1,8 +1,9 @@
 """One terminal-events partition of the aggregator: its records folded into terminal state, its day
 closes as records for `terminal-features`, and its recovery from them. No Kafka here.
 
-The re-key stage writes each transaction and label as a small binary record keyed by terminal_id,
-carrying its source partition and offset. A close publishes the rows of every terminal that changed,
+Each transaction (written by the scorer that decoded it, or by the re-key stage) and each label (by the
+re-key stage) is a small binary record keyed by terminal_id, carrying its source partition and offset;
+a watermark record (scoring/terminal_events.py) only moves the partition's event time. A close publishes the rows of every terminal that changed,
 tombstones for the expired, then a marker:
   {"day", "position": next terminal-events offset folded, "replay_from": the oldest label still waiting
    for a later close, "sources": the newest source offset folded per source partition}.
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from scorer.events.batches import LabelBatch
 from scorer.events.timestamps import MS_PER_DAY, NEVER
@@ -27,12 +29,32 @@ from scorer.features.rows import MARKER_KEY, PartitionDump, RowCodec, encode_mar
 
 TX = struct.Struct("<cqiq")  # b"T", event_ts_ms, source partition, source offset
 LABEL = struct.Struct("<cqq?iq")  # b"L", reported_ts_ms, tx_ts_ms, is_fraud, source partition, source offset
+WATERMARK = struct.Struct("<cq")  # b"W", event time a scorer reached (moves the watermark, counts nothing)
 Record = dict[str, Any]  # {"key": bytes, "value": bytes | None}
 EventRecord = tuple[int, bytes, bytes]  # terminal-events offset, key (terminal_id), value
 
 
 def transaction_record(terminal_id: str, ts_ms: int, partition: int, offset: int) -> Record:
     return {"key": terminal_id.encode(), "value": TX.pack(b"T", ts_ms, partition, offset)}
+
+
+_TX_ROW = np.dtype([("tag", "S1"), ("ts", "<i8"), ("partition", "<i4"), ("offset", "<i8")])  # = TX, packed
+
+
+def transaction_records(
+    terminal_id: Sequence[str], ts_ms: npt.NDArray[np.int64], partition: npt.NDArray[np.int64],
+    offset: npt.NDArray[np.int64],
+) -> list[Record]:  # fmt: skip
+    """`transaction_record` for a whole batch: the values packed by numpy in one buffer, then sliced."""
+    rows = np.empty(len(ts_ms), dtype=_TX_ROW)
+    rows["tag"], rows["ts"], rows["partition"], rows["offset"] = b"T", ts_ms, partition, offset
+    buf, size = rows.tobytes(), TX.size
+    values = [buf[i : i + size] for i in range(0, len(buf), size)]
+    return [{"key": k, "value": v} for k, v in zip(map(str.encode, terminal_id), values, strict=True)]
+
+
+def watermark_record(ts_ms: int) -> Record:
+    return {"key": b"", "value": WATERMARK.pack(b"W", ts_ms)}
 
 
 def label_record(
@@ -100,6 +122,8 @@ class PartitionAgg:
                     tx_ids.append(terminal)
                     tx_ts.append(ts)
                     late += ts // MS_PER_DAY <= closed_day
+            elif value[:1] == b"W" and len(value) == WATERMARK.size:
+                self.watermark_ms = max(self.watermark_ms, WATERMARK.unpack(value)[1])
             elif value[:1] == b"L" and len(value) == LABEL.size:
                 _, reported, tx_time, is_fraud, src_partition, src_offset = LABEL.unpack(value)
                 self.watermark_ms = max(self.watermark_ms, reported)

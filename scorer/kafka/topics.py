@@ -51,8 +51,10 @@ def partition_counts(settings: Settings, topics: list[str], timeout_s: float = 1
     }
 
 
-def check_topics(settings: Settings, pairs: list[tuple[str, str]], timeout_s: float = 10.0) -> None:
-    """Each (data topic, state topic) pair must exist with equal partition counts."""
+def check_topics(
+    settings: Settings, pairs: list[tuple[str, str]], timeout_s: float = 10.0
+) -> Mapping[str, int]:
+    """Each (data topic, state topic) pair must exist with equal partition counts; returns the counts."""
     names = [t for pair in pairs for t in pair]
     counts = partition_counts(settings, names, timeout_s)
     missing = [t for t in names if t not in counts]
@@ -64,3 +66,4 @@ def check_topics(settings: Settings, pairs: list[tuple[str, str]], timeout_s: fl
                 f"{state} has {counts[state]} partitions but {data} has {counts[data]}: they must match "
                 "(partition p of the state topic holds the state of partition p)"
             )
+    return counts

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from scorer.aggregate.partition import transaction_records
 from scorer.aggregate.table import TerminalTable
 from scorer.config import Settings
 from scorer.errors import ScorerError
@@ -85,6 +86,24 @@ class Scored:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """The valid transactions of a batch, for terminal-events: input position, terminal and event time."""
+
+    index: I64
+    terminal_id: list[str]
+    event_ts_ms: I64
+
+    def records(self, partitions: I64, offsets: I64) -> list[Record]:
+        """terminal-events records keyed by terminal, with each transaction's input partition and offset
+        (the aggregator counts a record sent twice once); `partitions` and `offsets` are those of the input
+        records the core was given."""
+        if not len(self.index):
+            return []
+        p, o = partitions[self.index], offsets[self.index]
+        return transaction_records(self.terminal_id, self.event_ts_ms, p, o)
+
+
 class SystemicFailure(ScorerError):
     """Scoring fails whatever the records: the process must stop without committing."""
 
@@ -139,8 +158,17 @@ class Scorer:
         self.serving = serving
         return outgoing
 
-    def score(self, values: Sequence[bytes | None], partitions: I64) -> Scored:
+    def score(
+        self,
+        values: Sequence[bytes | None],
+        partitions: I64,
+        on_decoded: Callable[[Counted], None] | None = None,
+    ) -> Scored:
         """Decode a consumed batch (values and input partitions, in offset order) and score the valid.
+
+        `on_decoded` gets the valid transactions before anything is scored: the loop writes them to
+        terminal-events there, because the terminal table may wait for the close of the previous day, and
+        the aggregator closes it only once the new day's transactions reach it.
 
         A record that makes scoring fail costs only itself: the batch is split in halves until the
         failing records stand alone, the rest is scored, and those go out as `processing_error` dead
@@ -152,6 +180,8 @@ class Scorer:
         self.lap("decode")
         if len(decoded.batch) == 0:
             return Scored([], dead_letters=dead, scored_at_ms=self.now_ms())
+        if on_decoded is not None:  # every valid transaction, scored or a processing_error later
+            on_decoded(Counted(decoded.kept, decoded.batch.terminal_id, decoded.batch.event_ts_ms))
         scored = self._isolate(decoded.batch, partitions[decoded.kept])
         if not scored.decisions:
             self._check_systemic(scored.dead_letters[0].detail)

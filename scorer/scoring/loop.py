@@ -42,8 +42,9 @@ from scorer.runtime.health import HealthServer, serve_health
 from scorer.runtime.metrics import Metrics
 from scorer.runtime.process import tune_gc
 from scorer.scoring.commits import Commits, CommitTracker
-from scorer.scoring.core import DEAD_LETTER_REASONS, Scored, Scorer, SystemicFailure
+from scorer.scoring.core import DEAD_LETTER_REASONS, Counted, Scored, Scorer, SystemicFailure
 from scorer.scoring.customers import CustomerStore
+from scorer.scoring.terminal_events import TerminalEventWriter
 
 logger = logging.getLogger(__name__)
 I64 = npt.NDArray[np.int64]
@@ -109,7 +110,9 @@ class ScorerLoop:
     def run(self, stop: threading.Event) -> int:
         """Score until `stop` is set (SIGTERM/SIGINT) or a fatal error; returns the exit code."""
         s = self.settings
-        check_topics(s, [(s.input_topic, s.state_topic), (s.terminal_events_topic, s.terminal_topic)])
+        counts = check_topics(
+            s, [(s.input_topic, s.state_topic), (s.terminal_events_topic, s.terminal_topic)]
+        )
         self.sink = Sink(s.producer_config(), self.metrics)  # exactly_once: the monitoring topic only
         self.consumer = clients.consumer(s.consumer_config())
         snapshot = self.scorer.customers.snapshot
@@ -123,6 +126,10 @@ class ScorerLoop:
             self.commits = CommitTracker(
                 self.sink, offsets, snapshot, s.state_topic, self.metrics.commits.inc
             )
+        self.terminal_events: TerminalEventWriter | None = None
+        if s.terminal_events_from == "scorer":
+            te = s.terminal_events_topic
+            self.terminal_events = TerminalEventWriter(te, counts[te], self.sink, self.transactions)
         server: HealthServer | None = serve_health(self.registry, s.metrics_host, s.metrics_port, self.ready)
         try:
             self._start()
@@ -212,7 +219,14 @@ class ScorerLoop:
         self.metrics.consumed.inc(n)
         self.metrics.batch_size.observe(n)
         partitions = np.fromiter(map(Message.partition, records), dtype=np.int64, count=n)
-        scored = self.scorer.score(list(map(Message.value, records)), partitions)
+        offsets = np.fromiter(map(Message.offset, records), dtype=np.int64, count=n)
+        writer = self.terminal_events
+
+        def write(counted: Counted) -> None:  # before scoring: see scoring/terminal_events.py
+            if writer is not None:
+                writer.write(counted, partitions, offsets)
+
+        scored = self.scorer.score(list(map(Message.value, records)), partitions, write)
         for dead in scored.dead_letters:
             self._dead_letter(records[dead.index], dead.reason, dead.detail)
         if self.transactions is None:
@@ -223,7 +237,7 @@ class ScorerLoop:
             produced = np.fromiter(map(_create_time, records), dtype=np.int64, count=n)[scored.kept]
             latency_s = np.maximum(scored.scored_at_ms - produced[produced > 0], 0) / 1000.0
             self.metrics.latency.observe_many(latency_s)
-        self._record_progress(partitions, np.fromiter(map(Message.offset, records), dtype=np.int64, count=n))
+        self._record_progress(partitions, offsets)
         self.metrics.batch_seconds.observe(time.monotonic() - started)
 
     def _send(self, scored: Scored) -> None:

@@ -8,6 +8,7 @@ restarted aggregator's terminal table must equal it row for row.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import zlib
 from functools import cache
@@ -29,7 +30,7 @@ from tests.unit.fakes import Crash, FakeBroker, FakeConsumer, FakeProducer, Poli
 
 SETTINGS = Settings(
     input_topic="tx", labels_topic="labels", terminal_events_topic="te", terminal_topic="tf", dlq_topic="dlq",
-    batch_max=60,
+    batch_max=60, terminal_events_from="aggregator",  # these tests crash and refuse the re-key of transactions
 )  # fmt: skip
 COUNTS = {"tx": 2, "labels": 1, "te": 2, "tf": 2, "dlq": 1}
 CONFIG = FeatureConfig()
@@ -61,12 +62,12 @@ def new_broker() -> FakeBroker:
     return broker
 
 
-def start(broker: FakeBroker, policy: Policy = deliver_all) -> Aggregator:
+def start(broker: FakeBroker, policy: Policy = deliver_all, settings: Settings = SETTINGS) -> Aggregator:
     """An aggregator process on the fake broker, its partitions assigned (and restored)."""
     rekey = FakeConsumer(broker, "agg-rekey", COUNTS)
     consumer = FakeConsumer(broker, "agg", COUNTS)
     agg = Aggregator(
-        SETTINGS, CONFIG, sink=Sink({}, producer=FakeProducer(broker, policy)), rekey=rekey, consumer=consumer,  # type: ignore[arg-type]
+        settings, CONFIG, sink=Sink({}, producer=FakeProducer(broker, policy)), rekey=rekey, consumer=consumer,  # type: ignore[arg-type]
         read=lambda config, topic, p: broker.dump(topic, p),
     )  # fmt: skip
     agg.subscribe()
@@ -214,3 +215,13 @@ def test_restore_reads_rows_up_to_the_last_marker_only() -> None:
     assert set(result.rows) == {b"T1"}
     restored = PartitionAgg.restore(CONFIG, codec, result)
     assert restored.terminals.closed_day == day and restored.skip_before == 1
+
+
+def test_when_the_scorers_write_terminal_events_the_aggregator_reads_only_the_labels() -> None:
+    broker = new_broker()
+    agg = start(broker, settings=dataclasses.replace(SETTINGS, terminal_events_from="scorer"))
+    drain(agg)
+    assert {topic for topic, _ in agg.rekey.positions} == {"labels"}  # type: ignore[attr-defined]
+    agg.close()
+    written = [v for p in range(2) for _, v in broker.log.get(("te", p), [])]
+    assert written and all(v is not None and v[:1] == b"L" for v in written)  # labels only

@@ -19,19 +19,24 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from scorer.aggregate.table import MemorySource, TerminalTable
+from scorer.aggregate.partition import PartitionAgg, transaction_record
+from scorer.aggregate.table import MemorySource, TerminalTable, terminal_codec
 from scorer.config import DEFAULT_MODEL, Settings
+from scorer.events.decode import decode_transactions
+from scorer.events.timestamps import MS_PER_DAY, NEVER
+from scorer.features.engine import TerminalFeatures
+from scorer.features.rows import MARKER_KEY
 from scorer.kafka.sink import Sink
 from scorer.model.onnx import OnnxModel
 from scorer.rollout.serving import Serving
 from scorer.runtime.metrics import Metrics
 from scorer.scoring.commits import CommitTracker
-from scorer.scoring.core import Scorer
+from scorer.scoring.core import Counted, Scorer
 from scorer.scoring.customers import CustomerStore
 from scorer.training.simulate import SimulationParams, simulate, transaction_values
 from tests.unit.fakes import Crash, FakeBroker, FakeOffsets, FakeProducer, Policy, deliver_all
 
-DECISIONS, STATE = "decisions", "state"
+DECISIONS, STATE, TERMINAL_EVENTS = "decisions", "state", "terminal-events"
 PARTITIONS = 2
 BATCH = 40
 
@@ -97,7 +102,13 @@ class Member:
             if not values:
                 continue
             busy = True
-            scored = self.scorer.score(values, np.full(len(values), p, dtype=np.int64))
+            partitions = np.full(len(values), p, dtype=np.int64)
+            offsets = np.arange(start, start + len(values), dtype=np.int64)
+
+            def write(counted: Counted) -> None:  # as the loop does, before the batch is scored
+                self.sink.send(TERMINAL_EVENTS, counted.records(partitions, offsets))  # noqa: B023
+
+            scored = self.scorer.score(values, partitions, write)
             self.sink.send(DECISIONS, scored.decisions)
             self.position[p] = start + len(values)
             self.commits.processed(p, self.position[p])
@@ -308,3 +319,87 @@ def test_a_crash_before_any_snapshot_repeats_only_uncommitted_records() -> None:
     repeated = {t for t, s in got.items() if len(s) > 1}
     assert repeated  # the records since the last snapshot were decided again (at-least-once)
     assert len(repeated) <= PARTITIONS * 3 * BATCH
+
+
+# -- the scorer writes terminal-events (terminal_events_from = "scorer") ------------------------------------
+
+
+def terminal_table(broker: FakeBroker) -> dict[bytes, bytes | None]:
+    """The terminal rows an aggregator folds from what the scorers wrote to terminal-events (its real
+    fold: a record sent twice counts once), closed at the last day."""
+    config = model().meta.feature_config
+    codec, rows = terminal_codec(config), {}
+    for p in range(PARTITIONS):
+        part = PartitionAgg(TerminalFeatures(config))
+        log = broker.log.get((TERMINAL_EVENTS, p), [])
+        part.fold([(i, k or b"", v or b"") for i, (k, v) in enumerate(log)], closed_day=NEVER)
+        records, _, _ = part.close(part.watermark_ms // MS_PER_DAY, codec)
+        rows.update({r["key"]: r["value"] for r in records if r["key"] != MARKER_KEY})
+    return rows
+
+
+@cache
+def re_keyed_table() -> dict[bytes, bytes | None]:
+    """The same rows from the aggregator's own re-key of every input record, once each (the reference)."""
+    broker = FakeBroker()
+    for p, values in inputs().items():
+        batch = decode_transactions(values).batch
+        for offset, (terminal, ts) in enumerate(
+            zip(batch.terminal_id, batch.event_ts_ms.tolist(), strict=True)
+        ):
+            record = transaction_record(terminal, ts, p, offset)
+            broker.put(
+                TERMINAL_EVENTS, zlib.crc32(record["key"]) % PARTITIONS, record["key"], record["value"]
+            )
+    rows = terminal_table(broker)
+    assert len(rows) > 50
+    return rows
+
+
+def test_the_terminal_events_a_clean_run_writes_fold_into_the_re_key_stages_table() -> None:
+    broker = FakeBroker()
+    member = Member(broker, range(PARTITIONS))
+    member.run()
+    assert member.finish()
+    assert terminal_table(broker) == re_keyed_table()
+
+
+def test_terminal_events_written_twice_across_crashes_count_once() -> None:
+    broker = FakeBroker()
+    for crash in range(3):
+        member = Member(broker, range(PARTITIONS))
+        member.offsets.crash = True
+        with pytest.raises(Crash):  # terminal events and decisions delivered, the process dies committing
+            member.run(commit_every=2 + crash)
+    member = Member(broker, range(PARTITIONS))
+    member.run()
+    assert member.finish()
+    sent = sum(len(broker.log.get((TERMINAL_EVENTS, p), [])) for p in range(PARTITIONS))
+    assert sent > sum(map(len, inputs().values()))  # the restarts did write records twice
+    assert terminal_table(broker) == re_keyed_table()
+
+
+def test_a_refused_terminal_event_stops_the_commit_like_a_refused_decision() -> None:
+    """A refused record stops the scorer; the records queued behind it fail with it (modelled here: every
+    later terminal event is refused), so the restart's repeats fill exactly the hole. A gap (a later record
+    of the same partition delivered after an earlier one was refused) would lose the earlier one's count:
+    the aggregator skips source offsets not newer than the newest it has seen (docs/guarantees.md)."""
+    broker = FakeBroker()
+    stopped = {"at": False}
+
+    def refuse_one(topic: str, value: bytes | None) -> str:
+        if topic == TERMINAL_EVENTS and value is not None and value.endswith(b"\x07" + bytes(7)):
+            stopped["at"] = True  # the terminal event of input offset 7: refused, and the producer stops
+        return "refuse" if stopped["at"] and topic == TERMINAL_EVENTS else "ok"
+
+    member = Member(broker, range(PARTITIONS), refuse_one)
+    member.run(commit_every=1)
+    assert member.sink.failure is not None
+    member.commits.begin()
+    for _ in range(3):
+        member.commits.advance()
+    assert all(broker.committed.get(p, 0) <= 7 for p in range(PARTITIONS))
+    member = Member(broker, range(PARTITIONS))
+    member.run()
+    assert member.finish()
+    assert terminal_table(broker) == re_keyed_table()

@@ -46,6 +46,10 @@ def test_secret_from_file_is_used_and_masked(tmp_path: Path) -> None:
         ({"SCORER_METRICS_PORT": "70000"}, "not a TCP port"),
         ({"SCORER_NOPE": "1"}, "unknown setting"),
         ({"SCORER_LOG_LEVEL": "LOUD"}, "log_level"),
+        (
+            {"SCORER_TERMINAL_EVENTS_FROM": "both"},
+            "terminal_events_from 'both' is not one of scorer, aggregator",
+        ),
         ({"SCORER_KAFKA_SASL_PASSWORD_FILE": "/no/such/file"}, "cannot read"),
     ],
 )

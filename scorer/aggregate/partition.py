@@ -3,8 +3,8 @@ closes as records for `terminal-features`, and its recovery from them. No Kafka 
 
 Each transaction (written by the scorer that decoded it, or by the re-key stage) and each label (by the
 re-key stage) is a small binary record keyed by terminal_id, carrying its source partition and offset;
-a watermark record (scoring/terminal_events.py) only moves the partition's event time. A close publishes the rows of every terminal that changed,
-tombstones for the expired, then a marker:
+a watermark record (scoring/terminal_events.py) only moves the partition's event time. A close publishes
+the rows of every terminal that changed, tombstones for the expired, then a marker:
   {"day", "position": next terminal-events offset folded, "replay_from": the oldest label still waiting
    for a later close, "sources": the newest source offset folded per source partition}.
 The aggregator commits `replay_from`. On restore the rows are loaded and the records before `position`

@@ -73,28 +73,41 @@ def encode_decisions(scored: ScoredBatch, explainer: Explainer, scored_at_ms: in
     hot path. Here each column is serialised by one `orjson.dumps` call over the whole batch and split into
     its per-row pieces (a JSON array of strings splits exactly on `","`, since a quote inside a string is
     always escaped; an array of numbers splits on commas), and each document is one bytes template filled
-    with its row's pieces. Per-row rollout fields (`extra`) take the dict path.
+    with its row's pieces. Under a plan, each row's rollout fields (`extra`) are one small dumps each: their
+    threshold replaces the document's, the rest follow `scored_at`, as `dict.update` places them.
     """
     b = scored.batch
-    if scored.extra is not None or len(explainer.names) < N_REASONS:
+    if len(explainer.names) < N_REASONS:
         return encode_decisions_dicts(scored, explainer, scored_at_ms)
     if len(b) == 0:
         return []
     top = explainer.top(scored.features)
     names = explainer.json_names[top]
     values = _numbers(np.take_along_axis(scored.features, top, axis=1).ravel().tolist())
-    template = _template(scored.threshold, scored.model_version, scored_at_ms)
+    template = _template(scored.model_version, scored_at_ms)
+    thresholds, tails = _rollout_fields(scored.extra, scored.threshold, len(b))
     rows = zip(
         _strings(b.transaction_id), _strings(b.customer_id), _strings(b.terminal_id),
         _numbers(b.amount.tolist()), _strings(rfc3339_ms(b.event_ts_ms)), _numbers(scored.scores.tolist()),
-        map(_BOOLEANS.__getitem__, scored.flagged.tolist()),
+        map(_BOOLEANS.__getitem__, scored.flagged.tolist()), thresholds,
         names[:, 0].tolist(), values[0::3], names[:, 1].tolist(), values[1::3], names[:, 2].tolist(), values[2::3],
-        strict=True,
+        tails, strict=True,
     )  # fmt: skip
     return [template % row for row in rows]
 
 
 _BOOLEANS = (b"false", b"true")
+
+
+def _rollout_fields(
+    extra: Sequence[Mapping[str, Any]] | None, threshold: float, n: int
+) -> tuple[Sequence[bytes], Sequence[bytes]]:
+    """Per row: the threshold, and the fields that follow `scored_at` (with their leading comma)."""
+    if extra is None:
+        return [orjson.dumps(threshold)] * n, [b""] * n
+    thresholds = _numbers([row.get("threshold", threshold) for row in extra])
+    rest = (orjson.dumps({k: v for k, v in row.items() if k != "threshold"})[1:-1] for row in extra)
+    return thresholds, [b"," + r if r else b"" for r in rest]
 
 
 def _strings(values: Sequence[str]) -> list[bytes]:
@@ -107,7 +120,7 @@ def _numbers(values: Sequence[float]) -> list[bytes]:
     return orjson.dumps(values)[1:-1].split(b",")
 
 
-def _template(threshold: float, version: str, scored_at_ms: int) -> bytes:
+def _template(version: str, scored_at_ms: int) -> bytes:
     """The decision document with the batch's constants written in and a %b slot per row field."""
 
     def constant(value: object) -> bytes:
@@ -117,14 +130,14 @@ def _template(threshold: float, version: str, scored_at_ms: int) -> bytes:
     reasons = ",".join(['{"feature":%b,"value":%b}'] * N_REASONS).encode()
     return (
         b'{"transaction_id":"%b","customer_id":"%b","terminal_id":"%b","amount":%b,"timestamp":"%b",'
-        b'"score":%b,"flagged":%b,"threshold":' + constant(threshold) + b',"model_version":' + constant(version)
-        + b',"reasons":[' + reasons + b'],"scored_at":' + constant(scored_at) + b"}"
+        b'"score":%b,"flagged":%b,"threshold":%b,"model_version":' + constant(version)
+        + b',"reasons":[' + reasons + b'],"scored_at":' + constant(scored_at) + b"%b}"
     )  # fmt: skip
 
 
 def encode_decisions_dicts(scored: ScoredBatch, explainer: Explainer, scored_at_ms: int) -> list[bytes]:
     """The same documents from one dict and one `orjson.dumps` per transaction: the reference the fast
-    path is tested against, and the path for batches with per-row rollout fields."""
+    path is tested against (and the path for fewer features than reasons)."""
     b = scored.batch
     top = explainer.top(scored.features)
     names = np.asarray(explainer.names, dtype=object)[top].tolist()

@@ -49,8 +49,36 @@ def test_the_batch_encoder_equals_one_dumps_per_decision(
         assert orjson.loads(doc)["transaction_id"] == tx
 
 
-def test_rollout_fields_take_the_dict_path() -> None:
+extras = st.fixed_dictionaries(
+    {"challenger_version": st.text(max_size=8), "blend_weight": numbers, "threshold": numbers},
+    optional={"challenger_score": numbers, "challenger_fallback": st.just(True)},
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(ids, numbers, extras), min_size=1, max_size=20))
+def test_rollout_fields_under_a_plan_are_written_as_the_dict_path_writes_them(
+    rows: list[tuple[str, float, dict[str, object]]],
+) -> None:
+    """Each row's threshold replaces the document's; its other fields follow scored_at, in their order."""
+    scored = _scored([r[0] for r in rows], ["c"] * len(rows), [1.0] * len(rows), [r[1] for r in rows], "d/2")
+    scored.extra = [r[2] for r in rows]
+    fast = encode_decisions(scored, EXPLAINER, 0)
+    assert fast == encode_decisions_dicts(scored, EXPLAINER, 0)
+
+
+def test_the_threshold_of_a_row_under_a_plan_is_its_own() -> None:
     scored = _scored(["a", "b"], ["c", "d"], [1.0, 2.0], [0.1, 0.9], "default/2")
-    scored.extra = [{"challenger_score": 0.2, "weight": 0.5}, {"challenger_score": 0.8, "weight": 0.5}]
+    scored.extra = [
+        {"challenger_version": "default/3", "blend_weight": 0.5, "threshold": 0.3, "challenger_score": 0.2},
+        {
+            "challenger_version": "default/3",
+            "blend_weight": 0.5,
+            "threshold": 0.4,
+            "challenger_fallback": True,
+        },
+    ]
     docs = [orjson.loads(d) for d in encode_decisions(scored, EXPLAINER, 0)]
-    assert [d["weight"] for d in docs] == [0.5, 0.5] and docs[1]["flagged"] is True
+    assert [d["threshold"] for d in docs] == [0.3, 0.4] and docs[1]["flagged"] is True
+    assert list(docs[0])[-4:] == ["scored_at", "challenger_version", "blend_weight", "challenger_score"]
+    assert docs[1]["challenger_fallback"] is True and "challenger_score" not in docs[1]

@@ -223,10 +223,11 @@ class ScorerLoop:
         writer = self.terminal_events
 
         def write(counted: Counted) -> None:  # before scoring: see scoring/terminal_events.py
-            if writer is not None:
-                writer.write(counted, partitions, offsets)
+            assert writer is not None  # noqa: S101 - passed only with a writer
+            writer.write(counted, partitions, offsets)
 
-        scored = self.scorer.score(list(map(Message.value, records)), partitions, write)
+        values = list(map(Message.value, records))
+        scored = self.scorer.score(values, partitions, write if writer is not None else None)
         for dead in scored.dead_letters:
             self._dead_letter(records[dead.index], dead.reason, dead.detail)
         if self.transactions is None:

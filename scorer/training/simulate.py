@@ -40,9 +40,7 @@ class SimulationParams:
     start: datetime.date = datetime.date(2026, 1, 1)
     radius: float = 5.0
     label_delay_days: float = 7.0
-    fixed_label_delay: bool = (
-        False  # every label exactly label_delay_days late (the handbook's feedback model)
-    )
+    fixed_label_delay: bool = False  # every label exactly label_delay_days late (the handbook's)
     drift: Drift | None = None  # changes from a given day on, for drift and quality-drop tests
 
 

@@ -28,12 +28,49 @@ _CHALLENGER_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_n
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutFields:
+    """What each decision under a plan carries besides, as columns (decisions.py writes them without a dict
+    per row): the challenger's version, its weight, its score where usable, the blended threshold, and
+    whether the challenger was wanted but fell back."""
+
+    challenger_version: str
+    blend_weight: F64
+    challenger_score: F64 | None  # None when the challenger gave nothing; NaN rows are left out
+    threshold: F64
+    fallback: npt.NDArray[np.bool_]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The same fields as one dict per decision (the reference encoder and the tests read these)."""
+        n = len(self.blend_weight)
+        scores = self.challenger_score.tolist() if self.challenger_score is not None else [None] * n
+        rows = []
+        weights, thresholds, fallbacks = (
+            self.blend_weight.tolist(),
+            self.threshold.tolist(),
+            self.fallback.tolist(),
+        )
+        columns = zip(weights, scores, thresholds, fallbacks, strict=True)
+        for w, s, t, f in columns:
+            row: dict[str, Any] = {
+                "challenger_version": self.challenger_version,
+                "blend_weight": w,
+                "threshold": t,
+            }
+            if s is not None and math.isfinite(s):
+                row["challenger_score"] = s
+            if f:  # the challenger was wanted for this event and had no usable score
+                row["challenger_fallback"] = True
+            rows.append(row)
+        return rows
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What decides each event of a batch, and what the decision records carry besides."""
 
     scores: F64
     flagged: npt.NDArray[np.bool_]
-    extra: list[dict[str, Any]] | None  # per row: challenger fields (None without a plan)
+    extra: RolloutFields | None  # challenger fields per row (None without a plan)
     shadow_scores: F64 | None  # shadow plan: the challenger's scores, for the shadow topic only
     fallbacks: int
     champion_scores: F64  # each model's own scores, for the per-version metrics
@@ -98,15 +135,6 @@ def _timed_predict(model: OnnxModel, X: F32, timed: Callable[[str, float], None]
 
 def _extra(
     label: str, weight: F64, challenger: F64 | None, threshold: F64, fallback: npt.NDArray[np.bool_]
-) -> list[dict[str, Any]]:
+) -> RolloutFields:
     """Per decision: the challenger's version, its weight and score (or that it fell back), the threshold."""
-    scores = challenger.tolist() if challenger is not None else [None] * len(weight)
-    rows = []
-    for w, s, t, f in zip(weight.tolist(), scores, threshold.tolist(), fallback.tolist(), strict=True):
-        row: dict[str, Any] = {"challenger_version": label, "blend_weight": w, "threshold": t}
-        if s is not None and math.isfinite(s):
-            row["challenger_score"] = s
-        if f:  # the challenger was wanted for this event and had no usable score
-            row["challenger_fallback"] = True
-        rows.append(row)
-    return rows
+    return RolloutFields(label, weight, challenger, threshold, fallback)

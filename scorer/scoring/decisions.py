@@ -18,6 +18,7 @@ import orjson
 from scorer.events.batches import TransactionBatch
 from scorer.events.timestamps import rfc3339_ms
 from scorer.model.reference import quantile_edges, quantile_position
+from scorer.rollout.serving import RolloutFields
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -63,7 +64,7 @@ class ScoredBatch:
     flagged: npt.NDArray[np.bool_]
     threshold: float
     model_version: str
-    extra: Sequence[Mapping[str, Any]] | None = None  # per-row rollout fields (challenger, weight)
+    extra: RolloutFields | None = None  # per-row rollout fields (challenger, weight), as columns
 
 
 def encode_decisions(scored: ScoredBatch, explainer: Explainer, scored_at_ms: int) -> list[bytes]:
@@ -73,8 +74,8 @@ def encode_decisions(scored: ScoredBatch, explainer: Explainer, scored_at_ms: in
     hot path. Here each column is serialised by one `orjson.dumps` call over the whole batch and split into
     its per-row pieces (a JSON array of strings splits exactly on `","`, since a quote inside a string is
     always escaped; an array of numbers splits on commas), and each document is one bytes template filled
-    with its row's pieces. Under a plan, each row's rollout fields (`extra`) are one small dumps each: their
-    threshold replaces the document's, the rest follow `scored_at`, as `dict.update` places them.
+    with its row's pieces. Under a plan, the rollout fields (`extra`, columns) are serialised the same way:
+    each row's threshold replaces the document's, the rest follow `scored_at`, as `dict.update` places them.
     """
     b = scored.batch
     if len(explainer.names) < N_REASONS:
@@ -99,15 +100,21 @@ def encode_decisions(scored: ScoredBatch, explainer: Explainer, scored_at_ms: in
 _BOOLEANS = (b"false", b"true")
 
 
-def _rollout_fields(
-    extra: Sequence[Mapping[str, Any]] | None, threshold: float, n: int
-) -> tuple[Sequence[bytes], Sequence[bytes]]:
-    """Per row: the threshold, and the fields that follow `scored_at` (with their leading comma)."""
+def _rollout_fields(extra: RolloutFields | None, threshold: float, n: int) -> tuple[list[bytes], list[bytes]]:
+    """Per row: the threshold, and the fields that follow `scored_at` (with their leading comma), in the
+    order `RolloutFields.rows` gives them."""
     if extra is None:
         return [orjson.dumps(threshold)] * n, [b""] * n
-    thresholds = _numbers([row.get("threshold", threshold) for row in extra])
-    rest = (orjson.dumps({k: v for k, v in row.items() if k != "threshold"})[1:-1] for row in extra)
-    return thresholds, [b"," + r if r else b"" for r in rest]
+    head = b',"challenger_version":' + orjson.dumps(extra.challenger_version) + b',"blend_weight":'
+    scores: list[bytes] = [b""] * n
+    if extra.challenger_score is not None:
+        usable = np.isfinite(extra.challenger_score).tolist()
+        pieces = _numbers(extra.challenger_score.tolist())
+        scores = [b',"challenger_score":' + p if ok else b"" for p, ok in zip(pieces, usable, strict=True)]
+    fell = [b',"challenger_fallback":true' if f else b"" for f in extra.fallback.tolist()]
+    weights = _numbers(extra.blend_weight.tolist())
+    tails = [head + w + s + f for w, s, f in zip(weights, scores, fell, strict=True)]
+    return _numbers(extra.threshold.tolist()), tails
 
 
 def _strings(values: Sequence[str]) -> list[bytes]:
@@ -166,7 +173,7 @@ def encode_decisions_dicts(scored: ScoredBatch, explainer: Explainer, scored_at_
         for tx, customer, terminal, amount, at, score, flagged, reasons in columns
     ]
     if scored.extra is not None:
-        for doc, extra in zip(docs, scored.extra, strict=True):
+        for doc, extra in zip(docs, scored.extra.rows(), strict=True):
             doc.update(extra)
     return list(map(orjson.dumps, docs))
 

@@ -11,6 +11,7 @@ from scorer.config import DEFAULT_MODEL
 from scorer.events.batches import TransactionBatch
 from scorer.features.engine import FEATURE_NAMES
 from scorer.model.onnx import read_meta
+from scorer.rollout.serving import RolloutFields
 from scorer.scoring.decisions import Explainer, ScoredBatch, encode_decisions, encode_decisions_dicts
 
 EXPLAINER = Explainer.from_meta(read_meta(DEFAULT_MODEL).raw, FEATURE_NAMES)
@@ -49,35 +50,35 @@ def test_the_batch_encoder_equals_one_dumps_per_decision(
         assert orjson.loads(doc)["transaction_id"] == tx
 
 
-extras = st.fixed_dictionaries(
-    {"challenger_version": st.text(max_size=8), "blend_weight": numbers, "threshold": numbers},
-    optional={"challenger_score": numbers, "challenger_fallback": st.just(True)},
-)
-
-
 @settings(max_examples=200, deadline=None)
-@given(rows=st.lists(st.tuples(ids, numbers, extras), min_size=1, max_size=20))
+@given(
+    rows=st.lists(st.tuples(ids, numbers, numbers, numbers, numbers, st.booleans()), min_size=1, max_size=20),
+    version=st.text(max_size=8),
+    scored_by_challenger=st.booleans(),
+)
 def test_rollout_fields_under_a_plan_are_written_as_the_dict_path_writes_them(
-    rows: list[tuple[str, float, dict[str, object]]],
+    rows: list[tuple[str, float, float, float, float, bool]], version: str, scored_by_challenger: bool
 ) -> None:
     """Each row's threshold replaces the document's; its other fields follow scored_at, in their order."""
     scored = _scored([r[0] for r in rows], ["c"] * len(rows), [1.0] * len(rows), [r[1] for r in rows], "d/2")
-    scored.extra = [r[2] for r in rows]
+    challenger = np.asarray([r[3] for r in rows]) if scored_by_challenger else None
+    scored.extra = RolloutFields(
+        version, np.asarray([r[2] for r in rows]), challenger, np.asarray([r[4] for r in rows]),
+        np.asarray([r[5] for r in rows]),
+    )  # fmt: skip
     fast = encode_decisions(scored, EXPLAINER, 0)
     assert fast == encode_decisions_dicts(scored, EXPLAINER, 0)
 
 
 def test_the_threshold_of_a_row_under_a_plan_is_its_own() -> None:
     scored = _scored(["a", "b"], ["c", "d"], [1.0, 2.0], [0.1, 0.9], "default/2")
-    scored.extra = [
-        {"challenger_version": "default/3", "blend_weight": 0.5, "threshold": 0.3, "challenger_score": 0.2},
-        {
-            "challenger_version": "default/3",
-            "blend_weight": 0.5,
-            "threshold": 0.4,
-            "challenger_fallback": True,
-        },
-    ]
+    scored.extra = RolloutFields(
+        "default/3",
+        np.array([0.5, 0.5]),
+        np.array([0.2, np.nan]),
+        np.array([0.3, 0.4]),
+        np.array([False, True]),
+    )
     docs = [orjson.loads(d) for d in encode_decisions(scored, EXPLAINER, 0)]
     assert [d["threshold"] for d in docs] == [0.3, 0.4] and docs[1]["flagged"] is True
     assert list(docs[0])[-4:] == ["scored_at", "challenger_version", "blend_weight", "challenger_score"]

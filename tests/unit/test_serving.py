@@ -49,11 +49,11 @@ def test_blend_halfway_scores_the_mean_and_records_the_weight(
     )
     seen, timed = timings()
     out = serving.score(X, batch, timed)
-    weight = np.array([row["blend_weight"] for row in out.extra or []])
+    weight = np.array([row["blend_weight"] for row in (out.extra.rows() if out.extra else [])])
     assert ((weight > 0) & (weight < 1)).all() and out.fallbacks == 0
     expected = (1 - weight) * champion.predict(X) + weight * 0.9
     assert np.allclose(out.scores, expected)
-    assert {row["challenger_score"] for row in out.extra or []} == {0.9}
+    assert {row["challenger_score"] for row in (out.extra.rows() if out.extra else [])} == {0.9}
     assert seen == ["tiny/1", "tiny/1"]  # both models timed
 
 
@@ -68,7 +68,10 @@ def test_a_failing_challenger_falls_back_and_is_counted(tiny_model: Path, inputs
     serving = Serving(champion, challenger, plan("direct", 0))
     out = serving.score(X, batch, lambda *_: None)
     assert out.fallbacks == len(X) and np.array_equal(out.scores, champion.predict(X))
-    assert all(row["challenger_fallback"] and row["blend_weight"] == 0.0 for row in out.extra or [])
+    assert all(
+        row["challenger_fallback"] and row["blend_weight"] == 0.0
+        for row in (out.extra.rows() if out.extra else [])
+    )
 
 
 def test_nan_from_the_challenger_falls_back_per_event(tiny_model: Path, inputs: tuple[Any, Any]) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from scorer.aggregate.partition import EventRecord, PartitionAgg, label_record, transaction_record
+from scorer.aggregate.partition import EventRecord, PartitionAgg, label_record, transaction_records
 from scorer.aggregate.table import terminal_codec
 from scorer.config import Settings
 from scorer.events.decode import decode_labels, decode_transactions
@@ -148,11 +148,12 @@ class Aggregator:
         decoded = decode_transactions([m.value() for m in msgs], self.settings.max_value_bytes)
         b = decoded.batch
         self.metrics.repartitioned.labels("transaction").inc(len(b))
+        if not len(b):
+            return []
         src = [msgs[i] for i in decoded.kept.tolist()]
-        return [
-            transaction_record(t, ts, m.partition() or 0, m.offset() or 0)
-            for t, ts, m in zip(b.terminal_id, b.event_ts_ms.tolist(), src, strict=True)
-        ]
+        partitions = np.fromiter((m.partition() or 0 for m in src), dtype=np.int64, count=len(src))
+        offsets = np.fromiter((m.offset() or 0 for m in src), dtype=np.int64, count=len(src))
+        return transaction_records(b.terminal_id, b.event_ts_ms, partitions, offsets)
 
     def _rekey_labels(self, msgs: Sequence[Message]) -> list[dict[str, object]]:
         """Valid labels re-keyed; invalid ones go to the dead-letter topic with their reason."""

@@ -115,7 +115,7 @@ class Serving:
         weight = challenger_weight(self.plan, batch.event_ts_ms, batch.customer_id)
         mixed = combine(weight, champion, challenger)
         threshold = (1.0 - mixed.weight) * self.champion.threshold + mixed.weight * self.challenger.threshold
-        extra = _extra(self.challenger.label, mixed.weight, challenger, threshold, mixed.fallback)
+        extra = RolloutFields(self.challenger.label, mixed.weight, challenger, threshold, mixed.fallback)
         fallbacks = int(mixed.fallback.sum())
         return Outcome(mixed.scores, mixed.scores >= threshold, extra, None, fallbacks, champion, challenger)
 
@@ -131,10 +131,3 @@ def _timed_predict(model: OnnxModel, X: F32, timed: Callable[[str, float], None]
     scores = model.predict(X)
     timed(model.label, time.perf_counter() - started)
     return scores
-
-
-def _extra(
-    label: str, weight: F64, challenger: F64 | None, threshold: F64, fallback: npt.NDArray[np.bool_]
-) -> RolloutFields:
-    """Per decision: the challenger's version, its weight and score (or that it fell back), the threshold."""
-    return RolloutFields(label, weight, challenger, threshold, fallback)

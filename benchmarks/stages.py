@@ -1,7 +1,7 @@
 """What each step of the scorer's hot path costs per event, in-process, without Kafka.
 
 `python -m benchmarks.stages` replays simulated transactions (as JSON bytes, keyed to 4 partitions like
-the drain) through the scoring core `scorer run` calls (scorer.scoring.core.Scorer), batch by batch, and
+the drain) through the scoring core `scorer run` calls (scorer.scoring.core.ScoringCore), batch by batch, and
 prints microseconds per event per step, as the core marks them. The Kafka side (consume, produce, delivery reports) is what the passthrough measures.
 The terminal table's own updates (the aggregator's work) run between batches and are not timed.
 `--default-gc` keeps Python's default collector thresholds, to show what scorer.runtime.process.tune_gc saves.
@@ -35,12 +35,12 @@ from scorer.rollout.plans import Plan
 from scorer.rollout.serving import Serving
 from scorer.runtime.metrics import Metrics
 from scorer.runtime.process import tune_gc
-from scorer.scoring.core import Scorer
+from scorer.scoring.core import ScoringCore
 from scorer.scoring.customers import CustomerStore
 from scorer.training.simulate import SimulationParams, simulate, transaction_values
 
 PARTITIONS = 4
-STAGES = (  # the laps of scorer.scoring.core.Scorer; "model": every model call and the blending under a plan
+STAGES = (  # the laps of scorer.scoring.core.ScoringCore; "model": every model call and the blending under a plan
     "decode",
     "customer windows",
     "terminal lookup",
@@ -52,7 +52,7 @@ STAGES = (  # the laps of scorer.scoring.core.Scorer; "model": every model call 
 
 
 class Replay:
-    """The scoring core of `scorer run` (scorer.scoring.core.Scorer) over pre-encoded events, each stage
+    """The scoring core of `scorer run` (scorer.scoring.core.ScoringCore) over pre-encoded events, each stage
     timed through the core's lap hook. The aggregator's part (folding the batch into terminal state and
     publishing each closed day to the terminal table) runs between batches, untimed, in-process."""
 
@@ -67,7 +67,7 @@ class Replay:
         self.table = TerminalTable(config, self.source)
         self.aggregator = PartitionAgg(TerminalFeatures(config))
         self.codec = terminal_codec(config)
-        self.scorer = Scorer(
+        self.scorer = ScoringCore(
             Settings(), serving, CustomerStore(config), self.table, Metrics(CollectorRegistry())
         )
         self.scorer.lap = self._lap

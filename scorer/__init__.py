@@ -2,13 +2,12 @@
 
 The public API for using the scorer from Python (everything else is internal and may move):
 
-    from scorer import Settings, OnnxModel, Scorer, Serving, CustomerStore, TerminalTable, MemorySource
+    from scorer import Scorer
 
-    model = OnnxModel("models/default/2")
-    config = model.meta.feature_config
-    core = Scorer(Settings(), Serving(model), CustomerStore(config), TerminalTable(config, MemorySource([0])),
-                  Metrics(CollectorRegistry(), DEAD_LETTER_REASONS))
-    scored = core.score([b'{"transaction_id": ...}'], numpy.zeros(1, dtype=numpy.int64))
+    scorer = Scorer.load("models/default/2", history="data/default")  # history: optional warm start
+    decisions = scorer.score([{"transaction_id": "t1", "customer_id": "C1", ...}])
+
+`ScoringCore` is the batch core the Kafka loop drives (values and input partitions in, records out).
 
 See docs/architecture.md for how the subpackages fit together.
 """
@@ -22,8 +21,9 @@ from scorer.features.engine import FEATURE_NAMES, FeatureConfig, FeatureEngine
 from scorer.model.onnx import OnnxModel
 from scorer.rollout.serving import Serving
 from scorer.runtime.metrics import Metrics
-from scorer.scoring.core import DEAD_LETTER_REASONS, DeadLetter, Scored, Scorer
+from scorer.scoring.core import DEAD_LETTER_REASONS, DeadLetter, Scored, ScoringCore
 from scorer.scoring.customers import CustomerStore
+from scorer.scoring.embedded import Scorer
 from scorer.version import __version__
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "Rejected",
     "Scored",
     "Scorer",
+    "ScoringCore",
     "ScorerError",
     "Serving",
     "Settings",

@@ -22,6 +22,7 @@ from scorer.cli.args import (
     simulation_params,
 )
 from scorer.cli.models import add_models_parser
+from scorer.cli.score import add_score_parser
 from scorer.config import DEFAULT_MODEL
 from scorer.errors import ConfigError, ScorerError
 from scorer.version import __version__
@@ -265,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores-out", help="write transaction_id,score for every scored transaction")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=cmd_evaluate)
+
+    add_score_parser(sub)
 
     p = sub.add_parser(
         "run", formatter_class=HELP, help="score transactions from Kafka (a member of the consumer group)"

@@ -182,6 +182,23 @@ class TerminalFeatures:
         self.ring.add("count", slots, ts_ms // MS_PER_DAY, np.ones(len(slots)))
         return slots
 
+    def features_then_count(self, terminal_id: Sequence[str], ts_ms: I64) -> F64:
+        """Day by day: close the previous day, read the closed state, then count the day's transactions.
+
+        What the aggregator and the terminal table do between them, in one process (offline replay,
+        the embedded scorer)."""
+        day = ts_ms // MS_PER_DAY
+        out = np.empty((len(day), len(TERMINAL_NAMES)), dtype=np.float64)
+        for d in np.unique(day).tolist():
+            idx = np.flatnonzero(day == d)
+            if d - 1 > self.closed_day:
+                self.close(d - 1)
+            ids = pick(terminal_id, idx)
+            slots = self.ring.slots(ids)
+            out[idx] = self.compute(slots, day[idx])
+            self.add_transactions(ids, ts_ms[idx])
+        return out
+
     def buffer_labels(self, labels: LabelBatch) -> None:
         """Hold fraud labels until the close of the day they were reported on."""
         fraud = np.flatnonzero(labels.is_fraud)
@@ -230,24 +247,9 @@ class FeatureEngine:
         parts = (
             stateless_features(batch, self.vocab),
             self.customers.update_and_compute(batch.customer_id, ts, batch.amount),
-            self._terminal_features(batch.terminal_id, ts),
+            self.terminals.features_then_count(batch.terminal_id, ts),
         )
         return np.hstack(parts).astype(np.float32)
-
-    def _terminal_features(self, terminal_id: Sequence[str], ts_ms: I64) -> F64:
-        """Day by day: close the previous day, read the closed state, then count the day's transactions."""
-        terminals = self.terminals
-        day = ts_ms // MS_PER_DAY
-        out = np.empty((len(day), len(TERMINAL_NAMES)), dtype=np.float64)
-        for d in np.unique(day).tolist():
-            idx = np.flatnonzero(day == d)
-            if d - 1 > terminals.closed_day:
-                terminals.close(d - 1)
-            ids = pick(terminal_id, idx)
-            slots = terminals.ring.slots(ids)
-            out[idx] = terminals.compute(slots, day[idx])
-            terminals.add_transactions(ids, ts_ms[idx])
-        return out
 
     def apply_labels(self, labels: LabelBatch) -> None:
         """Labels become visible to terminal features from the day after their report (see TerminalFeatures)."""

@@ -16,18 +16,17 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
 from scorer.aggregate.partition import transaction_records
-from scorer.aggregate.table import TerminalTable
 from scorer.config import Settings
 from scorer.errors import ScorerError
 from scorer.events.batches import TransactionBatch, pick, take_transactions
-from scorer.events.decode import REASONS, decode_transactions
+from scorer.events.decode import REASONS, DecodedTransactions, decode_transactions
 from scorer.events.timestamps import HOUR_MS, rfc3339_ms
 from scorer.features.engine import CUSTOMER_NAMES, FEATURE_NAMES, stateless_features
 from scorer.model.onnx import OnnxModel
@@ -104,6 +103,13 @@ class Counted:
         return transaction_records(self.terminal_id, self.event_ts_ms, p, o)
 
 
+class TerminalLookup(Protocol):
+    """Where a batch's terminal features come from: the aggregator's table (`scorer run`) or terminal
+    state kept in process (`scorer score`, the embedded Scorer)."""
+
+    def features(self, terminal_id: Sequence[str], ts_ms: I64) -> F64: ...
+
+
 class SystemicFailure(ScorerError):
     """Scoring fails whatever the records: the process must stop without committing."""
 
@@ -113,7 +119,7 @@ def default_instance() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class Scorer:
+class ScoringCore:
     """Customer state of the assigned partitions, the terminal table and the deployment in force."""
 
     def __init__(
@@ -121,7 +127,7 @@ class Scorer:
         settings: Settings,
         serving: Serving,
         customers: CustomerStore,
-        terminals: TerminalTable,
+        terminals: TerminalLookup,
         metrics: Metrics,
         *,
         instance: str | None = None,
@@ -176,8 +182,17 @@ class Scorer:
         is not the records': SystemicFailure, and the caller stops without committing.
         """
         decoded = decode_transactions(values, self.settings.max_value_bytes)
-        dead = [DeadLetter(i, r.reason, r.detail) for i, r in decoded.rejected]
         self.lap("decode")
+        return self.score_decoded(decoded, partitions, on_decoded)
+
+    def score_decoded(
+        self,
+        decoded: DecodedTransactions,
+        partitions: I64,
+        on_decoded: Callable[[Counted], None] | None = None,
+    ) -> Scored:
+        """`score` after the decode (the embedded Scorer decodes first to refuse a bad call whole)."""
+        dead = [DeadLetter(i, r.reason, r.detail) for i, r in decoded.rejected]
         if len(decoded.batch) == 0:
             return Scored([], dead_letters=dead, scored_at_ms=self.now_ms())
         if on_decoded is not None:  # every valid transaction, scored or a processing_error later

@@ -42,7 +42,7 @@ from scorer.runtime.health import HealthServer, serve_health
 from scorer.runtime.metrics import Metrics
 from scorer.runtime.process import tune_gc
 from scorer.scoring.commits import Commits, CommitTracker
-from scorer.scoring.core import DEAD_LETTER_REASONS, Counted, Scored, Scorer, SystemicFailure
+from scorer.scoring.core import DEAD_LETTER_REASONS, Counted, Scored, ScoringCore, SystemicFailure
 from scorer.scoring.customers import CustomerStore
 from scorer.scoring.terminal_events import TerminalEventWriter
 
@@ -86,14 +86,14 @@ class ScorerLoop:
         config = model.meta.feature_config
         self.reader_config = settings.consumer_config(group=f"{settings.group}-reader", background=True)
         self.table_source = TopicReader(self.reader_config, settings.terminal_topic)
-        table = TerminalTable(
+        self.table = table = TerminalTable(
             config,
             self.table_source,
             settings.terminal_wait_s,
             self.metrics.terminal_stale.inc,
             self.metrics.terminal_ahead.inc,
         )
-        self.scorer = Scorer(settings, Serving(model), CustomerStore(config), table, self.metrics)
+        self.scorer = ScoringCore(settings, Serving(model), CustomerStore(config), table, self.metrics)
         self.watcher = ControlWatcher(settings, settings.onnx_threads, self.scorer.serving)
         self._show_model()
         self.last_published = self.last_commit = time.monotonic()
@@ -151,7 +151,7 @@ class ScorerLoop:
     def _start(self) -> None:
         self.table_source.start()
         self.watcher.start()
-        self.scorer.terminals.catch_up(timeout_s=10.0)
+        self.table.catch_up(timeout_s=10.0)
         self.consumer.subscribe(
             [self.settings.input_topic],
             on_assign=self._on_assign,
@@ -168,7 +168,7 @@ class ScorerLoop:
         ready = self.watcher.take()
         if ready is not None:
             self._adopt(ready)
-        self.scorer.terminals.poll()
+        self.table.poll()
         if msgs:
             try:
                 self.process(msgs)
@@ -202,7 +202,7 @@ class ScorerLoop:
         if self.transactions is not None:
             self.transactions.close()  # aborts what a failed run still holds
         self.consumer.close()
-        self.scorer.terminals.close()
+        self.table.close()
         self.watcher.close()
         self.sink.close()
         return complete
@@ -352,7 +352,7 @@ class ScorerLoop:
 
     def _update_gauges(self) -> None:
         self.last_gauges = time.monotonic()
-        m, customers, table = self.metrics, self.scorer.customers, self.scorer.terminals
+        m, customers, table = self.metrics, self.scorer.customers, self.table
         m.state_keys.labels("customer").set(customers.keys)
         m.state_bytes.labels("customer").set(customers.nbytes)
         m.state_keys.labels("terminal").set(table.keys)

@@ -31,7 +31,7 @@ from scorer.model.onnx import OnnxModel
 from scorer.rollout.serving import Serving
 from scorer.runtime.metrics import Metrics
 from scorer.scoring.commits import CommitTracker
-from scorer.scoring.core import Counted, Scorer
+from scorer.scoring.core import Counted, ScoringCore
 from scorer.scoring.customers import CustomerStore
 from scorer.training.simulate import SimulationParams, simulate, transaction_values
 from tests.unit.fakes import Crash, FakeBroker, FakeOffsets, FakeProducer, Policy, deliver_all
@@ -71,7 +71,7 @@ class Member:
         self.customers = CustomerStore(config)
         table = TerminalTable(config, MemorySource([0]))
         registry = CollectorRegistry()
-        self.scorer = Scorer(Settings(), Serving(model()), self.customers, table, Metrics(registry))
+        self.scorer = ScoringCore(Settings(), Serving(model()), self.customers, table, Metrics(registry))
         self.producer = FakeProducer(broker, policy)
         self.sink = Sink({}, producer=self.producer)
         self.offsets = FakeOffsets(broker)

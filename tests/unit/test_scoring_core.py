@@ -25,7 +25,7 @@ from scorer.model.onnx import OnnxModel
 from scorer.rollout.plans import Plan
 from scorer.rollout.serving import Serving
 from scorer.runtime.metrics import Metrics
-from scorer.scoring.core import DEAD_LETTER_REASONS, Scorer, SystemicFailure
+from scorer.scoring.core import DEAD_LETTER_REASONS, ScoringCore, SystemicFailure
 from scorer.scoring.customers import CustomerStore
 from scorer.training.history import replay
 from scorer.training.simulate import SimulationParams, simulate, transaction_values
@@ -45,12 +45,12 @@ def history() -> tuple[list[bytes], np.ndarray[Any, Any]]:
 
 def core(
     model: OnnxModel | None = None, registry: CollectorRegistry | None = None
-) -> tuple[Scorer, MemorySource]:
+) -> tuple[ScoringCore, MemorySource]:
     model = model or OnnxModel(DEFAULT_MODEL)
     config = model.meta.feature_config
     source = MemorySource([0])
     metrics = Metrics(registry or CollectorRegistry(), DEAD_LETTER_REASONS)
-    scorer = Scorer(
+    scorer = ScoringCore(
         Settings(),
         Serving(model),
         CustomerStore(config),

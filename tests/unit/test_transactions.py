@@ -17,7 +17,7 @@ from scorer.features.rows import PartitionLog
 from scorer.kafka.transactions import PartitionTransactions
 from scorer.rollout.serving import Serving
 from scorer.runtime.metrics import Metrics
-from scorer.scoring.core import Scorer
+from scorer.scoring.core import ScoringCore
 from scorer.scoring.customers import CustomerStore
 from tests.unit.test_commits import BATCH, PARTITIONS, inputs, model, reference
 
@@ -195,7 +195,7 @@ class EosMember:
     def __init__(self, ledger: Ledger) -> None:
         config = model().meta.feature_config
         self.customers = CustomerStore(config)
-        self.scorer = Scorer(
+        self.scorer = ScoringCore(
             SETTINGS, Serving(model()), self.customers, TerminalTable(config, MemorySource([0])),
             Metrics(CollectorRegistry()),
         )  # fmt: skip

@@ -1,0 +1,68 @@
+"""`scorer score`: a file of transactions scored without Kafka (scoring/batchfile.py does the work)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from scorer.cli.args import HelpFormatter
+from scorer.config import DEFAULT_MODEL
+from scorer.errors import ConfigError
+
+
+def add_score_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "score",
+        formatter_class=HelpFormatter,
+        help="score a file of transactions (JSON lines or CSV) without Kafka",
+    )
+    p.add_argument("--input", required=True, help="transactions: FILE.jsonl, or FILE.csv with a header row")
+    p.add_argument("--output", required=True, help="decisions, one JSON object per line, in input order")
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="model artefact directory")
+    p.add_argument(
+        "--history", help="warm the state on this directory first (transactions.jsonl + labels.jsonl)"
+    )
+    p.add_argument(
+        "--bad-lines", choices=["skip", "fail"], default="skip",
+        help="a line that breaks the event contract: report it and go on, or stop with no output",
+    )  # fmt: skip
+    p.add_argument("--rejects", help="also write each bad line with its line number and reason here")
+    p.set_defaults(func=cmd_score)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from scorer.runtime.console import ProgressBar  # imported here: `scorer --help` stays fast
+    from scorer.scoring.batchfile import score_file
+    from scorer.scoring.embedded import Scorer
+
+    source, output = Path(args.input), Path(args.output)
+    if source.resolve() == output.resolve():
+        raise ConfigError("--output must not be the --input file")
+    started = time.monotonic()
+    warm = ProgressBar("warming on history") if args.history else None
+    scorer = Scorer.load(args.model, history=args.history, progress=warm)
+    if args.history:
+        _err(f"state warmed on {args.history} in {time.monotonic() - started:.0f} s")
+    rejects = Path(args.rejects) if args.rejects else None
+    progress = ProgressBar(f"scoring {source.name}")
+    result = score_file(
+        scorer, source, output, fail_on_bad=args.bad_lines == "fail", rejects=rejects, progress=progress
+    )
+    progress.finish()
+    for line in result.bad_lines:
+        _err(line)
+    if result.bad > len(result.bad_lines):
+        _err(f"... and {result.bad - len(result.bad_lines):,} more bad lines")
+    rate = result.scored / result.seconds if result.seconds > 0 else 0.0
+    skipped = f", {result.bad:,} bad lines skipped" if result.bad else ""
+    print(
+        f"scored {result.scored:,} transactions ({result.flagged:,} flagged{skipped}) with {scorer.model_version} "
+        f"in {result.seconds:.1f} s: {rate:,.0f} transactions/s -> {output}"
+    )
+    return 0
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)

@@ -20,6 +20,8 @@ from scorer.errors import ConfigError
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default" / "2"
 ENV_PREFIX = "SCORER_"
 GUARANTEES = ("at_least_once", "exactly_once")
+SERVE_ON_DEADLINE = ("fallback", "504")
+ACTIONS = ("approve", "review", "decline")
 TERMINAL_EVENT_WRITERS = ("scorer", "aggregator")  # who writes transactions to terminal-events
 DEAD_LETTER_HEADROOM_BYTES = 65_536  # a dead letter's key and headers at most (kafka/deadletters.py)
 SECRET_WORDS = ("password", "secret", "token", "key.pem", "keystore", "private", "credential", "jaas")
@@ -69,6 +71,15 @@ class Settings:
     dead_letter_prefix_bytes: int = 4096  # what an oversized record's dead letter keeps of its value
     terminal_wait_s: float = 0.0  # how long to wait for the aggregator's close of the previous day
     day_close_grace_s: float = 0.0  # aggregator: event-time slack before closing a day
+    reply_window: int = 10_000  # serve requests remembered per partition: a retry gets the first decision
+    http_host: str = "0.0.0.0"  # noqa: S104 - scorer serve: the scoring API listens here
+    http_port: int = 8080  # scorer serve
+    reply_topic: str = ""  # scorer serve: its reply topic (default: scorer-replies-<hostname>)
+    serve_deadline_ms: int = 200  # scorer serve: a request's default deadline (header X-Scorer-Deadline-Ms)
+    serve_on_deadline: str = "fallback"  # or "504": what a request gets when its deadline passes
+    serve_fallback_action: str = "approve"  # the fallback decision's action (approve | review | decline)
+    serve_batch_max: int = 100  # scorer serve: transactions per /v1/score:batch request
+    serve_cache_size: int = 100_000  # scorer serve: decisions kept for retried transaction_ids
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped
     metrics_port: int = 9108  # 0 disables the endpoint
     log_level: str = "INFO"
@@ -253,6 +264,8 @@ def validate(s: Settings) -> None:
         "max_value_bytes",
         "quality_window_days",
         "quality_max_decisions",
+        "serve_deadline_ms",
+        "serve_batch_max",
     ):
         if getattr(s, name) < 1:
             problems.append(f"{name} must be at least 1")
@@ -268,6 +281,8 @@ def validate(s: Settings) -> None:
         "max_future_skew_s",
         "max_event_delay_s",
         "quality_drop_margin",
+        "reply_window",
+        "serve_cache_size",
     ):
         if getattr(s, name) < 0:
             problems.append(f"{name} must not be negative")
@@ -287,6 +302,16 @@ def validate(s: Settings) -> None:
             f"kafka message.max.bytes={asked} is below {s.producer_max_bytes}, what a dead letter of the largest "
             "accepted value (max_value_bytes) needs: lower max_value_bytes instead"
         )
+    if s.serve_on_deadline not in SERVE_ON_DEADLINE:
+        problems.append(
+            f"serve_on_deadline {s.serve_on_deadline!r} is not one of {', '.join(SERVE_ON_DEADLINE)}"
+        )
+    if s.serve_fallback_action not in ACTIONS:
+        problems.append(
+            f"serve_fallback_action {s.serve_fallback_action!r} is not one of {', '.join(ACTIONS)}"
+        )
+    if not 0 <= s.http_port <= 65535:
+        problems.append(f"http_port {s.http_port} is not a TCP port")
     if not 0 <= s.metrics_port <= 65535:
         problems.append(f"metrics_port {s.metrics_port} is not a TCP port")
     if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

@@ -85,6 +85,9 @@ class Metrics:
         self.consumed = Counter("scorer_events_consumed", "Records read from the input topic.", registry=r)
         self.scored = Counter("scorer_events_scored", "Transactions scored (one decision each).", registry=r)
         self.flagged = Counter("scorer_events_flagged", "Decisions with flagged=true.", registry=r)
+        self.replies = Counter(
+            "scorer_replies", "Decisions (or errors) sent to a scorer serve reply topic.", registry=r
+        )
         self.dead_letters = Counter(
             "scorer_dead_letters", "Records sent to the dead-letter topic, by reason.", ["reason"], registry=r
         )

@@ -28,10 +28,8 @@ from prometheus_client import CollectorRegistry
 
 from scorer.aggregate.table import TerminalTable
 from scorer.config import Settings
-from scorer.events.timestamps import NEVER
 from scorer.kafka import clients
 from scorer.kafka.control import ControlWatcher
-from scorer.kafka.deadletters import Limits, dead_letter, send_dead_letter
 from scorer.kafka.sink import Sink
 from scorer.kafka.tables import TopicReader, read_partition
 from scorer.kafka.topics import check_topics
@@ -42,14 +40,19 @@ from scorer.runtime.health import HealthServer, serve_health
 from scorer.runtime.metrics import Metrics
 from scorer.runtime.process import tune_gc
 from scorer.scoring.commits import Commits, CommitTracker
-from scorer.scoring.core import DEAD_LETTER_REASONS, Counted, Scored, ScoringCore, SystemicFailure
+from scorer.scoring.core import DEAD_LETTER_REASONS, Counted, ScoringCore, SystemicFailure
 from scorer.scoring.customers import CustomerStore
+from scorer.scoring.gauges import Gauges
+from scorer.scoring.outputs import Outputs
+from scorer.scoring.replies import ReplyBook, Requests, find_requests
 from scorer.scoring.terminal_events import TerminalEventWriter
 
 logger = logging.getLogger(__name__)
 I64 = npt.NDArray[np.int64]
 ACK_TIMEOUT_S = 30.0  # how long revocation and shutdown wait for outstanding acknowledgements
 GAUGE_INTERVAL_S = 2.0
+IDLE_WAIT_S = 0.05  # an idle loop turns this often (commits, gauges, the table)
+FILL_SLICE_S = 0.005  # a filling batch looks for serve's requests this often (their added wait at most)
 
 
 class KafkaOffsets:
@@ -97,10 +100,10 @@ class ScorerLoop:
         self.watcher = ControlWatcher(settings, settings.onnx_threads, self.scorer.serving)
         self._show_model()
         self.last_published = self.last_commit = time.monotonic()
-        self.last_gauges = 0.0
-        self.lag_partitions: set[int] = set()
+        self.gauges = Gauges(self.metrics, settings.input_topic)
         self.consuming = False
         self.fatal: str | None = None
+        self.replies = ReplyBook(settings.reply_window)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -126,6 +129,7 @@ class ScorerLoop:
             self.commits = CommitTracker(
                 self.sink, offsets, snapshot, s.state_topic, self.metrics.commits.inc
             )
+        self.outputs = Outputs(s, self.sink, self.transactions, self.metrics, self.scorer.now_ms)
         self.terminal_events: TerminalEventWriter | None = None
         if s.terminal_events_from == "scorer":
             te = s.terminal_events_topic
@@ -163,7 +167,7 @@ class ScorerLoop:
 
     def step(self) -> None:
         """One loop turn: a batch (if any), table updates, commit progress, gauges."""
-        msgs = self.consumer.consume(self.settings.batch_max, self.settings.batch_wait_s)
+        msgs = self._consume()
         self.consuming = True
         ready = self.watcher.take()
         if ready is not None:
@@ -186,11 +190,26 @@ class ScorerLoop:
         if now - self.last_commit >= self.settings.commit_interval_s:
             self.last_commit = now
             self.commits.begin()
-        if now - self.last_gauges >= GAUGE_INTERVAL_S:
-            self._update_gauges()
+        if now - self.gauges.last >= GAUGE_INTERVAL_S:
+            self.gauges.update(self.scorer, self.table, self.consumer, self.commits.assigned)
         interval = self.settings.monitoring_interval_s
         if interval > 0 and now - self.last_published >= interval:
             self._publish_drift()
+
+    def _consume(self) -> list[Message]:
+        """What is there once the first record arrives; then, for throughput (batch_wait_s > 0), up to
+        batch_wait_s more to fill the batch, cut short when a request of `scorer serve` is in it."""
+        batch_max, wait_s = self.settings.batch_max, self.settings.batch_wait_s
+        msgs: list[Message] = self.consumer.consume(1, IDLE_WAIT_S)
+        if msgs:
+            msgs += self.consumer.consume(batch_max - 1, 0)
+        deadline = time.monotonic() + wait_s
+        while msgs and len(msgs) < batch_max and not any(map(Message.headers, msgs)):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            msgs += self.consumer.consume(batch_max - len(msgs), min(left, FILL_SLICE_S))
+        return msgs
 
     def _shutdown(self) -> bool:
         """Finish: commit everything processed (if no delivery was refused), leave the group, flush."""
@@ -227,58 +246,32 @@ class ScorerLoop:
             writer.write(counted, partitions, offsets)
 
         values = list(map(Message.value, records))
+        progress = partitions, offsets  # every record's offset counts, answered again or scored
+        requests = find_requests(list(map(Message.headers, records)))
+        if requests is not None and len(self.replies.partitions):  # a retried request: its first answer
+            repeated, replies = self.replies.repeats(requests, partitions)
+            if len(repeated):
+                self.outputs.reply(replies)
+                records, values, partitions, offsets, requests = _without(
+                    records, values, partitions, offsets, requests, repeated
+                )
         scored = self.scorer.score(values, partitions, write if writer is not None else None)
         for dead in scored.dead_letters:
-            self._dead_letter(records[dead.index], dead.reason, dead.detail)
-        if self.transactions is None:
-            self._send(scored)
-        else:
-            self._send_in_transactions(scored, partitions[scored.kept])
+            self.outputs.dead_letter(records[dead.index], dead.reason, dead.detail)
+        self.outputs.send(scored, partitions[scored.kept])
+        if requests is not None:
+            self.outputs.reply(self.replies.answer(requests, scored, partitions))
         if len(scored.kept):
             produced = np.fromiter(map(_create_time, records), dtype=np.int64, count=n)[scored.kept]
             latency_s = np.maximum(scored.scored_at_ms - produced[produced > 0], 0) / 1000.0
             self.metrics.latency.observe_many(latency_s)
-        self._record_progress(partitions, offsets)
+        self._record_progress(*progress)
         self.metrics.batch_seconds.observe(time.monotonic() - started)
-
-    def _send(self, scored: Scored) -> None:
-        s = self.settings
-        if scored.decisions:
-            self.sink.send(s.decisions_topic, scored.decisions)
-        if scored.flags:
-            self.sink.send(s.flags_topic, scored.flags)
-        if scored.shadow:
-            self.sink.send(f"{s.decisions_topic}-shadow", scored.shadow)
-
-    def _send_in_transactions(self, scored: Scored, partitions: I64) -> None:
-        """exactly_once: each record's outputs go into its input partition's transaction."""
-        assert self.transactions is not None  # noqa: S101 - only called in exactly_once mode
-        s, flags_at = self.settings, partitions[scored.flag_rows]
-        for p in np.unique(partitions).tolist():
-            rows = np.flatnonzero(partitions == p).tolist()
-            self.transactions.send(p, s.decisions_topic, [scored.decisions[i] for i in rows])
-            if scored.shadow:
-                self.transactions.send(p, f"{s.decisions_topic}-shadow", [scored.shadow[i] for i in rows])
-            flags = [scored.flags[i] for i in np.flatnonzero(flags_at == p).tolist()]
-            if flags:
-                self.transactions.send(p, s.flags_topic, flags)
 
     def _record_progress(self, partitions: I64, offsets: I64) -> None:
         """Next offset to commit per partition: one past the newest offset of the batch."""
         for p in np.unique(partitions).tolist():
             self.commits.processed(p, int(offsets[partitions == p].max()) + 1)
-
-    def _dead_letter(self, msg: Message, reason: str, detail: str) -> None:
-        s = self.settings
-        limits = Limits(s.max_value_bytes, s.dead_letter_prefix_bytes)
-        if self.transactions is None:
-            send_dead_letter(self.sink, s.dlq_topic, msg, reason, detail, self.scorer.now_ms(), limits)
-        else:  # in the record's transaction; a broker that refuses its size fails the transaction (README)
-            record = dead_letter(msg, reason, detail, self.scorer.now_ms(), limits)
-            self.transactions.send_one(
-                msg.partition() or 0, s.dlq_topic, record.value, record.key, record.headers
-            )
-        self.metrics.dead_letters.labels(reason).inc()
 
     def _usable(self, msg: Message) -> bool:
         err = msg.error()
@@ -341,50 +334,26 @@ class ScorerLoop:
 
     def _forget(self, partitions: Sequence[int], lost: bool = False) -> None:
         self.commits.forget(partitions, lost)
+        self.replies.forget(partitions)
         for p in partitions:
             self.scorer.customers.drop(p)
-            if p in self.lag_partitions:
-                self.metrics.lag.remove(str(p))
-                self.lag_partitions.discard(p)
+        self.gauges.forget(partitions)
         self.metrics.assigned.set(len(self.commits.assigned))
 
-    # -- gauges ----------------------------------------------------------------------------------------
 
-    def _update_gauges(self) -> None:
-        self.last_gauges = time.monotonic()
-        m, customers, table = self.metrics, self.scorer.customers, self.table
-        m.state_keys.labels("customer").set(customers.keys)
-        m.state_bytes.labels("customer").set(customers.nbytes)
-        m.state_keys.labels("terminal").set(table.keys)
-        m.state_bytes.labels("terminal").set(table.nbytes)
-        self._drift_gauges()
-        if table.applied_day > NEVER:
-            m.terminal_day.set(table.applied_day * 86_400)
-        self._lag_gauges()
-
-    def _drift_gauges(self) -> None:
-        drift = self.scorer.drift
-        for window, (events, values) in drift.window_psi().items():
-            self.metrics.drift_events.labels(window).set(events)
-            comparable = drift.comparable[window][:-1].tolist()
-            for column, value, ok in zip(
-                drift.bins.columns[:-1], values[:-1].tolist(), comparable, strict=True
-            ):
-                if ok:  # calendar features over a window shorter than their cycle get no series at all
-                    self.metrics.feature_psi.labels(column, window).set(value)
-            self.metrics.score_psi.labels(window).set(float(values[-1]))
-
-    def _lag_gauges(self) -> None:
-        topic = self.settings.input_topic
-        positions = self.consumer.position([TopicPartition(topic, p) for p in sorted(self.commits.assigned)])
-        for tp in positions:
-            try:
-                _, high = self.consumer.get_watermark_offsets(tp, timeout=1.0, cached=True)
-            except KafkaException:
-                continue
-            if tp.offset >= 0:
-                self.metrics.lag.labels(str(tp.partition)).set(max(0, high - tp.offset))
-                self.lag_partitions.add(tp.partition)
+def _without(
+    records: Sequence[Message], values: list[bytes | None], partitions: I64, offsets: I64,
+    requests: Requests, repeated: I64,
+) -> tuple[list[Message], list[bytes | None], I64, I64, Requests | None]:  # fmt: skip
+    """The batch without the requests at `repeated` (positions in `requests`), which were answered again."""
+    keep = np.ones(len(records), dtype=bool)
+    keep[requests.index[repeated]] = False
+    rows = np.flatnonzero(keep)
+    kept_records = [records[i] for i in rows.tolist()]
+    return (
+        kept_records, [values[i] for i in rows.tolist()], partitions[rows], offsets[rows],
+        find_requests(list(map(Message.headers, kept_records))),
+    )  # fmt: skip
 
 
 def _create_time(msg: Message) -> int:

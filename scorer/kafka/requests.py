@@ -1,0 +1,138 @@
+"""`scorer serve`'s Kafka side: publish a request's transaction with its reply address, read the replies.
+
+The transaction goes to the transactions topic keyed by customer, as a producer would publish it, so the
+log stays complete and the customer's windows keep one writer (the scorer that owns the partition). Its
+headers carry the reply address (scoring/replies.py). Each serve instance reads its own reply topic
+(`reply_topic`, one partition, created at start with a one-hour retention) from its end: replies are
+keyed by correlation id and a reply nobody waits for is ignored, so two instances sharing a topic by
+mistake still answer correctly, each reading the other's replies for nothing. After a restart the
+instance starts again at the end: replies to requests of its previous life are skipped (those clients
+lost their connection anyway; the decisions are on the decisions topic).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from scorer.config import Settings
+from scorer.errors import ScorerError
+from scorer.kafka import clients
+from scorer.kafka.admin import TopicSpec, ensure_topics
+from scorer.scoring.replies import CORRELATION_ID, REPLY_TO, TRANSACTION_ID
+
+logger = logging.getLogger(__name__)
+REPLY_RETENTION_MS = 3_600_000  # replies matter for seconds; an hour is ample for a restarted instance
+EXPIRE_EVERY_S = 5.0
+
+
+def reply_topic(settings: Settings) -> str:
+    """This instance's reply topic: the setting, or scorer-replies-<hostname> (a pod's name on Kubernetes,
+    stable across its container's restarts)."""
+    return settings.reply_topic or f"scorer-replies-{socket.gethostname()}"
+
+
+class Publisher:
+    """A producer of request transactions (acks=all, idempotent, no linger: each request goes at once)."""
+
+    def __init__(self, settings: Settings, reply_to: str) -> None:
+        config = {**settings.producer_config(), "linger.ms": 0}
+        self.producer = clients.producer(config)
+        self.topic = settings.input_topic
+        self.reply_to = reply_to.encode()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="serve-publisher", daemon=True)
+        self._thread.start()
+
+    def publish(
+        self,
+        customer_id: str,
+        value: bytes,
+        transaction_id: str,
+        correlation_id: bytes,
+        on_failure: Callable[[str], None],
+    ) -> None:
+        """Queue the transaction; `on_failure(detail)` if the broker refuses it (nothing to wait for)."""
+        headers: list[tuple[str, str | bytes | None]] = [
+            (REPLY_TO, self.reply_to),
+            (CORRELATION_ID, correlation_id),
+            (TRANSACTION_ID, transaction_id.encode()),
+        ]
+
+        def delivered(err: KafkaError | None, msg: Any) -> None:
+            if err is not None:
+                on_failure(str(err))
+
+        try:
+            self.producer.produce(
+                self.topic, value=value, key=customer_id.encode(), headers=headers, on_delivery=delivered
+            )
+        except (BufferError, Exception) as exc:  # queue full, or a fatal producer error: the request fails
+            on_failure(f"{type(exc).__name__}: {exc}")
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.05)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+        self.producer.flush(timeout_s)
+
+
+class ReplyListener:
+    """Reads the reply topic from its end on a thread and hands each (correlation id, value) on."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        on_reply: Callable[[bytes, bytes], bool],
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.on_reply = on_reply
+        self.on_tick = on_tick
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="serve-replies", daemon=True)
+
+    def start(self, timeout_s: float = 15.0) -> ReplyListener:
+        """Create the topic if needed and start reading it at its end."""
+        security = {k: str(v) for k, v in self.settings.admin_config().items() if k != "bootstrap.servers"}
+        spec = TopicSpec(self.topic, 1, config={"retention.ms": str(REPLY_RETENTION_MS)})
+        ensure_topics(self.settings.brokers, [spec], kafka=security, timeout_s=timeout_s)
+        group = f"scorer-serve-{uuid.uuid4().hex[:8]}"  # assign() only: the group id is never used
+        self.consumer = clients.consumer(
+            {**self.settings.consumer_config(group=group), "enable.auto.commit": False}
+        )
+        try:  # from the end as it is now: a reply to a request published after this cannot be missed
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=timeout_s)
+        except KafkaException as exc:
+            raise ScorerError(f"cannot read the reply topic {self.topic}: {exc}") from exc
+        self.consumer.assign([TopicPartition(self.topic, 0, high)])  # older replies (if any) are ignored
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        last_tick = time.monotonic()
+        while not self._stop.is_set():
+            for msg in self.consumer.consume(500, 0.05):
+                if msg.error() is None:
+                    self.on_reply(msg.key() or b"", msg.value() or b"")
+            if self.on_tick is not None and time.monotonic() - last_tick >= EXPIRE_EVERY_S:
+                last_tick = time.monotonic()
+                self.on_tick()
+        self.consumer.close()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)

@@ -318,7 +318,7 @@ def validate(s: Settings) -> None:
         problems.append(f"log_level {s.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
     if not s.brokers.strip():
         problems.append("brokers must not be empty")
-    topics = [f.name for f in fields(s) if f.name.endswith("_topic")]
+    topics = [f.name for f in fields(s) if f.name.endswith("_topic") and f.name != "reply_topic"]
     problems += [f"{t} must not be empty" for t in topics if not getattr(s, t).strip()]
     if problems:
         raise ConfigError("invalid settings: " + "; ".join(problems))

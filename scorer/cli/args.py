@@ -103,6 +103,9 @@ KAFKA_FLAGS: dict[str, tuple[str, str]] = {
     "--metrics-port": ("metrics_port", "port of /metrics, /healthz and /readyz (0: off)"),
     "--batch-max": ("batch_max", "records per consumed batch"),
     "--log-level": ("log_level", "DEBUG, INFO, WARNING or ERROR (JSON lines on stderr)"),
+    "--http-port": ("http_port", "port of the scoring API (and its /metrics, /healthz, /readyz)"),
+    "--reply-topic": ("reply_topic", "this instance's reply topic (empty: scorer-replies-<hostname>)"),
+    "--deadline-ms": ("serve_deadline_ms", "default deadline of a scoring request"),
 }
 # what each Kafka command reads: a flag it would ignore is not offered
 LONG_RUNNING = (
@@ -123,6 +126,7 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "stream": ("--brokers", "--input-topic", "--log-level"),
     "topics": ("--brokers", "--input-topic", "--decisions-topic"),
     "models": ("--brokers", "--group", "--model"),
+    "serve": ("--brokers", "--input-topic", "--http-port", "--reply-topic", "--deadline-ms", "--log-level"),
 }
 
 
@@ -158,6 +162,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "metrics_port",
         "batch_max",
         "log_level",
+        "http_port",
+        "reply_topic",
+        "serve_deadline_ms",
     )
     overrides: dict[str, object] = {n: getattr(args, n, None) for n in names}
     kafka = parse_kafka_opts(getattr(args, "kafka_opt", []) or [])

@@ -119,6 +119,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return ScorerLoop(settings, model).run(stop)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from scorer.runtime import logs
+
+    try:
+        from scorer.serve.server import run_serve
+    except ModuleNotFoundError as exc:
+        if exc.name != "aiohttp":
+            raise
+        raise ConfigError("scorer serve needs the serve extra: pip install 'scorer[serve]'") from exc
+
+    settings = settings_from(args)
+    logs.configure(settings.log_level)
+    return run_serve(settings)
+
+
 def cmd_aggregate(args: argparse.Namespace) -> int:
     import threading
 
@@ -274,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_kafka_args(p, "run")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "serve", formatter_class=HELP,
+        help="HTTP scoring API: each decision made by the stream's scorers (request-reply over Kafka)",
+    )  # fmt: skip
+    add_kafka_args(p, "serve")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "aggregate",

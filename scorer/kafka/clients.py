@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 LIBRDKAFKA = logging.getLogger("scorer.kafka.librdkafka")
@@ -58,6 +58,15 @@ def quiet(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def consumer(config: Mapping[str, Any]) -> Consumer:
     return Consumer(quiet(config))
+
+
+def take_available(consumer: Consumer, max_records: int, wait_s: float) -> list[Message]:
+    """Up to `max_records` once the first one arrives (waiting at most `wait_s` for it), without waiting
+    to fill the batch: consume(n, timeout) returns only when n records or the timeout have come."""
+    msgs: list[Message] = consumer.consume(1, wait_s)
+    if msgs and max_records > 1:
+        msgs += consumer.consume(max_records - 1, 0)
+    return msgs
 
 
 def producer(config: Mapping[str, Any]) -> Producer:

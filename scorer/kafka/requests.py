@@ -95,12 +95,13 @@ class ReplyListener:
         settings: Settings,
         topic: str,
         on_reply: Callable[[bytes, bytes], bool],
-        on_tick: Callable[[], None] | None = None,
+        on_tick: Callable[[], object] | None = None,
     ) -> None:
         self.settings = settings
         self.topic = topic
         self.on_reply = on_reply
         self.on_tick = on_tick
+        self.broker_ok = True  # the last metadata request (every EXPIRE_EVERY_S) was answered
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="serve-replies", daemon=True)
 
@@ -124,13 +125,25 @@ class ReplyListener:
     def _run(self) -> None:
         last_tick = time.monotonic()
         while not self._stop.is_set():
-            for msg in self.consumer.consume(500, 0.05):
+            for msg in clients.take_available(self.consumer, 500, 0.05):
                 if msg.error() is None:
                     self.on_reply(msg.key() or b"", msg.value() or b"")
-            if self.on_tick is not None and time.monotonic() - last_tick >= EXPIRE_EVERY_S:
+            if time.monotonic() - last_tick >= EXPIRE_EVERY_S:
                 last_tick = time.monotonic()
-                self.on_tick()
+                self._check_broker()
+                if self.on_tick is not None:
+                    self.on_tick()
         self.consumer.close()
+
+    def _check_broker(self) -> None:
+        try:
+            self.consumer.list_topics(self.topic, timeout=2.0)
+            self.broker_ok = True
+        except KafkaException:
+            self.broker_ok = False
+
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self.broker_ok
 
     def close(self, timeout_s: float = 5.0) -> None:
         self._stop.set()

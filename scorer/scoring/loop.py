@@ -200,9 +200,7 @@ class ScorerLoop:
         """What is there once the first record arrives; then, for throughput (batch_wait_s > 0), up to
         batch_wait_s more to fill the batch, cut short when a request of `scorer serve` is in it."""
         batch_max, wait_s = self.settings.batch_max, self.settings.batch_wait_s
-        msgs: list[Message] = self.consumer.consume(1, IDLE_WAIT_S)
-        if msgs:
-            msgs += self.consumer.consume(batch_max - 1, 0)
+        msgs = clients.take_available(self.consumer, batch_max, IDLE_WAIT_S)
         deadline = time.monotonic() + wait_s
         while msgs and len(msgs) < batch_max and not any(map(Message.headers, msgs)):
             left = deadline - time.monotonic()

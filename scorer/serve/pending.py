@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -42,8 +43,9 @@ class Request:
 class Pending:
     """Thread-safe: HTTP handlers start and wait, the reply listener and delivery callbacks complete."""
 
-    def __init__(self, cache_size: int) -> None:
+    def __init__(self, cache_size: int, on_late: Callable[[], None] | None = None) -> None:
         self.cache_size = cache_size
+        self.on_late = on_late
         self._lock = threading.Lock()
         self._by_correlation: dict[bytes, Request] = {}
         self._by_transaction: dict[str, Request] = {}
@@ -77,6 +79,8 @@ class Pending:
                 self._remember(request.transaction_id, value)
             if request.timed_out:
                 self.late += 1
+        if request.timed_out and self.on_late is not None:
+            self.on_late()
         if error is None:
             request.future.set_result(value)
         else:

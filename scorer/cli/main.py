@@ -125,7 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from scorer.serve.server import run_serve
     except ModuleNotFoundError as exc:
-        if exc.name != "aiohttp":
+        if exc.name not in ("uvicorn", "uvloop", "httptools"):
             raise
         raise ConfigError("scorer serve needs the serve extra: pip install 'scorer[serve]'") from exc
 

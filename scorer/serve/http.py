@@ -1,104 +1,142 @@
-"""The HTTP face of `scorer serve` (aiohttp): routes, deadlines, metrics. The answers come from service.py.
+"""The HTTP face of `scorer serve`: a bare ASGI application (run by uvicorn) with six routes.
 
-Handlers never block the event loop: a request's decision is a concurrent future completed by the reply
-listener's thread; the handler waits on an asyncio future that the completion wakes (not on the future
-itself, so that a missed deadline never cancels it: the late decision must still land in the cache).
+No framework: the routes are few and fixed, and a measurement on this machine found a bare ASGI callable
+under uvicorn the cheapest of the stacks tried per request at equal latency (docs/serve.md). The answers
+come from service.py. Handlers never block the event loop: a request's decision is a concurrent future
+completed by the reply listener's thread; the handler waits on an asyncio future that the completion
+wakes (not on the future itself, so a missed deadline never cancels it: the late decision must still
+land in the cache).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import Future
+from typing import Any
 
 import orjson
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from scorer.serve.metrics import ServeMetrics
 from scorer.serve.openapi import openapi_document
 from scorer.serve.service import DEADLINE_HEADER, Answer, ScoringService
 
-JSON = "application/json"
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+JSON = b"application/json"
+TEXT = b"text/plain; charset=utf-8"
 
 
-def build_app(
-    service: ScoringService,
-    registry: CollectorRegistry,
-    metrics: ServeMetrics,
-    ready: Callable[[], bool],
-) -> web.Application:
-    """The routes: POST /v1/score, POST /v1/score:batch, GET /healthz /readyz /metrics /openapi.json."""
-    batch_max = service.settings.serve_batch_max
-    max_body = max(1 << 20, service.settings.max_value_bytes * batch_max + 1024)
-    app = web.Application(client_max_size=max_body)
+class ScoringApp:
+    """POST /v1/score, POST /v1/score:batch, GET /healthz /readyz /metrics /openapi.json."""
 
-    async def score(request: web.Request) -> web.Response:
-        with metrics.timed("score") as record:
-            answer = await _score_one(service, request)
+    def __init__(
+        self,
+        service: ScoringService,
+        registry: CollectorRegistry,
+        metrics: ServeMetrics,
+        ready: Callable[[], bool],
+    ) -> None:
+        self.service = service
+        self.registry = registry
+        self.metrics = metrics
+        self.ready = ready
+        self.batch_max = service.settings.serve_batch_max
+        self.max_single = service.settings.max_value_bytes  # over it: the stream's oversized_value
+        self.max_batch = service.settings.max_value_bytes * self.batch_max + 1024
+        self.openapi = orjson.dumps(openapi_document(self.batch_max))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # lifespan is off (uvicorn's lifespan="off"); websockets are not served
+        method, path = scope["method"], scope["path"]
+        if method == "POST" and path in ("/v1/score", "/v1/score:batch"):
+            status, body, kind = await self._score(scope, receive, path.endswith(":batch"))
+        elif method == "GET" and path in GETS:
+            status, body, kind = GETS[path](self)
+        elif path in GETS or path.startswith("/v1/score"):
+            status, body, kind = 405, _problem("method_not_allowed", f"{method} {path}"), JSON
+        else:
+            status, body, kind = 404, _problem("not_found", path), JSON
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+    async def _score(self, scope: Scope, receive: Receive, batch: bool) -> tuple[int, bytes, bytes]:
+        route = "score_batch" if batch else "score"
+        with self.metrics.timed(route) as record:
+            limit = self.max_batch if batch else self.max_single
+            body = await _read_body(receive, limit)
+            if body is None:
+                answer = _too_large(limit, batch)
+            else:
+                answer = await self._answer(_header(scope, DEADLINE_HEADER), body, batch)
             record(answer.outcome)
-            return _json(answer.status, answer.body)
+            return answer.status, answer.body, JSON
 
-    async def score_batch(request: web.Request) -> web.Response:
-        with metrics.timed("score_batch") as record:
-            answer = await _score_batch(service, request, batch_max)
-            record(answer.outcome)
-            return _json(answer.status, answer.body)
+    async def _answer(self, deadline_header: str | None, body: bytes, batch: bool) -> Answer:
+        service = self.service
+        deadline = service.deadline_s(deadline_header)
+        if isinstance(deadline, Answer):
+            return deadline
+        values = _batch_values(body, self.batch_max) if batch else [body]
+        if isinstance(values, Answer):
+            return values
+        admitted = service.admit(values)
+        if isinstance(admitted, Answer):
+            return admitted
+        await _wait([t.future for t in admitted], deadline)
+        if not batch:
+            return service.answer(admitted[0])
+        answers = [service.answer(t, single=False) for t in admitted]
+        outcome = "stream" if all(a.outcome in ("stream", "cache") for a in answers) else "fallback"
+        return Answer(200, b'{"decisions":[' + b",".join(a.body for a in answers) + b"]}", outcome)
 
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+    def healthz(self) -> tuple[int, bytes, bytes]:
+        return 200, b"ok\n", TEXT
 
-    async def readyz(_: web.Request) -> web.Response:
-        ok = ready()
-        return web.Response(status=200 if ok else 503, text="ready\n" if ok else "not ready\n")
+    def readyz(self) -> tuple[int, bytes, bytes]:
+        return (200, b"ready\n", TEXT) if self.ready() else (503, b"not ready\n", TEXT)
 
-    async def prometheus(_: web.Request) -> web.Response:
-        metrics.in_flight.set(service.pending.in_flight())
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    def prometheus(self) -> tuple[int, bytes, bytes]:
+        self.metrics.in_flight.set(self.service.pending.in_flight())
+        return 200, generate_latest(self.registry), CONTENT_TYPE_LATEST.encode()
 
-    document = orjson.dumps(openapi_document(batch_max))
-
-    async def openapi(_: web.Request) -> web.Response:
-        return _json(200, document)
-
-    app.add_routes([
-        web.post("/v1/score", score),
-        web.post("/v1/score:batch", score_batch),
-        web.get("/healthz", healthz),
-        web.get("/readyz", readyz),
-        web.get("/metrics", prometheus),
-        web.get("/openapi.json", openapi),
-    ])  # fmt: skip
-    return app
-
-
-async def _score_one(service: ScoringService, request: web.Request) -> Answer:
-    deadline = service.deadline_s(request.headers.get(DEADLINE_HEADER))
-    if isinstance(deadline, Answer):
-        return deadline
-    admitted = service.admit([await request.read()])
-    if isinstance(admitted, Answer):
-        return admitted
-    await _wait([t.future for t in admitted], deadline)
-    return service.answer(admitted[0])
+    def openapi_json(self) -> tuple[int, bytes, bytes]:
+        return 200, self.openapi, JSON
 
 
-async def _score_batch(service: ScoringService, request: web.Request, batch_max: int) -> Answer:
-    deadline = service.deadline_s(request.headers.get(DEADLINE_HEADER))
-    if isinstance(deadline, Answer):
-        return deadline
-    values = _batch_values(await request.read(), batch_max)
-    if isinstance(values, Answer):
-        return values
-    admitted = service.admit(values)
-    if isinstance(admitted, Answer):
-        return admitted
-    await _wait([t.future for t in admitted], deadline)
-    answers = [service.answer(t, single=False) for t in admitted]
-    body = b'{"decisions":[' + b",".join(a.body for a in answers) + b"]}"
-    outcome = "stream" if all(a.outcome in ("stream", "cache") for a in answers) else "fallback"
-    return Answer(200, body, outcome)
+GETS: dict[str, Callable[[ScoringApp], tuple[int, bytes, bytes]]] = {
+    "/healthz": ScoringApp.healthz,
+    "/readyz": ScoringApp.readyz,
+    "/metrics": ScoringApp.prometheus,
+    "/openapi.json": ScoringApp.openapi_json,
+}
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None once it exceeds `limit` bytes."""
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        more = bool(message.get("more_body", False))
+    return b"".join(chunks)
+
+
+def _header(scope: Scope, name: str) -> str | None:
+    wanted = name.encode()
+    for key, value in scope.get("headers", []):
+        if key == wanted:  # ASGI servers give header names in lower case
+            return bytes(value).decode("latin-1")
+    return None
 
 
 def _batch_values(body: bytes, batch_max: int) -> list[bytes] | Answer:
@@ -106,18 +144,33 @@ def _batch_values(body: bytes, batch_max: int) -> list[bytes] | Answer:
     try:
         docs = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        return _bad("invalid_json", str(exc))
+        return _unprocessable("invalid_json", str(exc))
     if not isinstance(docs, list) or not docs:
-        return _bad("not_an_array", "the body must be a non-empty JSON array of transactions")
+        return _unprocessable("not_an_array", "the body must be a non-empty JSON array of transactions")
     if len(docs) > batch_max:
-        return _bad("batch_too_large", f"{len(docs)} transactions, at most {batch_max} (serve_batch_max)")
+        return _unprocessable(
+            "batch_too_large", f"{len(docs)} transactions, at most {batch_max} (serve_batch_max)"
+        )
     return [orjson.dumps(d) for d in docs]
 
 
-def _bad(reason: str, detail: str) -> Answer:
+def _unprocessable(reason: str, detail: str) -> Answer:
     return Answer(
         422, orjson.dumps({"error": "invalid_request", "reason": reason, "detail": detail}), "invalid"
     )
+
+
+def _too_large(limit: int, batch: bool) -> Answer:
+    """A batch body over its limit is 413; one transaction over max_value_bytes gets the stream's reason."""
+    if batch:
+        return Answer(413, _problem("too_large", f"the body is over {limit} bytes"), "invalid")
+    detail = f"value over max_value_bytes ({limit})"
+    body = orjson.dumps({"error": "invalid_transaction", "reason": "oversized_value", "detail": detail})
+    return Answer(422, body, "invalid")
+
+
+def _problem(error: str, detail: str) -> bytes:
+    return orjson.dumps({"error": error, "detail": detail})
 
 
 async def _wait(futures: Sequence[Future[bytes] | None], timeout_s: float) -> None:
@@ -144,7 +197,3 @@ def _woken(future: Future[bytes], loop: asyncio.AbstractEventLoop) -> asyncio.Fu
 def _set(woken: asyncio.Future[None]) -> None:
     if not woken.done():
         woken.set_result(None)
-
-
-def _json(status: int, body: bytes) -> web.Response:
-    return web.Response(status=status, body=body, content_type=JSON)

@@ -2,21 +2,23 @@
 
 Startup checks the broker and the transactions topic, creates this instance's reply topic, starts
 reading it and the publisher, then listens on http_host:http_port until SIGTERM/SIGINT, when it stops
-taking requests, lets those in flight finish (aiohttp's graceful shutdown) and flushes the producer.
+taking requests, lets those in flight finish (uvicorn's graceful shutdown) and flushes the producer.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
-from aiohttp import web
+import uvicorn
 from prometheus_client import CollectorRegistry
 
 from scorer.config import Settings
 from scorer.errors import ScorerError
 from scorer.kafka.requests import Publisher, ReplyListener, reply_topic
 from scorer.kafka.topics import partition_counts
-from scorer.serve.http import build_app
+from scorer.runtime.process import install_signal_handlers
+from scorer.serve.http import ScoringApp
 from scorer.serve.metrics import ServeMetrics
 from scorer.serve.pending import Pending
 from scorer.serve.service import ScoringService
@@ -39,15 +41,25 @@ def run_serve(settings: Settings) -> int:
     publisher = Publisher(settings, topic)
     try:
         service = ScoringService(settings, pending, publisher.publish)
-        app = build_app(service, registry, metrics, listener.alive)
+        app = ScoringApp(service, registry, metrics, listener.alive)
         logger.info(
             "serving",
             extra={"port": settings.http_port, "reply_topic": topic, "settings": settings.masked()},
         )
-        web.run_app(
-            app, host=settings.http_host, port=settings.http_port, access_log=None, print=None,
-            handle_signals=True, shutdown_timeout=settings.serve_deadline_ms / 1000.0 + 1.0,
+        config = uvicorn.Config(
+            app, host=settings.http_host, port=settings.http_port, loop="uvloop", http="httptools",
+            lifespan="off", access_log=False, log_config=None, server_header=False,
+            timeout_graceful_shutdown=int(settings.serve_deadline_ms / 1000.0) + 2,
         )  # fmt: skip
+        server = uvicorn.Server(config)
+        # uvicorn re-raises the signal that stopped it, to the handler it found: ours, so that the
+        # producer is flushed below and the exit code is 0
+        install_signal_handlers(threading.Event())
+        server.run()  # SIGTERM/SIGINT: stop accepting, finish the requests in flight
+        if not server.started:
+            raise ScorerError(
+                f"cannot listen on {settings.http_host}:{settings.http_port} (see the log above)"
+            )
     finally:
         publisher.close()
         listener.close()

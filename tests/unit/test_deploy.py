@@ -31,7 +31,7 @@ from packaging.requirements import Requirement
 from prometheus_client import CollectorRegistry
 
 from scorer import __version__
-from scorer.config import ENV_PREFIX, from_env, load_settings
+from scorer.config import ENV_PREFIX, Settings, from_env, load_settings
 from scorer.model.onnx import OnnxModel
 from scorer.model.registry import Registry
 from scorer.runtime.health import HealthServer
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S_VERSION = "1.31.0"
 LINTER = ROOT / ".tools" / "node_modules" / ".bin" / "dockerfilelint"
-LONG_RUNNING = {"scorer", "scorer-aggregator", "scorer-monitor"}
+LONG_RUNNING = {"scorer", "scorer-aggregator", "scorer-monitor", "scorer-serve"}
 BUILTIN_GROUPS = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1"}
 
 
@@ -94,7 +94,7 @@ def test_dockerfile_passes_the_linter() -> None:
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The build stage carried out: its COPYs from the filtered context, its wheel built and unpacked."""
     build_stage = stages(DEPLOY / "Dockerfile")[0]
-    assert "pip wheel" in build_stage.last("RUN") and build_stage.last("RUN").endswith(" .")
+    assert "pip wheel" in build_stage.last("RUN") and build_stage.last("RUN").endswith(' ".[serve]"')
     files = context(ROOT, DEPLOY / "Dockerfile.dockerignore")
     src = materialise(ROOT, files, build_stage, tmp_path_factory.mktemp("src"))
     wheels = tmp_path_factory.mktemp("wheels")
@@ -130,7 +130,10 @@ def test_the_image_installs_every_module_and_only_the_runtime_dependencies(packa
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert {Requirement(r) for r in runtime} == {Requirement(d) for d in declared}
     install = stages(DEPLOY / "Dockerfile")[-1].last("RUN")
-    assert "--find-links /wheels scorer " in install  # the package without [extras]
+    assert '--find-links /wheels "scorer[serve]" ' in install  # the package and the serve extra only
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    serve = [x.split(":", 1)[1] for x in lines if x.startswith("Requires-Dist:") and 'extra == "serve"' in x]
+    assert {Requirement(r.split(";")[0]) for r in serve} == {Requirement(d) for d in extras["serve"]}
 
 
 def test_the_entrypoint_and_command_run_the_scorer_from_the_installed_package(
@@ -166,7 +169,8 @@ def test_the_healthcheck_tells_a_live_scorer_from_a_dead_one() -> None:
         server.stop()
     dead = subprocess.run([sys.executable, *check[1:]], env=env, capture_output=True, check=False)
     assert alive.returncode == 0 and dead.returncode != 0
-    assert runtime.env()["SCORER_METRICS_PORT"] == runtime.last("EXPOSE")
+    exposed = runtime.last("EXPOSE").split()
+    assert runtime.env()["SCORER_METRICS_PORT"] in exposed and str(Settings().http_port) in exposed
 
 
 def test_the_image_bakes_in_a_default_model_that_loads(tmp_path: Path) -> None:
@@ -208,6 +212,7 @@ def test_compose_file_is_accepted_by_docker_compose() -> None:
         "aggregator",
         "scorer",
         "monitor",
+        "serve",
         "simulator",
         "prometheus",
         "grafana",
@@ -220,7 +225,9 @@ def test_compose_file_is_accepted_by_docker_compose() -> None:
     assert resolved["scorer"]["build"]["args"]["VERSION"] == __version__
     assert resolved["scorer"]["image"] == f"scorer:{__version__}"
     assert resolved["topics"]["command"] == ["topics", "--partitions", "4"]
-    for name in ("aggregator", "scorer", "monitor", "simulator"):
+    assert resolved["serve"]["command"] == ["serve"]
+    assert resolved["serve"]["ports"][0]["target"] == 8080
+    for name in ("aggregator", "scorer", "monitor", "serve", "simulator"):
         assert resolved[name]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
 
 

@@ -21,6 +21,7 @@ from scorer.config import Settings
 from scorer.monitoring.livequality import LiveQuality
 from scorer.monitoring.monitor import Models, Monitor, families
 from scorer.runtime.metrics import AggregatorMetrics, Metrics
+from scorer.serve.metrics import ServeMetrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
@@ -41,9 +42,10 @@ def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 
 
 def exported() -> set[str]:
-    """Every sample name the scorer, the aggregator and the monitor can expose."""
-    registries = [CollectorRegistry() for _ in range(3)]
+    """Every sample name the scorer, the aggregator, the monitor and serve can expose."""
+    registries = [CollectorRegistry() for _ in range(4)]
     Metrics(registries[0])
+    ServeMetrics(registries[3])
     AggregatorMetrics(registries[1])
     Monitor(Settings(brokers="127.0.0.1:1"), registries[2])
     fams = [f for r in registries for f in r.collect()]

@@ -16,6 +16,7 @@ import numpy as np
 from confluent_kafka import Producer
 
 from benchmarks.harness import (
+    INPUT_TOPIC_CONFIG,
     PARTITIONS,
     Launcher,
     Profile,
@@ -34,7 +35,7 @@ POLL_S = 0.05
 
 def preload(brokers: str, topic: str, data: SimulatedData, n: int) -> list[str]:
     """Produce the first n simulated transactions (keyed by customer, in time order); returns their ids."""
-    ensure_topics(brokers, [TopicSpec(topic, PARTITIONS)])
+    ensure_topics(brokers, [TopicSpec(topic, PARTITIONS, config=INPUT_TOPIC_CONFIG)])
     producer = Producer({"bootstrap.servers": brokers, "linger.ms": 20, "compression.type": "lz4"})
     for start in range(0, n, CHUNK):
         idx = np.arange(start, min(n, start + CHUNK))

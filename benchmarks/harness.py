@@ -29,6 +29,9 @@ PARTITIONS = 4
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 SESSION_TIMEOUT_MS = 6000  # tansu: a group join otherwise waits ~20 s
+# Input topics are created with retention.ms set: Quix Streams (the quix profile) derives its changelog
+# topics' config from it, and tansu's DescribeConfigs reports only the configs given at creation.
+INPUT_TOPIC_CONFIG = {"retention.ms": "-1"}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -59,7 +62,7 @@ class Profile:
     """One implementation under test: its name and how to start its processes for a run."""
 
     name: str
-    kind: str  # passthrough | naive | scorer
+    kind: str  # passthrough | naive | quix | scorer: the module benchmarks.<kind>, or `scorer run`
     env: Mapping[str, str] = field(default_factory=dict)  # scorer: SCORER_* settings of this profile
     scorers: int = 1  # scorer processes in the group (scale-out)
     aggregator: bool = True  # False: no terminal aggregator (isolates the scorer's own cost and latency)
@@ -118,12 +121,19 @@ class Launcher:
         if profile.kind == "scorer":
             return self._scorer(profile, input_topic, run, logs)
         output = f"{run}-out"
-        ensure_topics(self.brokers, [TopicSpec(output, PARTITIONS), TopicSpec(f"{run}-dlq", 1)])
+        specs = [TopicSpec(output, PARTITIONS), TopicSpec(f"{run}-dlq", 1)]
+        if profile.kind == "quix":  # its terminal table: empty, as the scorer's is without the aggregator
+            specs.append(TopicSpec(f"{run}-terminal-features", PARTITIONS, compacted=True))
+        ensure_topics(self.brokers, specs)
         common = [
             "--brokers", self.brokers, "--input", input_topic, "--output", output, "--group", run,
             "--fetch-wait-max-ms", str(self.fetch_wait_ms), "--session-timeout-ms", str(SESSION_TIMEOUT_MS),
         ]  # fmt: skip
-        extra = ["--dlq", f"{run}-dlq", "--model", str(self.model)] if profile.kind == "naive" else []
+        extra = []
+        if profile.kind in ("naive", "quix"):
+            extra = ["--dlq", f"{run}-dlq", "--model", str(self.model)]
+        if profile.kind == "quix":
+            extra += ["--terminal-topic", f"{run}-terminal-features", "--state-dir", str(self.workdir / run)]
         proc = _spawn([sys.executable, "-m", f"benchmarks.{profile.kind}", *common, *extra], logs, {})
         return Running(profile, output, {profile.kind: proc}, logs)
 

@@ -25,6 +25,7 @@ from benchmarks.harness import (
     decision_ids,
     machine_busy_s,
     passthrough_ids,
+    same_decisions,
 )
 from scorer.kafka.admin import TopicSpec, ensure_topics
 from scorer.training.simulate import SimulatedData, transaction_values
@@ -135,3 +136,28 @@ def _check(values: list[bytes], kind: str, expected: set[str]) -> dict[str, Any]
         "missing": missing,
         "unexpected": unexpected,
     }
+
+
+def outputs(launcher: Launcher, profile: Profile, topic: str, n: int, timeout_s: float) -> list[bytes]:
+    """Every output record of one profile over `topic` (n inputs), read until n arrived or none came for
+    timeout_s, then a little longer so that a repeated record would show."""
+    running = launcher.start(profile, topic)
+    tail = Tail(launcher.brokers, running.output_topic)
+    try:
+        tail.until(n, timeout_s)
+        running.stop()
+        tail.until(n + 1, 2.0)
+        return tail.values
+    finally:
+        tail.close()
+        running.stop()
+
+
+def equal_work(
+    launcher: Launcher, first: Profile, second: Profile, topic: str, n: int, timeout_s: float = 60.0
+) -> dict[str, Any]:
+    """Both profiles over the same preloaded topic: same transaction ids, scores within 1e-5
+    (harness.same_decisions), so a peer that is faster because it does less cannot pass for equal."""
+    a = outputs(launcher, first, topic, n, timeout_s)
+    b = outputs(launcher, second, topic, n, timeout_s)
+    return {"first": first.name, "second": second.name, "inputs": n, **same_decisions(a, b)}

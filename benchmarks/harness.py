@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -239,6 +240,39 @@ class Tail:
 
 def decision_ids(values: Sequence[bytes]) -> list[str]:
     return [orjson.loads(v)["transaction_id"] for v in values]
+
+
+def same_decisions(a: Sequence[bytes], b: Sequence[bytes], tolerance: float = 1e-5) -> dict[str, Any]:
+    """Whether two implementations decided the same inputs alike: the equal-work check of a peer profile.
+
+    Both must hold one decision per transaction id, the same ids, and scores within `tolerance` of each
+    other (the features are computed by different code in float64 and rounded to float32, so a tree
+    split may rarely see a last-bit difference; a real difference in the work shows as many). `ok` says
+    whether every condition held; the counts say what differed.
+    """
+    scores: list[dict[str, float]] = []
+    duplicates = 0
+    for values in (a, b):
+        docs = [orjson.loads(v) for v in values]
+        by_id = {d["transaction_id"]: float(d["score"]) for d in docs}
+        duplicates += len(docs) - len(by_id)
+        scores.append(by_id)
+    common = scores[0].keys() & scores[1].keys()
+    diffs = {t: abs(scores[0][t] - scores[1][t]) for t in common}
+    worst = max(diffs, key=diffs.__getitem__, default=None)
+    result: dict[str, Any] = {
+        "compared": len(common),
+        "only_first": len(scores[0].keys() - common),
+        "only_second": len(scores[1].keys() - common),
+        "duplicates": duplicates,
+        "over_tolerance": sum(d > tolerance for d in diffs.values()),
+        "max_score_diff": diffs[worst] if worst is not None else 0.0,
+        "worst_transaction": worst,
+    }
+    result["ok"] = bool(common) and not any(
+        result[k] for k in ("only_first", "only_second", "duplicates", "over_tolerance")
+    )
+    return result
 
 
 def passthrough_ids(values: Sequence[bytes]) -> list[str]:

@@ -83,7 +83,7 @@ class QuixScorer:
         self.table = table
         self.polled = 0.0
 
-    def score(self, tx: Any, state: State) -> dict[str, Any]:
+    def score(self, tx: Any, state: State[str, Any]) -> dict[str, Any]:
         """The decision for one transaction (the customer's state updated), or a dead letter."""
         try:
             why = check(tx)

@@ -35,6 +35,11 @@ PROFILES = {
     "naive": Profile(
         "naive", "naive", description="per-event json.loads, Python features, 1 ONNX call/event"
     ),
+    "quix": Profile(
+        "quix",
+        "quix",
+        description="Quix Streams app: per-message stateful apply (RocksDB), naive's features, 1 ONNX call/event",
+    ),
     "scorer": Profile("scorer", "scorer", description="scorer run + aggregate, default settings"),
     "scorer-tuned": Profile(
         "scorer-tuned", "scorer", {"SCORER_BATCH_MAX": "5000"}, description="scorer, 5,000-record batches"
@@ -61,7 +66,9 @@ DEFAULT_WORKLOADS = "drain,scaleout,paced,state,memory,stages"  # soak: tansu ca
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--events", type=int, default=1_000_000, help="drain: events preloaded on 4 partitions")
-    p.add_argument("--naive-events", type=int, default=100_000, help="drain: events for the naive profile")
+    p.add_argument(
+        "--naive-events", type=int, default=100_000, help="drain: events for the naive and quix profiles"
+    )
     p.add_argument("--rates", default="1000,5000,20000", help="paced: events/s, comma separated")
     p.add_argument("--paced-seconds", type=float, default=15.0, help="paced: seconds per rate")
     p.add_argument("--state-customers", type=int, default=1_000_000)
@@ -189,7 +196,7 @@ def drain_runs(
     launcher: Launcher,
     broker_pid: int,
 ) -> list[dict[str, Any]]:
-    """Each profile over the preloaded topic; the naive one over its own, shorter topic (it is ~100x slower)."""
+    """Each profile over the preloaded topic; the per-event ones (naive, quix) over their own, shorter topic."""
     ids = preload(launcher.brokers, "drain-transactions", data, args.events)
     chosen = [p for p in profiles if "drain" in workloads]
     if "scaleout" in workloads:
@@ -198,7 +205,7 @@ def drain_runs(
     runs = []
     for profile in chosen:
         topic, topic_ids = "drain-transactions", ids
-        if profile.kind == "naive" and args.naive_events < args.events:
+        if profile.kind in ("naive", "quix") and args.naive_events < args.events:
             topic, topic_ids = (
                 "drain-naive",
                 preload(launcher.brokers, "drain-naive", data, args.naive_events),

@@ -16,6 +16,7 @@ import numpy as np
 from confluent_kafka import Producer
 
 from benchmarks.harness import (
+    INPUT_TOPIC_CONFIG,
     PARTITIONS,
     Launcher,
     Profile,
@@ -24,6 +25,7 @@ from benchmarks.harness import (
     decision_ids,
     machine_busy_s,
     passthrough_ids,
+    same_decisions,
 )
 from scorer.kafka.admin import TopicSpec, ensure_topics
 from scorer.training.simulate import SimulatedData, transaction_values
@@ -34,7 +36,7 @@ POLL_S = 0.05
 
 def preload(brokers: str, topic: str, data: SimulatedData, n: int) -> list[str]:
     """Produce the first n simulated transactions (keyed by customer, in time order); returns their ids."""
-    ensure_topics(brokers, [TopicSpec(topic, PARTITIONS)])
+    ensure_topics(brokers, [TopicSpec(topic, PARTITIONS, config=INPUT_TOPIC_CONFIG)])
     producer = Producer({"bootstrap.servers": brokers, "linger.ms": 20, "compression.type": "lz4"})
     for start in range(0, n, CHUNK):
         idx = np.arange(start, min(n, start + CHUNK))
@@ -134,3 +136,28 @@ def _check(values: list[bytes], kind: str, expected: set[str]) -> dict[str, Any]
         "missing": missing,
         "unexpected": unexpected,
     }
+
+
+def outputs(launcher: Launcher, profile: Profile, topic: str, n: int, timeout_s: float) -> list[bytes]:
+    """Every output record of one profile over `topic` (n inputs), read until n arrived or none came for
+    timeout_s, then a little longer so that a repeated record would show."""
+    running = launcher.start(profile, topic)
+    tail = Tail(launcher.brokers, running.output_topic)
+    try:
+        tail.until(n, timeout_s)
+        running.stop()
+        tail.until(n + 1, 2.0)
+        return tail.values
+    finally:
+        tail.close()
+        running.stop()
+
+
+def equal_work(
+    launcher: Launcher, first: Profile, second: Profile, topic: str, n: int, timeout_s: float = 60.0
+) -> dict[str, Any]:
+    """Both profiles over the same preloaded topic: same transaction ids, scores within 1e-5
+    (harness.same_decisions), so a peer that is faster because it does less cannot pass for equal."""
+    a = outputs(launcher, first, topic, n, timeout_s)
+    b = outputs(launcher, second, topic, n, timeout_s)
+    return {"first": first.name, "second": second.name, "inputs": n, **same_decisions(a, b)}

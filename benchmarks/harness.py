@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +30,9 @@ PARTITIONS = 4
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 SESSION_TIMEOUT_MS = 6000  # tansu: a group join otherwise waits ~20 s
+# Input topics are created with retention.ms set: Quix Streams (the quix profile) derives its changelog
+# topics' config from it, and tansu's DescribeConfigs reports only the configs given at creation.
+INPUT_TOPIC_CONFIG = {"retention.ms": "-1"}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -59,7 +63,7 @@ class Profile:
     """One implementation under test: its name and how to start its processes for a run."""
 
     name: str
-    kind: str  # passthrough | naive | scorer
+    kind: str  # passthrough | naive | quix | scorer: the module benchmarks.<kind>, or `scorer run`
     env: Mapping[str, str] = field(default_factory=dict)  # scorer: SCORER_* settings of this profile
     scorers: int = 1  # scorer processes in the group (scale-out)
     aggregator: bool = True  # False: no terminal aggregator (isolates the scorer's own cost and latency)
@@ -118,12 +122,19 @@ class Launcher:
         if profile.kind == "scorer":
             return self._scorer(profile, input_topic, run, logs)
         output = f"{run}-out"
-        ensure_topics(self.brokers, [TopicSpec(output, PARTITIONS), TopicSpec(f"{run}-dlq", 1)])
+        specs = [TopicSpec(output, PARTITIONS), TopicSpec(f"{run}-dlq", 1)]
+        if profile.kind == "quix":  # its terminal table: empty, as the scorer's is without the aggregator
+            specs.append(TopicSpec(f"{run}-terminal-features", PARTITIONS, compacted=True))
+        ensure_topics(self.brokers, specs)
         common = [
             "--brokers", self.brokers, "--input", input_topic, "--output", output, "--group", run,
             "--fetch-wait-max-ms", str(self.fetch_wait_ms), "--session-timeout-ms", str(SESSION_TIMEOUT_MS),
         ]  # fmt: skip
-        extra = ["--dlq", f"{run}-dlq", "--model", str(self.model)] if profile.kind == "naive" else []
+        extra = []
+        if profile.kind in ("naive", "quix"):
+            extra = ["--dlq", f"{run}-dlq", "--model", str(self.model)]
+        if profile.kind == "quix":
+            extra += ["--terminal-topic", f"{run}-terminal-features", "--state-dir", str(self.workdir / run)]
         proc = _spawn([sys.executable, "-m", f"benchmarks.{profile.kind}", *common, *extra], logs, {})
         return Running(profile, output, {profile.kind: proc}, logs)
 
@@ -229,6 +240,39 @@ class Tail:
 
 def decision_ids(values: Sequence[bytes]) -> list[str]:
     return [orjson.loads(v)["transaction_id"] for v in values]
+
+
+def same_decisions(a: Sequence[bytes], b: Sequence[bytes], tolerance: float = 1e-5) -> dict[str, Any]:
+    """Whether two implementations decided the same inputs alike: the equal-work check of a peer profile.
+
+    Both must hold one decision per transaction id, the same ids, and scores within `tolerance` of each
+    other (the features are computed by different code in float64 and rounded to float32, so a tree
+    split may rarely see a last-bit difference; a real difference in the work shows as many). `ok` says
+    whether every condition held; the counts say what differed.
+    """
+    scores: list[dict[str, float]] = []
+    duplicates = 0
+    for values in (a, b):
+        docs = [orjson.loads(v) for v in values]
+        by_id = {d["transaction_id"]: float(d["score"]) for d in docs}
+        duplicates += len(docs) - len(by_id)
+        scores.append(by_id)
+    common = scores[0].keys() & scores[1].keys()
+    diffs = {t: abs(scores[0][t] - scores[1][t]) for t in common}
+    worst = max(diffs, key=diffs.__getitem__, default=None)
+    result: dict[str, Any] = {
+        "compared": len(common),
+        "only_first": len(scores[0].keys() - common),
+        "only_second": len(scores[1].keys() - common),
+        "duplicates": duplicates,
+        "over_tolerance": sum(d > tolerance for d in diffs.values()),
+        "max_score_diff": diffs[worst] if worst is not None else 0.0,
+        "worst_transaction": worst,
+    }
+    result["ok"] = bool(common) and not any(
+        result[k] for k in ("only_first", "only_second", "duplicates", "over_tolerance")
+    )
+    return result
 
 
 def passthrough_ids(values: Sequence[bytes]) -> list[str]:

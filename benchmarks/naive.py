@@ -43,6 +43,53 @@ MS_PER_DAY = 86_400_000
 REQUIRED = ("transaction_id", "customer_id", "terminal_id", "amount", "timestamp")
 
 
+def stateless_row(
+    tx: dict[str, Any], ts_ms: int, amount: float, codes: dict[str, dict[str, int]]
+) -> list[float]:
+    """Amount, log amount, hour, weekend, night, then the category codes (features 0..6)."""
+    day, in_day = divmod(ts_ms, MS_PER_DAY)
+    hour = in_day / 3_600_000.0
+    row = [amount, math.log1p(amount), hour, float((day + 3) % 7 >= 5), float(hour < 6.0)]
+    for name in CATEGORICAL_FIELDS:
+        value = tx.get(name)
+        row.append(MISSING_CODE if value is None else codes.get(name, {}).get(value, UNSEEN_CODE))
+    return row
+
+
+def customer_row(
+    days: dict[int, list[float]], last_ms: int | None, ts_ms: int, amount: float, ring_days: int
+) -> tuple[list[float], int]:
+    """One customer's window features including this event (features 7..16), and its new last event time.
+
+    `days` (day -> [count, amount]) is updated in place: the event is added and days older than the
+    ring are dropped. A module function, not a method, so that another implementation holding the
+    same per-customer state elsewhere (the quix profile keeps it in its state store) runs exactly this
+    arithmetic.
+    """
+    day, in_day = divmod(ts_ms, MS_PER_DAY)
+    frac = in_day / MS_PER_DAY
+    since = (
+        SINCE_LAST_CAP_S if last_ms is None else min(max((ts_ms - last_ms) / 1000.0, 0.0), SINCE_LAST_CAP_S)
+    )
+    counts, sums = [], []
+    for w in WINDOW_DAYS:
+        count = total = 0.0
+        for d, (c, a) in days.items():
+            weight = 1.0 if day - w < d <= day else (1.0 - frac if d == day - w else 0.0)
+            count += weight * c
+            total += weight * a
+        counts.append(count)
+        sums.append(total)
+    bucket = days.setdefault(day, [0.0, 0.0])
+    bucket[0] += 1.0
+    bucket[1] += amount
+    for d in [d for d in days if d <= day - ring_days]:
+        del days[d]
+    means = [(s + amount) / (c + 1.0) for c, s in zip(counts, sums, strict=True)]
+    ratios = [amount * counts[i] / sums[i] if counts[i] > 0 and sums[i] > 0 else NO_HISTORY for i in (1, 2)]
+    return [*(c + 1.0 for c in counts), *means, *ratios, since], max(ts_ms, last_ms or ts_ms)
+
+
 class NaiveFeatures:
     """Per-event features from dicts: customer -> {day: [count, amount]}, terminal -> {day: [count, fraud]}."""
 
@@ -56,40 +103,12 @@ class NaiveFeatures:
 
     def compute(self, tx: dict[str, Any], ts_ms: int) -> list[float]:
         amount = float(tx["amount"])
-        day, in_day = divmod(ts_ms, MS_PER_DAY)
-        hour = in_day / 3_600_000.0
-        row = [amount, math.log1p(amount), hour, float((day + 3) % 7 >= 5), float(hour < 6.0)]
-        for name in CATEGORICAL_FIELDS:
-            value = tx.get(name)
-            row.append(MISSING_CODE if value is None else self.codes.get(name, {}).get(value, UNSEEN_CODE))
-        row += self._customer(tx["customer_id"], ts_ms, day, in_day / MS_PER_DAY, amount)
-        row += self._terminal(tx["terminal_id"], day)
-        return row
-
-    def _customer(self, cid: str, ts_ms: int, day: int, frac: float, amount: float) -> list[float]:
-        days = self.customers[cid]
-        last = self.last_ms.get(cid)
-        since = SINCE_LAST_CAP_S if last is None else min(max((ts_ms - last) / 1000.0, 0.0), SINCE_LAST_CAP_S)
-        counts, sums = [], []
-        for w in WINDOW_DAYS:
-            count = total = 0.0
-            for d, (c, a) in days.items():
-                weight = 1.0 if day - w < d <= day else (1.0 - frac if d == day - w else 0.0)
-                count += weight * c
-                total += weight * a
-            counts.append(count)
-            sums.append(total)
-        bucket = days.setdefault(day, [0.0, 0.0])
-        bucket[0] += 1.0
-        bucket[1] += amount
-        for d in [d for d in days if d <= day - self.ring_days]:
-            del days[d]
-        self.last_ms[cid] = max(ts_ms, last or ts_ms)
-        means = [(s + amount) / (c + 1.0) for c, s in zip(counts, sums, strict=True)]
-        ratios = [
-            amount * counts[i] / sums[i] if counts[i] > 0 and sums[i] > 0 else NO_HISTORY for i in (1, 2)
-        ]
-        return [*(c + 1.0 for c in counts), *means, *ratios, since]
+        row = stateless_row(tx, ts_ms, amount, self.codes)
+        cid = tx["customer_id"]
+        customer, self.last_ms[cid] = customer_row(
+            self.customers[cid], self.last_ms.get(cid), ts_ms, amount, self.ring_days
+        )
+        return row + customer + self._terminal(tx["terminal_id"], ts_ms // MS_PER_DAY)
 
     def _terminal(self, tid: str, day: int) -> list[float]:
         days = self.terminals[tid]

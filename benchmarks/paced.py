@@ -17,7 +17,15 @@ import numpy.typing as npt
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from benchmarks.harness import PARTITIONS, Launcher, Profile, Running, cpu_seconds, input_ms_of
+from benchmarks.harness import (
+    INPUT_TOPIC_CONFIG,
+    PARTITIONS,
+    Launcher,
+    Profile,
+    Running,
+    cpu_seconds,
+    input_ms_of,
+)
 from scorer.events.timestamps import rfc3339_ms
 from scorer.kafka.admin import TopicSpec, ensure_topics
 from scorer.training.simulate import SimulatedData
@@ -115,7 +123,7 @@ def paced(
 ) -> dict[str, Any]:
     """Warm up, then each rate for `seconds`; latency percentiles and max lag per rate."""
     input_topic = f"paced-{launcher.runs + 1}-{profile.name}"
-    ensure_topics(launcher.brokers, [TopicSpec(input_topic, PARTITIONS)])
+    ensure_topics(launcher.brokers, [TopicSpec(input_topic, PARTITIONS, config=INPUT_TOPIC_CONFIG)])
     running = launcher.start(profile, input_topic)
     link = Link(launcher.brokers, input_topic, running.output_topic, profile.kind, launcher.fetch_wait_ms)
     phases: list[dict[str, Any]] = []

@@ -40,22 +40,23 @@ def markdown(r: dict[str, Any]) -> str:
 def _drain(r: dict[str, Any]) -> list[str]:
     rows = r["drain"]["runs"]
     out = [
-        f"{r['drain']['events']:,} events preloaded on 4 partitions (the naive profile: the first "
+        f"{r['drain']['events']:,} events preloaded on 4 partitions (the naive and quix profiles: the first "
         f"{min((x['events'] for x in rows), default=0):,}); rates from the first output to the last.",
         "",
-        "| implementation | events/s | events per CPU-s | vs passthrough | vs naive | aggregator CPU-s | "
+        "| implementation | events/s | events per CPU-s | vs passthrough | vs naive | vs quix | aggregator CPU-s | "
         "per CPU-s incl. aggregator | broker CPU-s | machine busy | exactly once |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     base = {x["profile"]: x.get("events_per_cpu_s", 0) for x in rows}
     for x in rows:
         if "error" in x:
-            out.append(f"| {x['profile']} | {x['error']} |||||||||")
+            out.append(f"| {x['profile']} | {x['error']} ||||||||||")
             continue
-        pt, nv = base.get("passthrough") or 0, base.get("naive") or 0
+        pt, nv, qx = (base.get(p) or 0 for p in ("passthrough", "naive", "quix"))
         eff = x["events_per_cpu_s"]
         out.append(
             f"| {x['profile']} | {x['events_per_s']:,} | {eff:,} | {_pct(eff, pt)} | {_times(eff, nv)} | "
+            f"{_times(eff, qx)} | "
             f"{x['aggregator_cpu_s']:.1f} | {x['events_per_cpu_s_with_aggregator']:,} | {x['broker_cpu_s']:.1f} | "
             f"{x['machine_busy_share']:.0%} | {'yes' if x['exactly_once'] else _faults(x)} |"
         )
@@ -63,7 +64,9 @@ def _drain(r: dict[str, Any]) -> list[str]:
 
 
 def _pct(a: float, b: float) -> str:
-    return f"{a / b:.0%}" if b else "-"
+    if not b:
+        return "-"
+    return f"{a / b:.1%}" if a / b < 0.1 else f"{a / b:.0%}"  # a per-event peer is well under 1%
 
 
 def _times(a: float, b: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import math
 import os
 import platform
@@ -24,6 +25,7 @@ from benchmarks import report
 from benchmarks.drain import drain, expected_ids, preload
 from benchmarks.harness import Launcher, Profile
 from benchmarks.paced import Events, paced
+from benchmarks.serve import serve_workload
 from benchmarks.soak import soak
 from scorer.config import DEFAULT_MODEL
 from scorer.demo.broker import EmbeddedBroker
@@ -59,8 +61,8 @@ PROFILES = {
         description="scorer-solo in exactly_once mode: a Kafka transaction per input partition per second",
     ),
 }
-WORKLOADS = ("drain", "scaleout", "paced", "state", "memory", "stages", "soak")
-DEFAULT_WORKLOADS = "drain,scaleout,paced,state,memory,stages"  # soak: tansu cannot sustain it (README)
+WORKLOADS = ("drain", "scaleout", "paced", "state", "memory", "stages", "serve", "soak")
+DEFAULT_WORKLOADS = "drain,scaleout,paced,state,memory,stages,serve"  # soak: tansu cannot sustain it (README)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,6 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-events", type=int, default=1_200_000, help="memory: events streamed in-process")
     p.add_argument("--soak-seconds", type=float, default=600.0, help="soak: how long to stream")
     p.add_argument("--soak-rate", type=float, default=500.0, help="soak: events/s")
+    p.add_argument("--serve-rates", default="200,1000", help="serve: HTTP requests/s, comma separated")
+    p.add_argument("--serve-seconds", type=float, default=15.0, help="serve: seconds per rate")
     p.add_argument("--workloads", default=DEFAULT_WORKLOADS, help=f"any of {', '.join(WORKLOADS)}")
     p.add_argument(
         "--profiles",
@@ -182,6 +186,12 @@ def run_workloads(
         variants = {"tuned": [], "default": ["--default-gc"], "blend": ["--blend"]}
         results["stages"] = {k: child(["benchmarks.stages", "--json", *v]) for k, v in variants.items()}
         _progress("stages", results["stages"])
+    if "serve" in workloads:
+        serve_rates = [float(r) for r in args.serve_rates.split(",") if r]
+        events = Events(data, int(sum(serve_rates) * args.serve_seconds * 1.2) + 2000)
+        brokers = functools.partial(fresh_broker, args, workdir)
+        results["serve"] = serve_workload(brokers, events, serve_rates, args.serve_seconds)
+        _progress("serve", results["serve"])
     if "soak" in workloads:
         with fresh_broker(args, workdir, "soak") as (launcher, _):
             results["soak"] = soak(launcher, PROFILES["scorer"], args.soak_rate, args.soak_seconds)
@@ -242,6 +252,7 @@ def _progress(workload: str, result: Any) -> None:
 def ok(results: dict[str, Any]) -> bool:
     """Every run finished and every drain output was exactly once."""
     runs = results.get("drain", {}).get("runs", []) + results.get("paced", {}).get("runs", [])
+    runs += results.get("serve", {}).get("runs", [])
     return all("error" not in r and r.get("exactly_once", True) for r in runs) and "error" not in results.get(
         "soak", {}
     )

@@ -68,6 +68,7 @@ class Profile:
     scorers: int = 1  # scorer processes in the group (scale-out)
     aggregator: bool = True  # False: no terminal aggregator (isolates the scorer's own cost and latency)
     description: str = ""
+    args: Sequence[str] = ()  # passthrough, naive, quix: extra command-line arguments
 
 
 @dataclass
@@ -135,7 +136,8 @@ class Launcher:
             extra = ["--dlq", f"{run}-dlq", "--model", str(self.model)]
         if profile.kind == "quix":
             extra += ["--terminal-topic", f"{run}-terminal-features", "--state-dir", str(self.workdir / run)]
-        proc = _spawn([sys.executable, "-m", f"benchmarks.{profile.kind}", *common, *extra], logs, {})
+        cmd = [sys.executable, "-m", f"benchmarks.{profile.kind}", *common, *extra, *profile.args]
+        proc = _spawn(cmd, logs, {})
         return Running(profile, output, {profile.kind: proc}, logs)
 
     def scorer_settings(self, input_topic: str, run: str, profile: Profile) -> Settings:

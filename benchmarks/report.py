@@ -29,7 +29,7 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     sections = (
         ("Drain", _drain), ("Paced latency", _paced), ("State", _state), ("Memory over a stream", _memory),
-        ("Stages", _stages), ("Soak", _soak),
+        ("Stages", _stages), ("Serve", _serve), ("Soak", _soak),
     )  # fmt: skip
     for title, render in sections:
         if r.get(title.split()[0].lower()):
@@ -101,6 +101,31 @@ def _paced(r: dict[str, Any]) -> list[str]:
                 f"| {x['profile']} | {ph['rate']:,.0f} | {ph['p50_ms']:.1f} | {ph['p99_ms']:.1f} | "
                 f"{ph['p999_ms']:.1f} | {added} | {ph['max_lag']:,} | {ph['cpu_share']:.0%} | "
                 f"{ph['aggregator_cpu_share']:.0%} | {ph['broker_cpu_share']:.0%} | {'yes' if ph['kept_up'] else 'no'} |"
+            )
+    return out
+
+
+def _serve(r: dict[str, Any]) -> list[str]:
+    sv = r["serve"]
+    out = [
+        f"Open-loop POST /v1/score at each rate for {sv['seconds']:.0f} s over {sv['connections']} keep-alive "
+        "connections; latency from each request's scheduled send to its answer. Floor: serve + the passthrough "
+        "echoing each request as its reply. Added p99 = this p99 minus the floor's at the same rate. Lost: not "
+        "answered 200 by the stream; unequal: answer differs from the decisions topic's record.",
+        "",
+        "| system | rate/s | requests | p50 ms | p99 ms | p99.9 ms | added p99 ms | lost | unequal | "
+        "CPU-s system | CPU-s serve | CPU-s broker |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for x in sv["runs"]:
+        if "error" in x:
+            out.append(f"| {x['system']} | {x['error']} |||||||||||")
+        for ph in x.get("phases", []):
+            cpu = ph["cpu_s"]
+            out.append(
+                f"| {x['system']} | {ph['rate']:,.0f} | {ph['requests']:,} | {ph['p50_ms']:.1f} | "
+                f"{ph['p99_ms']:.1f} | {ph['p999_ms']:.1f} | {ph['added_p99_ms']:+.1f} | {ph['lost']:,} | "
+                f"{ph.get('unequal', '-')} | {cpu['system']:.1f} | {cpu['serve']:.1f} | {cpu['broker']:.1f} |"
             )
     return out
 

@@ -40,16 +40,15 @@ def reply_topic(settings: Settings) -> str:
 
 
 class Publisher:
-    """A producer of request transactions (acks=all, idempotent, no linger: each request goes at once)."""
+    """A producer of request transactions (acks=all, idempotent, no linger)."""
 
     def __init__(self, settings: Settings, reply_to: str) -> None:
-        config = {**settings.producer_config(), "linger.ms": 0}
+        # no linger: each request goes at once; delivery reports for failures only (a success needs none:
+        # the reply is the acknowledgement that matters), so the poll thread wakes only when one fails
+        config = {**settings.producer_config(), "linger.ms": 0, "delivery.report.only.error": True}
         self.producer = clients.producer(config)
         self.topic = settings.input_topic
         self.reply_to = reply_to.encode()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="serve-publisher", daemon=True)
-        self._thread.start()
 
     def publish(
         self,
@@ -76,14 +75,13 @@ class Publisher:
             )
         except (BufferError, Exception) as exc:  # queue full, or a fatal producer error: the request fails
             on_failure(f"{type(exc).__name__}: {exc}")
+        self.producer.poll(0)  # failed deliveries of earlier requests (the only reports asked for)
 
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self.producer.poll(0.05)
+    def poll(self) -> None:
+        """Serve failed deliveries when no request comes to do it (the reply listener calls this)."""
+        self.producer.poll(0)
 
     def close(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout_s)
         self.producer.flush(timeout_s)
 
 
@@ -96,11 +94,13 @@ class ReplyListener:
         topic: str,
         on_reply: Callable[[bytes, bytes], bool],
         on_tick: Callable[[], object] | None = None,
+        on_turn: Callable[[], object] | None = None,
     ) -> None:
         self.settings = settings
         self.topic = topic
         self.on_reply = on_reply
-        self.on_tick = on_tick
+        self.on_tick = on_tick  # every EXPIRE_EVERY_S
+        self.on_turn = on_turn  # every turn of the loop (at most 50 ms apart)
         self.broker_ok = True  # the last metadata request (every EXPIRE_EVERY_S) was answered
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="serve-replies", daemon=True)
@@ -128,6 +128,8 @@ class ReplyListener:
             for msg in clients.take_available(self.consumer, 500, 0.05):
                 if msg.error() is None:
                     self.on_reply(msg.key() or b"", msg.value() or b"")
+            if self.on_turn is not None:
+                self.on_turn()
             if time.monotonic() - last_tick >= EXPIRE_EVERY_S:
                 last_tick = time.monotonic()
                 self._check_broker()

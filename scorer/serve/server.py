@@ -7,6 +7,7 @@ taking requests, lets those in flight finish (uvicorn's graceful shutdown) and f
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 
@@ -37,8 +38,9 @@ def run_serve(settings: Settings) -> int:
     metrics = ServeMetrics(registry)
     pending = Pending(settings.serve_cache_size, metrics.late.inc)
     topic = reply_topic(settings)
-    listener = ReplyListener(settings, topic, pending.complete, lambda: pending.expire(MAX_WAIT_S)).start()
     publisher = Publisher(settings, topic)
+    expire = functools.partial(pending.expire, MAX_WAIT_S)
+    listener = ReplyListener(settings, topic, pending.complete, expire, publisher.poll).start()
     try:
         service = ScoringService(settings, pending, publisher.publish)
         app = ScoringApp(service, registry, metrics, listener.alive)

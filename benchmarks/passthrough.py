@@ -21,7 +21,7 @@ import time
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from scorer.kafka.clients import take_available
-from scorer.scoring.replies import CORRELATION_ID, REPLY_TO
+from scorer.kafka.requests import CORRELATION_ID, REPLY_TO
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -26,9 +26,11 @@ from scorer.config import Settings
 from scorer.errors import ScorerError
 from scorer.kafka import clients
 from scorer.kafka.admin import TopicSpec, ensure_topics
-from scorer.scoring.replies import CORRELATION_ID, REPLY_TO, TRANSACTION_ID
 
 logger = logging.getLogger(__name__)
+REPLY_TO = "scorer-reply-to"  # the headers of a request's transaction (read by scoring/replies.py)
+CORRELATION_ID = "scorer-correlation-id"
+TRANSACTION_ID = "scorer-transaction-id"
 REPLY_RETENTION_MS = 3_600_000  # replies matter for seconds; an hour is ample for a restarted instance
 EXPIRE_EVERY_S = 5.0
 

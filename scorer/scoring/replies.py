@@ -24,12 +24,10 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from scorer.kafka.requests import CORRELATION_ID, REPLY_TO, TRANSACTION_ID
 from scorer.scoring.core import Scored
 
 I64 = npt.NDArray[np.int64]
-REPLY_TO = "scorer-reply-to"
-CORRELATION_ID = "scorer-correlation-id"
-TRANSACTION_ID = "scorer-transaction-id"
 HeaderValue = str | bytes | None
 Headers = Mapping[str, HeaderValue] | Sequence[tuple[str, HeaderValue]] | None  # as Message.headers() gives
 Record = dict[str, bytes]

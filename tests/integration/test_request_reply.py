@@ -12,7 +12,7 @@ from confluent_kafka import Producer
 from scorer import Scorer
 from scorer.config import Settings
 from scorer.kafka.admin import TopicSpec, ensure_topics
-from scorer.scoring.replies import CORRELATION_ID, REPLY_TO, TRANSACTION_ID
+from scorer.kafka.requests import CORRELATION_ID, REPLY_TO, TRANSACTION_ID
 from tests.integration.conftest import Proc, consume, decisions, produce
 
 TX = {"terminal_id": "T1", "amount": 30.0, "timestamp": "2026-03-01T10:00:00Z"}

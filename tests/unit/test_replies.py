@@ -8,8 +8,9 @@ import numpy as np
 import orjson
 import pytest
 
+from scorer.kafka.requests import CORRELATION_ID, REPLY_TO, TRANSACTION_ID
 from scorer.scoring.core import DeadLetter, Scored
-from scorer.scoring.replies import CORRELATION_ID, REPLY_TO, TRANSACTION_ID, ReplyBook, find_requests
+from scorer.scoring.replies import ReplyBook, find_requests
 from scorer.serve.pending import Pending, ScoringFailed
 
 

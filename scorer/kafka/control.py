@@ -17,6 +17,7 @@ from scorer.errors import ScorerError
 from scorer.kafka import clients
 from scorer.model.onnx import OnnxModel
 from scorer.model.registry import Registry
+from scorer.policy.actions import PolicyError
 from scorer.rollout.deployment import DEPLOYMENT_KEY, Deployment
 from scorer.rollout.serving import Serving
 
@@ -128,11 +129,15 @@ class ControlWatcher:
             deployment = Deployment.from_json(raw)
             champion = self._load(deployment.champion)
             challenger = self._load(deployment.plan.challenger) if deployment.plan else None
-        except (ScorerError, OSError) as exc:
+            serving = Serving(champion, challenger, deployment.plan, deployment.policy)
+            for model in (champion, challenger):
+                if model is not None:
+                    serving.bands(model)  # a band this model cannot resolve is refused here, not mid-batch
+        except (ScorerError, OSError, PolicyError) as exc:
             self.errors += 1
             logger.error("deployment_not_applied", extra={"error": str(exc)})
             return
-        self.ready = Serving(champion, challenger, deployment.plan)
+        self.ready = serving
         logger.info("deployment_loaded", extra={"serving": self.ready.label})
 
     def _load(self, label: str) -> OnnxModel:

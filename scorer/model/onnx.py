@@ -19,6 +19,7 @@ import orjson
 
 from scorer.errors import ModelError
 from scorer.features.engine import FEATURE_NAMES, FeatureConfig
+from scorer.model.curve import Curve
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -79,6 +80,17 @@ def read_meta(directory: Path) -> ModelMeta:
     return meta
 
 
+def _curve(meta: ModelMeta) -> Curve | None:
+    """The validation curve stored at training (None for artefacts from before it was stored)."""
+    doc = meta.raw.get("validation_curve")
+    if doc is None:
+        return None
+    try:
+        return Curve.from_dict(doc)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{meta.label}: malformed validation_curve ({exc})") from exc
+
+
 def check_features(meta: ModelMeta) -> None:
     """Refuse a model trained on other features, in another order, than this engine computes."""
     if meta.feature_names != FEATURE_NAMES:
@@ -108,6 +120,7 @@ class OnnxModel:
         except Exception as exc:  # onnxruntime raises its own untyped errors for any bad file
             raise ModelError(f"{self.directory / 'model.onnx'}: onnxruntime cannot load it ({exc})") from exc
         self._output = self._check_session()
+        self.curve = _curve(self.meta)
 
     def _check_session(self) -> str:
         inputs = self.session.get_inputs()

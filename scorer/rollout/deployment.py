@@ -1,4 +1,5 @@
-"""The deployment on the compacted `scorer-control` topic: which model is champion and the plan in force.
+"""The deployment on the compacted `scorer-control` topic: which model is champion, the plan in force and
+the decision policy (policy/actions.py).
 
 One record, key `deployment`, holds the whole state, so the newest record is the truth and compaction
 keeps exactly it. Every scorer instance reads the same record; plan weights depend on event time only
@@ -10,12 +11,13 @@ on its next read of the topic.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from scorer.errors import ScorerError
+from scorer.policy.actions import DecisionPolicy
 from scorer.rollout.plans import Plan, PlanError
 
 DEPLOYMENT_KEY = b"deployment"
@@ -29,6 +31,7 @@ class Deployment:
     plan: Plan | None = None
     previous: str | None = None
     published_ms: int = 0
+    policy: DecisionPolicy = field(default_factory=DecisionPolicy)  # review / decline bands
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -37,6 +40,7 @@ class Deployment:
                 "plan": self.plan.to_dict() if self.plan else None,
                 "previous": self.previous,
                 "published_ms": self.published_ms,
+                "policy": self.policy.to_dict(),
             }
         )
 
@@ -45,6 +49,9 @@ class Deployment:
         try:
             doc: Mapping[str, Any] = orjson.loads(raw)
             plan = Plan.from_dict(doc["plan"]) if doc.get("plan") else None
-            return cls(str(doc["champion"]), plan, doc.get("previous"), int(doc.get("published_ms", 0)))
+            policy = DecisionPolicy.from_dict(doc.get("policy"))
+            return cls(
+                str(doc["champion"]), plan, doc.get("previous"), int(doc.get("published_ms", 0)), policy
+            )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, PlanError) as exc:
             raise ScorerError(f"unreadable deployment record on the control topic: {exc}") from exc

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from scorer.events.batches import TransactionBatch
 from scorer.model.onnx import OnnxModel
+from scorer.policy.actions import NEVER_SCORE, DecisionPolicy
 from scorer.rollout.plans import Plan, challenger_weight, combine
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class Outcome:
     fallbacks: int
     champion_scores: F64  # each model's own scores, for the per-version metrics
     challenger_scores: F64 | None = None
+    review: F64 | float = NEVER_SCORE  # where the review band starts (per row under a blend)
+    decline: F64 | float = NEVER_SCORE  # where the decline band starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,11 @@ class Serving:
     champion: OnnxModel
     challenger: OnnxModel | None = None
     plan: Plan | None = None
+    policy: DecisionPolicy = field(default_factory=DecisionPolicy)
+
+    def bands(self, model: OnnxModel) -> tuple[float, float]:
+        """(review, decline) thresholds of `model` under the policy (policy/actions.py)."""
+        return self.policy.thresholds(model.threshold, model.curve)
 
     def score(
         self, X: F32, batch: TransactionBatch, timed: Callable[[str, float], None], timeout_s: float = 1.0
@@ -94,9 +102,10 @@ class Serving:
         costs little latency; if it fails or has not answered `timeout_s` after the champion, the champion
         decides those events and they are counted as fallbacks.
         """
+        review, decline = self.bands(self.champion)
         if self.plan is None or self.challenger is None:
             champion = _timed_predict(self.champion, X, timed)  # its failure is the batch's (DLQ path)
-            return Outcome(champion, champion >= self.champion.threshold, None, None, 0, champion)
+            return Outcome(champion, champion >= review, None, None, 0, champion, None, review, decline)
         pending = _CHALLENGER_POOL.submit(_timed_predict, self.challenger, X, timed)
         champion = _timed_predict(self.champion, X, timed)
         try:
@@ -110,14 +119,26 @@ class Serving:
             logger.exception("challenger_failed", extra={"model": self.challenger.label})
             challenger = None
         if self.plan.strategy == "shadow":
-            flagged = champion >= self.champion.threshold
-            return Outcome(champion, flagged, None, challenger, 0, champion, challenger)
+            flagged = champion >= review
+            return Outcome(champion, flagged, None, challenger, 0, champion, challenger, review, decline)
         weight = challenger_weight(self.plan, batch.event_ts_ms, batch.customer_id)
         mixed = combine(weight, champion, challenger)
-        threshold = (1.0 - mixed.weight) * self.champion.threshold + mixed.weight * self.challenger.threshold
+        other_review, other_decline = self.bands(self.challenger)
+        threshold = (1.0 - mixed.weight) * review + mixed.weight * other_review  # each model's band, blended
+        declines = (1.0 - mixed.weight) * decline + mixed.weight * other_decline
         extra = RolloutFields(self.challenger.label, mixed.weight, challenger, threshold, mixed.fallback)
         fallbacks = int(mixed.fallback.sum())
-        return Outcome(mixed.scores, mixed.scores >= threshold, extra, None, fallbacks, champion, challenger)
+        return Outcome(
+            mixed.scores,
+            mixed.scores >= threshold,
+            extra,
+            None,
+            fallbacks,
+            champion,
+            challenger,
+            threshold,
+            declines,
+        )
 
     @property
     def label(self) -> str:

@@ -85,6 +85,19 @@ class Metrics:
         self.consumed = Counter("scorer_events_consumed", "Records read from the input topic.", registry=r)
         self.scored = Counter("scorer_events_scored", "Transactions scored (one decision each).", registry=r)
         self.flagged = Counter("scorer_events_flagged", "Decisions with flagged=true.", registry=r)
+        self.decisions = Counter(
+            "scorer_decisions", "Decisions by action (approve, review, decline) and source (model, rule).",
+            ["action", "source"], registry=r,
+        )  # fmt: skip
+        for action in ("approve", "review", "decline"):
+            for source in ("model", "rule"):
+                self.decisions.labels(action, source)
+        self.rule_hits = Counter(
+            "scorer_rule_hits",
+            "Decisions a rule decided, by rule id (rule ids are few).",
+            ["rule_id"],
+            registry=r,
+        )
         self.replies = Counter(
             "scorer_replies", "Decisions (or errors) sent to a scorer serve reply topic.", registry=r
         )

@@ -32,6 +32,9 @@ from scorer.features.engine import CUSTOMER_NAMES, FEATURE_NAMES, stateless_feat
 from scorer.model.onnx import OnnxModel
 from scorer.monitoring.drift import Bins, Drift
 from scorer.monitoring.inputs import InputChecks, issue_labels
+from scorer.policy.actions import ACTIONS
+from scorer.policy.decide import Actions, decide, rescored
+from scorer.policy.rules import RuleBook
 from scorer.rollout.serving import Outcome, Serving
 from scorer.runtime.metrics import Metrics
 from scorer.scoring.customers import CustomerStore
@@ -144,6 +147,7 @@ class ScoringCore:
         for name, reason in issue_labels(FEATURE_NAMES):
             metrics.input_issues.labels(name, reason)
         self.serving = serving
+        self.rules = RuleBook()  # the rules in force (the loop swaps in new ones between batches)
         self.explainer, self.checks, self.drift = self._reference(serving.champion)
         self.canary = _reference_row(serving.champion)  # a row the model scores: a broken model vs poison
 
@@ -256,15 +260,17 @@ class ScoringCore:
         return out
 
     def _records(self, batch: TransactionBatch, X: F32, serving: Serving, outcome: Outcome) -> Scored:
-        """Decision, flag and shadow records of a scored batch."""
+        """Decision, flag and shadow records of a scored batch: the model's band, or a rule's action."""
         now_ms = self.now_ms()
         champion = serving.champion
+        actions = decide(self.rules, batch, outcome.scores, outcome.review, outcome.decline)
         scored = ScoredBatch(
-            batch, X, outcome.scores, outcome.flagged, champion.threshold, champion.label, outcome.extra
-        )
+            batch, X, outcome.scores, actions.flagged, serving.bands(champion)[0], champion.label, outcome.extra,
+            actions.codes, actions.sources,
+        )  # fmt: skip
         keys = list(map(str.encode, batch.customer_id))
         values = encode_decisions(scored, self.explainer, now_ms)
-        flag_rows = np.flatnonzero(outcome.flagged)
+        flag_rows = np.flatnonzero(actions.flagged)
         out = Scored(
             _records(keys, values),
             flags=[{"key": keys[i], "value": values[i]} for i in flag_rows.tolist()],
@@ -273,12 +279,26 @@ class ScoringCore:
             scored_at_ms=now_ms,
             features=X,
         )
+        self._count_actions(actions)
         if outcome.shadow_scores is not None and serving.challenger is not None:
             model = serving.challenger
-            flagged = outcome.shadow_scores >= model.threshold
-            shadow = ScoredBatch(batch, X, outcome.shadow_scores, flagged, model.threshold, model.label)
+            review, decline = serving.bands(model)
+            theirs = rescored(actions, outcome.shadow_scores, review, decline)
+            shadow = ScoredBatch(
+                batch, X, outcome.shadow_scores, theirs.flagged, review, model.label, None, theirs.codes, theirs.sources
+            )  # fmt: skip
             out.shadow = _records(keys, encode_decisions(shadow, self.explainer, now_ms))
         return out
+
+    def _count_actions(self, actions: Actions) -> None:
+        ruled = actions.hit >= 0
+        counts = np.bincount(actions.codes.astype(np.int64) + 3 * ruled, minlength=6).tolist()
+        for code, n in enumerate(counts):
+            if n:
+                self.metrics.decisions.labels(ACTIONS[code % 3], "rule" if code >= 3 else "model").inc(n)
+        for position, n in enumerate(np.bincount(actions.hit[ruled], minlength=len(self.rules)).tolist()):
+            if n:
+                self.metrics.rule_hits.labels(self.rules.rules[position].rule_id).inc(n)
 
     def features(
         self, batch: TransactionBatch, partitions: I64, undo: list[Callable[[], None]] | None = None

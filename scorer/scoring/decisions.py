@@ -65,6 +65,8 @@ class ScoredBatch:
     threshold: float
     model_version: str
     extra: RolloutFields | None = None  # per-row rollout fields (challenger, weight), as columns
+    actions: npt.NDArray[np.int8] | None = None  # 0 approve, 1 review, 2 decline (None: from `flagged`)
+    sources: list[bytes] | None = None  # each action's source as a JSON string: "model" or a rule's id
 
 
 def encode_decisions(scored: ScoredBatch, explainer: Explainer, scored_at_ms: int) -> list[bytes]:
@@ -87,10 +89,12 @@ def encode_decisions(scored: ScoredBatch, explainer: Explainer, scored_at_ms: in
     values = _numbers(np.take_along_axis(scored.features, top, axis=1).ravel().tolist())
     template = _template(scored.model_version, scored_at_ms)
     thresholds, tails = _rollout_fields(scored.extra, scored.threshold, len(b))
+    actions, sources = _actions(scored)
     rows = zip(
         _strings(b.transaction_id), _strings(b.customer_id), _strings(b.terminal_id),
         _numbers(b.amount.tolist()), _strings(rfc3339_ms(b.event_ts_ms)), _numbers(scored.scores.tolist()),
-        map(_BOOLEANS.__getitem__, scored.flagged.tolist()), thresholds,
+        map(_BOOLEANS.__getitem__, scored.flagged.tolist()), map(_ACTIONS.__getitem__, actions), sources,
+        thresholds,
         names[:, 0].tolist(), values[0::3], names[:, 1].tolist(), values[1::3], names[:, 2].tolist(), values[2::3],
         tails, strict=True,
     )  # fmt: skip
@@ -98,6 +102,15 @@ def encode_decisions(scored: ScoredBatch, explainer: Explainer, scored_at_ms: in
 
 
 _BOOLEANS = (b"false", b"true")
+_ACTIONS = (b"approve", b"review", b"decline")  # policy.actions.ACTIONS, by code
+_MODEL = b'"model"'
+
+
+def _actions(scored: ScoredBatch) -> tuple[list[int], list[bytes]]:
+    """Each row's action code and JSON source; without them, review where flagged, by the model."""
+    n = len(scored.scores)
+    actions = scored.actions.tolist() if scored.actions is not None else scored.flagged.astype(int).tolist()
+    return actions, scored.sources if scored.sources is not None else [_MODEL] * n
 
 
 def _rollout_fields(extra: RolloutFields | None, threshold: float, n: int) -> tuple[list[bytes], list[bytes]]:
@@ -137,7 +150,8 @@ def _template(version: str, scored_at_ms: int) -> bytes:
     reasons = ",".join(['{"feature":%b,"value":%b}'] * N_REASONS).encode()
     return (
         b'{"transaction_id":"%b","customer_id":"%b","terminal_id":"%b","amount":%b,"timestamp":"%b",'
-        b'"score":%b,"flagged":%b,"threshold":%b,"model_version":' + constant(version)
+        b'"score":%b,"flagged":%b,"action":"%b","action_source":%b,"threshold":%b,"model_version":'
+        + constant(version)
         + b',"reasons":[' + reasons + b'],"scored_at":' + constant(scored_at) + b"%b}"
     )  # fmt: skip
 
@@ -152,9 +166,10 @@ def encode_decisions_dicts(scored: ScoredBatch, explainer: Explainer, scored_at_
     event_times = rfc3339_ms(b.event_ts_ms)
     scored_at = rfc3339_ms(np.asarray([scored_at_ms], dtype=np.int64))[0]
     threshold, version = scored.threshold, scored.model_version
+    codes, sources = _actions(scored)
     columns = zip(
         b.transaction_id, b.customer_id, b.terminal_id, b.amount.tolist(), event_times,
-        scored.scores.tolist(), scored.flagged.tolist(), _reasons(names, values), strict=True,
+        scored.scores.tolist(), scored.flagged.tolist(), codes, sources, _reasons(names, values), strict=True,
     )  # fmt: skip
     docs = [
         {
@@ -165,12 +180,14 @@ def encode_decisions_dicts(scored: ScoredBatch, explainer: Explainer, scored_at_
             "timestamp": at,
             "score": score,
             "flagged": flagged,
+            "action": _ACTIONS[code].decode(),
+            "action_source": orjson.loads(source),
             "threshold": threshold,
             "model_version": version,
             "reasons": reasons,
             "scored_at": scored_at,
         }
-        for tx, customer, terminal, amount, at, score, flagged, reasons in columns
+        for tx, customer, terminal, amount, at, score, flagged, code, source, reasons in columns
     ]
     if scored.extra is not None:
         for doc, extra in zip(docs, scored.extra.rows(), strict=True):

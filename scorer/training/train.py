@@ -24,6 +24,7 @@ import orjson
 from scorer.errors import DataError, ScorerError
 from scorer.events.timestamps import MS_PER_DAY
 from scorer.features.engine import FEATURE_NAMES, FeatureConfig
+from scorer.model.curve import validation_curve
 from scorer.model.quality import ThresholdPolicy, choose_threshold, quality_report
 from scorer.model.reference import build_reference
 from scorer.training.dataset import (
@@ -186,6 +187,7 @@ def train(
     meta = _meta(history, data_dir, params, periods, config, best, threshold, validation, delta)
     meta["reference"] = build_reference(X[full], train_scores, FEATURE_NAMES, params.seed)
     meta["feature_importances"] = dict(zip(FEATURE_NAMES, importances(model).round(6).tolist(), strict=True))
+    meta["validation_curve"] = validation_curve(val_scores, y[val], float(n_val_days)).to_dict()
     return TrainResult(onnx_bytes, meta, validation)
 
 

@@ -1,0 +1,1 @@
+"""What a decision tells people to do: the decision policy (approve / review / decline bands) and the rules beside the model."""

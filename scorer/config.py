@@ -45,6 +45,7 @@ class Settings:
     terminal_events_from: str = "scorer"
     state_topic: str = "scorer-state"  # compacted changelog of per-customer window state
     control_topic: str = "scorer-control"  # compacted: model deployment plans
+    rules_topic: str = "scorer-rules"  # compacted: the rules beside the model (key = rule id)
     monitoring_topic: str = "scorer-monitoring"  # hourly binned feature/score counts for `scorer report`
     registry: str = "models"  # model registry root: deployments name models as name/version in it
     challenger_timeout_s: float = 1.0  # a challenger slower than this (after the champion) falls back

@@ -126,6 +126,7 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "stream": ("--brokers", "--input-topic", "--log-level"),
     "topics": ("--brokers", "--input-topic", "--decisions-topic"),
     "models": ("--brokers", "--group", "--model"),
+    "rules": ("--brokers",),
     "serve": ("--brokers", "--input-topic", "--http-port", "--reply-topic", "--deadline-ms", "--log-level"),
 }
 

@@ -22,6 +22,7 @@ from scorer.cli.args import (
     simulation_params,
 )
 from scorer.cli.models import add_models_parser
+from scorer.cli.rules import add_rules_parser
 from scorer.cli.score import add_score_parser
 from scorer.config import DEFAULT_MODEL
 from scorer.errors import ConfigError, ScorerError
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     add_models_parser(sub)
+    add_rules_parser(sub)
     return parser
 
 

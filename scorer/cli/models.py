@@ -7,6 +7,7 @@ deployment record on `scorer-control` (kafka/control.py); promote runs the gate 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import sys
 import time
@@ -14,11 +15,13 @@ from pathlib import Path
 
 from scorer.cli.args import HelpFormatter, add_kafka_args, settings_from
 from scorer.config import DEFAULT_MODEL, Settings
-from scorer.errors import ScorerError
+from scorer.errors import ConfigError, ScorerError
 from scorer.kafka.control import publish, read_deployment
 from scorer.kafka.topics import reach
+from scorer.model.curve import Curve
 from scorer.model.onnx import read_meta, resolve_artefact
 from scorer.model.registry import DEFAULT_METRIC_TOLERANCE, Registry, passed, validate
+from scorer.policy.actions import Band, DecisionPolicy, PolicyError
 from scorer.rollout.deployment import Deployment
 from scorer.rollout.plans import STRATEGIES, Plan, schedule
 
@@ -78,8 +81,16 @@ def add_deployment_parsers(models: argparse._SubParsersAction[argparse.ArgumentP
     q.add_argument("--steps", type=int, default=0, help="blend: n equal steps instead of a linear ramp")
     q.add_argument("--share", type=float, default=0.0, help="canary: share of customers, (0, 1]")
     q.add_argument("--tolerance", type=float, default=DEFAULT_METRIC_TOLERANCE, help="allowed metric drop")
+    _policy_args(q)
     add_kafka_args(q, "models")
     q.set_defaults(func=cmd_promote)
+    q = models.add_parser(
+        "policy", formatter_class=HelpFormatter,
+        help="show the decision policy's split of the validation days, and with --review/--decline publish a new one",
+    )  # fmt: skip
+    _policy_args(q)
+    add_kafka_args(q, "models")
+    q.set_defaults(func=cmd_policy)
     q = models.add_parser(
         "finish",
         formatter_class=HelpFormatter,
@@ -94,6 +105,67 @@ def add_deployment_parsers(models: argparse._SubParsersAction[argparse.ArgumentP
     )
     add_kafka_args(q, "models")
     q.set_defaults(func=cmd_rollback)
+
+
+def _policy_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--review", metavar="KIND:VALUE",
+        help="where review starts: threshold:S, alert_budget:PER_DAY or precision_target:P (default: kept)",
+    )  # fmt: skip
+    q.add_argument(
+        "--decline", metavar="KIND:VALUE", help="where decline starts, the same way (default: kept)"
+    )
+
+
+def _policy(args: argparse.Namespace, current: DecisionPolicy) -> DecisionPolicy:
+    """The policy in force with the bands the flags give replaced; ConfigError for a malformed band."""
+    try:
+        review = Band.parse(args.review) if args.review else current.review
+        decline = Band.parse(args.decline) if args.decline else current.decline
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from exc
+    return DecisionPolicy(review, decline)
+
+
+def policy_split(policy: DecisionPolicy, model_dirs: list[Path]) -> list[str]:
+    """How `policy` splits each model's validation days into actions (from the curve in model.json)."""
+    lines = [f"policy: {policy.describe()}"]
+    for directory in model_dirs:
+        meta = read_meta(directory)
+        curve = Curve.from_dict(meta.raw["validation_curve"]) if "validation_curve" in meta.raw else None
+        try:
+            review, decline = policy.thresholds(meta.threshold, curve)
+        except PolicyError as exc:
+            raise ScorerError(f"{meta.label}: {exc}") from exc
+        if curve is None:
+            lines.append(
+                f"  {meta.label}: review from {review:.4f}, decline from {decline:.4f} (no validation curve)"
+            )
+            continue
+        (a_r, p_r, r_r), (a_d, p_d, r_d) = curve.at(review), curve.at(decline)
+        band = a_r - a_d
+        band_precision = (p_r * a_r - p_d * a_d) / band if band > 0 else 0.0
+        lines.append(
+            f"  {meta.label}: review {review:.4f}..{decline:.4f}: {band:.1f}/day (precision {band_precision:.2f}); "
+            f"decline >= {decline:.4f}: {a_d:.1f}/day (precision {p_d:.2f}); recall of both {r_r:.2f}, "
+            f"of decline {r_d:.2f}; approve the rest"
+        )
+    return lines
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    settings, current = _current(args)
+    registry = Registry(registry_root(args))
+    policy = _policy(args, current.policy)
+    models = [current.champion] + ([current.plan.challenger] if current.plan else [])
+    for line in policy_split(policy, [registry.get(m).path for m in models]):
+        print(line)
+    if policy == current.policy:
+        print("(no --review/--decline: nothing published)")
+        return 0
+    publish(settings, dataclasses.replace(current, policy=policy, published_ms=int(time.time() * 1000)))
+    print("published: every scorer applies it between batches")
+    return 0
 
 
 def registry_root(args: argparse.Namespace) -> Path:
@@ -224,7 +296,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
         steps=args.steps,
         share=args.share,
     )
-    publish(settings, Deployment(current.champion, plan, current.previous, int(time.time() * 1000)))
+    policy = _policy(args, current.policy)
+    for line in policy_split(policy, [registry.get(current.champion).path, challenger.path]):
+        print(line)
+    published = Deployment(current.champion, plan, current.previous, int(time.time() * 1000), policy)
+    publish(settings, published)
     print(f"published plan {plan.plan_id}: {plan.strategy} from {current.champion} to {challenger.label}")
     return 0
 
@@ -234,7 +310,9 @@ def cmd_finish(args: argparse.Namespace) -> int:
     settings, current = _current(args)
     if current.plan is None:
         raise ScorerError("no plan is in force: nothing to finish")
-    done = Deployment(current.plan.challenger, None, current.champion, int(time.time() * 1000))
+    done = Deployment(
+        current.plan.challenger, None, current.champion, int(time.time() * 1000), current.policy
+    )
     publish(settings, done)
     print(f"champion is now {done.champion} (previous: {done.previous})")
     return 0
@@ -245,10 +323,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     settings, current = _current(args)
     now = int(time.time() * 1000)
     if current.plan is not None:
-        back = Deployment(current.champion, None, current.previous, now)
+        back = Deployment(current.champion, None, current.previous, now, current.policy)
         what = f"dropped plan {current.plan.plan_id}; {current.champion} decides every event"
     elif current.previous:
-        back = Deployment(current.previous, None, current.champion, now)
+        back = Deployment(current.previous, None, current.champion, now, current.policy)
         what = f"champion is {current.previous} again (was {current.champion})"
     else:
         raise ScorerError(f"nothing to roll back: {current.champion} has no plan and no previous champion")

@@ -41,26 +41,33 @@ def publish(settings: Settings, deployment: Deployment, timeout_s: float = 10.0)
 
 def read_deployment(settings: Settings, timeout_s: float = 10.0) -> Deployment | None:
     """The newest deployment on the control topic, or None when nothing was ever published."""
+    latest = read_compacted(settings, settings.control_topic, timeout_s).get(DEPLOYMENT_KEY)
+    return Deployment.from_json(latest) if latest else None
+
+
+def read_compacted(settings: Settings, topic: str, timeout_s: float = 10.0) -> dict[bytes, bytes]:
+    """The newest value of every key of a compacted topic, read to its end (tombstoned keys left out)."""
     config = {**settings.consumer_config(group=f"{settings.group}-control"), "enable.partition.eof": True}
     consumer = clients.consumer(config)
     try:
-        meta = consumer.list_topics(settings.control_topic, timeout=timeout_s).topics[settings.control_topic]
+        meta = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
         if meta.error is not None:
-            raise ScorerError(f"control topic {settings.control_topic}: {meta.error}")
+            raise ScorerError(f"topic {topic}: {meta.error} (create it with `scorer topics`)")
         parts = sorted(meta.partitions)
-        consumer.assign([TopicPartition(settings.control_topic, p, OFFSET_BEGINNING) for p in parts])
-        latest: bytes | None = None
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        table: dict[bytes, bytes | None] = {}
         at_end: set[int] = set()
         deadline = time.monotonic() + timeout_s
         while len(at_end) < len(parts) and time.monotonic() < deadline:
             for msg in consumer.consume(100, 0.2):
                 if msg.error() is None:
                     at_end.discard(msg.partition() or 0)
-                    if msg.key() == DEPLOYMENT_KEY and msg.value():
-                        latest = msg.value()
+                    table[msg.key() or b""] = msg.value()
                 else:
                     at_end.add(msg.partition() or 0)
-        return Deployment.from_json(latest) if latest is not None else None
+        if len(at_end) < len(parts):
+            raise ScorerError(f"topic {topic} could not be read to its end within {timeout_s:.0f} s")
+        return {k: v for k, v in table.items() if v}
     finally:
         consumer.close()
 

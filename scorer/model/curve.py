@@ -4,7 +4,8 @@ Training keeps it in model.json (`validation_curve`) so that a decision policy c
 fraud team thinks (an alert budget per day, a precision target) and turned into thresholds later, at
 `scorer models promote`, without the validation data: the curve holds up to MAX_POINTS operating points,
 the highest thresholds densest (where budgets and precision targets land). A policy resolves to the lowest
-stored threshold that meets it, the way `choose_threshold` does on the full data.
+stored threshold that meets it, the way `choose_threshold` does on the full data (the same threshold when
+every candidate is stored; otherwise the next stored one above it, which asks for a little less).
 """
 
 from __future__ import annotations
@@ -69,8 +70,10 @@ def validation_curve(scores: F64, y_true: B, n_days: float, max_points: int = MA
     last_of_value = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # candidate = every row down to a tie's end
     flagged = last_of_value + 1
     frauds = np.cumsum(y)[last_of_value]
-    wanted = np.unique(np.geomspace(1, len(flagged), num=max_points).astype(np.int64) - 1)
-    keep = np.unique(np.clip(wanted, 0, len(flagged) - 1))
+    if len(flagged) <= max_points:
+        keep = np.arange(len(flagged))
+    else:  # geometrically growing alert counts: dense at the top, where bands are set
+        keep = np.unique(np.geomspace(1, len(flagged), num=max_points).astype(np.int64) - 1)
     total = max(int(y.sum()), 1)
     return Curve(
         threshold=s[last_of_value][keep].astype(np.float64),

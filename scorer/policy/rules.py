@@ -156,6 +156,8 @@ class RuleBook:
         default_factory=dict
     )  # (allow|block, field) -> value -> rule
     limits: list[int] = field(default_factory=list)
+    # values held by more than one list rule of a step: all their rules, strongest first (the rare path)
+    shared: dict[tuple[str, str], dict[str, list[int]]] = field(default_factory=dict)
     json_sources: npt.NDArray[np.object_] = field(  # "model", then each rule's id, as JSON strings
         default_factory=lambda: np.asarray([b'"model"'], dtype=object)
     )
@@ -175,9 +177,13 @@ class RuleBook:
             if rule.kind == "amount_limit":
                 book.limits.append(i)
                 continue
-            lookup = book.lists.setdefault((rule.kind.split("_")[0], LIST_FIELDS[rule.kind]), {})
+            key = (rule.kind.split("_")[0], LIST_FIELDS[rule.kind])
+            lookup = book.lists.setdefault(key, {})
             for value in rule.values:
-                lookup.setdefault(value, i)  # the strongest rule of a value wins
+                if value in lookup:  # a weaker rule of the value: used when the stronger one has expired
+                    book.shared.setdefault(key, {}).setdefault(value, [lookup[value]]).append(i)
+                else:
+                    lookup[value] = i
         return book
 
     def __len__(self) -> int:
@@ -206,6 +212,12 @@ class RuleBook:
             values: Sequence[str] = getattr(batch, field_name)  # optional fields hold None: never a key
             found = np.fromiter(map(lookup.get, values, repeat(-1)), dtype=np.int64, count=len(values))
             live = (found >= 0) & (ts < self.expires[np.maximum(found, 0)])
+            shared = self.shared.get((k, field_name))
+            if shared:  # an expired rule may hide a live weaker one of the same value
+                for j in np.flatnonzero((found >= 0) & ~live).tolist():
+                    alive = [r for r in shared.get(values[j], ()) if ts[j] < self.expires[r]]
+                    if alive:
+                        found[j], live[j] = alive[0], True
             better = live & ((best < 0) | (found < best))  # a lower position is a stronger rule
             best[better] = found[better]
         return best

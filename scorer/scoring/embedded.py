@@ -26,6 +26,8 @@ from scorer.errors import Rejected, ScorerError
 from scorer.events.batches import take_transactions
 from scorer.events.decode import DecodedTransactions, decode_labels, decode_transactions
 from scorer.model.onnx import OnnxModel
+from scorer.policy.actions import DecisionPolicy
+from scorer.policy.rules import Rule, RuleBook
 from scorer.rollout.serving import Serving
 from scorer.runtime.metrics import Metrics
 from scorer.scoring.core import DEAD_LETTER_REASONS, DeadLetter, Scored, ScoringCore
@@ -42,14 +44,23 @@ Record = Mapping[str, Any] | bytes | str
 class Scorer:
     """A stateful, in-process fraud scorer: transactions in, decisions (the decision schema) out."""
 
-    def __init__(self, model: OnnxModel, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        model: OnnxModel,
+        settings: Settings | None = None,
+        policy: DecisionPolicy | None = None,
+        rules: Sequence[Rule] = (),
+    ) -> None:
         config = model.meta.feature_config
         self.settings = settings or Settings()
         self.registry = CollectorRegistry()  # the core's metrics, kept apart from the application's
         self.terminals = InProcessTerminals(config)
         self.customers = CustomerStore(config)
         metrics = Metrics(self.registry, DEAD_LETTER_REASONS)
-        self.core = ScoringCore(self.settings, Serving(model), self.customers, self.terminals, metrics)
+        serving = Serving(model, policy=policy or DecisionPolicy())
+        serving.bands(model)  # a band this model cannot resolve fails here, not in the first batch
+        self.core = ScoringCore(self.settings, serving, self.customers, self.terminals, metrics)
+        self.core.rules = RuleBook.of(list(rules))
 
     @classmethod
     def load(
@@ -59,10 +70,13 @@ class Scorer:
         history: str | Path | None = None,
         settings: Settings | None = None,
         progress: Progress | None = None,
+        policy: DecisionPolicy | None = None,
+        rules: Sequence[Rule] = (),
     ) -> Scorer:
-        """The model artefact in `model_dir`; with `history`, state warmed on that directory's data."""
+        """The model artefact in `model_dir`; with `history`, state warmed on that directory's data;
+        `policy` (review / decline bands) and `rules` as `scorer run` would apply them."""
         threads = settings.onnx_threads if settings is not None else 1
-        scorer = cls(OnnxModel(model_dir, threads), settings)
+        scorer = cls(OnnxModel(model_dir, threads), settings, policy, rules)
         if history is not None:
             scorer.warm(load_history(Path(history)), progress)
         return scorer

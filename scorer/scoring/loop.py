@@ -28,13 +28,16 @@ from prometheus_client import CollectorRegistry
 
 from scorer.aggregate.table import TerminalTable
 from scorer.config import Settings
+from scorer.errors import ScorerError
 from scorer.kafka import clients
 from scorer.kafka.control import ControlWatcher
+from scorer.kafka.rules import RulesWatcher, read_rules
 from scorer.kafka.sink import Sink
 from scorer.kafka.tables import TopicReader, read_partition
 from scorer.kafka.topics import check_topics
 from scorer.kafka.transactions import PartitionTransactions
 from scorer.model.onnx import OnnxModel
+from scorer.policy.rules import RuleBook
 from scorer.rollout.serving import Serving
 from scorer.runtime.health import HealthServer, serve_health
 from scorer.runtime.metrics import Metrics
@@ -98,6 +101,7 @@ class ScorerLoop:
         )
         self.scorer = ScoringCore(settings, Serving(model), CustomerStore(config), table, self.metrics)
         self.watcher = ControlWatcher(settings, settings.onnx_threads, self.scorer.serving)
+        self.rules = RulesWatcher(settings)
         self._show_model()
         self.last_published = self.last_commit = time.monotonic()
         self.gauges = Gauges(self.metrics, settings.input_topic)
@@ -155,6 +159,8 @@ class ScorerLoop:
     def _start(self) -> None:
         self.table_source.start()
         self.watcher.start()
+        self._load_rules()
+        self.rules.start()
         self.table.catch_up(timeout_s=10.0)
         self.consumer.subscribe(
             [self.settings.input_topic],
@@ -165,6 +171,13 @@ class ScorerLoop:
         logger.info("started", extra={"model": self.scorer.serving.label, "settings": self.settings.masked()})
         tune_gc()
 
+    def _load_rules(self) -> None:
+        """The rules in force before the first batch (the watcher then follows the topic)."""
+        try:
+            self.scorer.rules = RuleBook.of(list(read_rules(self.settings).values()))
+        except (ScorerError, KafkaException) as exc:  # the watcher retries; no rule applies until then
+            logger.error("rules_topic_unreadable", extra={"error": str(exc)})
+
     def step(self) -> None:
         """One loop turn: a batch (if any), table updates, commit progress, gauges."""
         msgs = self._consume()
@@ -172,6 +185,9 @@ class ScorerLoop:
         ready = self.watcher.take()
         if ready is not None:
             self._adopt(ready)
+        rules = self.rules.take()
+        if rules is not None:  # between batches, like a deployment
+            self.scorer.rules = rules
         self.table.poll()
         if msgs:
             try:
@@ -221,6 +237,7 @@ class ScorerLoop:
         self.consumer.close()
         self.table.close()
         self.watcher.close()
+        self.rules.close()
         self.sink.close()
         return complete
 

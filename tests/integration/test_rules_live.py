@@ -1,0 +1,104 @@
+"""Rules and the decision policy on the real broker: `scorer rules` and `scorer models policy` from the
+command line, a block rule added mid-stream declining a card's next transactions without a restart, its
+removal giving the model back the decision, an expiry applied in event time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from scorer.config import Settings
+from tests.integration.conftest import Proc, consume, decisions, env_for, produce
+
+T = "2026-03-01T10:{:02d}:00Z"
+
+
+def cli(settings: Settings, model: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scorer", *args], env=env_for(settings, model), capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+
+
+def tx(tid: str, customer: str, minute: int, amount: float = 20.0) -> tuple[bytes, bytes]:
+    doc = {"transaction_id": tid, "customer_id": customer, "terminal_id": "T1", "amount": amount,
+           "timestamp": T.format(minute)}  # fmt: skip
+    return customer.encode(), orjson.dumps(doc)
+
+
+def test_rules_from_the_command_line_refuse_what_is_malformed_or_contradictory(
+    settings: Settings, tiny_model: Path
+) -> None:
+    added = cli(settings, tiny_model, "rules", "add", "stolen-7", "--kind", "block_customer", "--values", "C7,C8",
+                "--note", "case 4411")  # fmt: skip
+    assert added.returncode == 0 and "rule stolen-7 published" in added.stdout, added.stderr
+    clash = cli(settings, tiny_model, "rules", "add", "vip", "--kind", "allow_customer", "--values", "C8")
+    assert clash.returncode == 1
+    assert (
+        clash.stderr.strip()
+        == "scorer: error: rule vip refused: 'C8' is already allowed and blocked in rule stolen-7"
+    )
+    bad = cli(settings, tiny_model, "rules", "add", "cap", "--kind", "amount_limit")
+    assert (
+        bad.returncode == 2
+        and "amount_limit needs max_amount" in bad.stderr
+        and "Traceback" not in bad.stderr
+    )
+    again = cli(
+        settings, tiny_model, "rules", "add", "stolen-7", "--kind", "block_terminal", "--values", "T1"
+    )
+    assert again.returncode == 1 and "--replace" in again.stderr
+    listed = cli(settings, tiny_model, "rules", "list")
+    assert "stolen-7" in listed.stdout and "block_customer" in listed.stdout and "case 4411" in listed.stdout
+    shown = orjson.loads(cli(settings, tiny_model, "rules", "show", "stolen-7").stdout)
+    assert shown["values"] == ["C7", "C8"] and shown["action"] == "decline"
+    assert cli(settings, tiny_model, "rules", "remove", "stolen-7").returncode == 0
+    assert cli(settings, tiny_model, "rules", "remove", "stolen-7").returncode == 1  # no such rule any more
+    assert "no rules in force" in cli(settings, tiny_model, "rules", "list").stdout
+
+    policy = cli(settings, tiny_model, "models", "--registry", str(tiny_model.parent.parent), "policy",
+                 "--review", "alert_budget:20", "--decline", "alert_budget:3")  # fmt: skip
+    assert policy.returncode == 0, policy.stderr
+    assert "tiny/1: review" in policy.stdout and "/day" in policy.stdout and "published" in policy.stdout
+    shown_plan = cli(settings, tiny_model, "models", "--registry", str(tiny_model.parent.parent), "policy")
+    assert "alert_budget:20" in shown_plan.stdout and "nothing published" in shown_plan.stdout
+
+
+def test_a_block_rule_added_mid_stream_declines_without_a_restart_and_expires_in_event_time(
+    settings: Settings, tiny_model: Path, procs: list[Proc], tmp_path: Path
+) -> None:
+    scorer = Proc("run", settings, tiny_model, tmp_path / "run.log")
+    procs.append(scorer)
+    produce(settings, settings.input_topic, [tx("before", "C7", 0)])
+    assert len(consume(settings, settings.decisions_topic, 1)) == 1  # the scorer is running
+
+    added = cli(settings, tiny_model, "rules", "add", "stolen", "--kind", "block_customer", "--values", "C7",
+                "--expires", T.format(30))  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    time.sleep(1.0)  # a second of event flow
+    produce(
+        settings,
+        settings.input_topic,
+        [tx("during", "C7", 10), tx("other", "C9", 11), tx("expired", "C7", 31)],
+    )
+    got = {d["transaction_id"]: d for d in decisions(consume(settings, settings.decisions_topic, 4))}
+    assert (got["during"]["action"], got["during"]["action_source"]) == ("decline", "stolen")
+    assert got["during"]["flagged"] is True
+    assert got["other"]["action_source"] == "model" and got["before"]["action_source"] == "model"
+    assert got["expired"]["action_source"] == "model"  # its event time is past the rule's expiry
+    flags = decisions(consume(settings, settings.flags_topic, 10, timeout_s=5))
+    assert "during" in {f["transaction_id"] for f in flags}
+
+    assert cli(settings, tiny_model, "rules", "remove", "stolen").returncode == 0
+    time.sleep(1.0)
+    produce(settings, settings.input_topic, [tx("after", "C7", 12)])
+    got = {d["transaction_id"]: d for d in decisions(consume(settings, settings.decisions_topic, 5))}
+    assert got["after"]["action_source"] == "model"
+    text = scorer.metrics()
+    assert 'scorer_rule_hits_total{rule_id="stolen"} 1.0' in text
+    assert 'scorer_decisions_total{action="decline",source="rule"} 1.0' in text
+    assert scorer.terminate() == 0

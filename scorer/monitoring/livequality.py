@@ -39,6 +39,7 @@ class DecisionRows:
     event_ts_ms: I64
     score: F64
     flagged: B
+    action: npt.NDArray[np.int8] | None = None  # 0 approve, 1 review, 2 decline (None: review if flagged)
 
 
 class _Column:
@@ -71,6 +72,7 @@ class LiveQuality:
         self.cols = {
             "version": _Column(np.int32), "day": _Column(np.int64), "card": _Column(np.int64),
             "score": _Column(np.float64), "flagged": _Column(np.bool_), "fraud": _Column(np.bool_),
+            "action": _Column(np.int8),
         }  # fmt: skip
         self.size = 0
         self.newest_day = NEVER
@@ -99,6 +101,7 @@ class LiveQuality:
         cols["card"].data[at] = [self._card(c) for c in rows.customer_id]
         cols["score"].data[at] = rows.score
         cols["flagged"].data[at] = rows.flagged
+        cols["action"].data[at] = rows.flagged if rows.action is None else rows.action
         cols["fraud"].data[at] = [t in self.frauds for t in rows.transaction_id]
         self.newest_day = max(self.newest_day, int(day.max()))
         self._bound()
@@ -197,6 +200,24 @@ class LiveQuality:
             "flagged": int(flagged.sum()),
         }
 
+    def bands(self, version: str, days: Iterable[int]) -> dict[str, dict[str, float]]:
+        """Per action band (review, decline): its decisions, the precision of its flags and the share of
+        all frauds it caught, over `days` (an analyst queue's yield, a decline band's collateral)."""
+        n = self.size
+        if version not in self.versions:
+            return {}
+        c = {k: v.data[:n] for k, v in self.cols.items()}
+        rows = (c["version"] == self.versions.index(version)) & np.isin(c["day"], list(days))
+        action, y = c["action"][rows], c["fraud"][rows]
+        frauds = max(1, int(y.sum()))
+        out = {}
+        for code, name in ((1, "review"), (2, "decline")):
+            band = action == code
+            caught = int((band & y).sum())
+            out[name] = {"decisions": int(band.sum()), "precision": caught / max(1, int(band.sum())),
+                         "recall": caught / frauds}  # fmt: skip
+        return out
+
     def _card_ranks(self) -> I64:
         """Card codes ordered as the card ids sort, so Card Precision@k breaks ties as `scorer evaluate` does.
 
@@ -219,7 +240,17 @@ def _within(rows: DecisionRows, first: int, last: int) -> DecisionRows:
     return DecisionRows(
         rows.version, [rows.transaction_id[i] for i in keep.tolist()], [rows.customer_id[i] for i in keep.tolist()],
         rows.event_ts_ms[keep], rows.score[keep], rows.flagged[keep],
+        None if rows.action is None else rows.action[keep],
     )  # fmt: skip
+
+
+_ACTION_CODES = {"approve": 0, "review": 1, "decline": 2}
+
+
+def _actions(names: list[Any], flagged: B) -> npt.NDArray[np.int8]:
+    """Action codes; a decision from before actions existed counts as review when flagged."""
+    codes = np.asarray([_ACTION_CODES.get(a, -1) for a in names], dtype=np.int8)
+    return np.where(codes < 0, flagged.astype(np.int8), codes).astype(np.int8)
 
 
 def _empty() -> dict[str, float | int]:
@@ -233,6 +264,7 @@ def decision_rows(docs: Sequence[dict[str, Any]], stamps_ms: I64) -> list[Decisi
         by_version.setdefault(str(doc["model_version"]), []).append(i)
     out = []
     for version, idx in by_version.items():
+        flagged = np.asarray([bool(docs[i]["flagged"]) for i in idx], dtype=np.bool_)
         out.append(
             DecisionRows(
                 version=version,
@@ -240,7 +272,8 @@ def decision_rows(docs: Sequence[dict[str, Any]], stamps_ms: I64) -> list[Decisi
                 customer_id=[str(docs[i]["customer_id"]) for i in idx],
                 event_ts_ms=stamps_ms[idx],
                 score=np.asarray([float(docs[i]["score"]) for i in idx], dtype=np.float64),
-                flagged=np.asarray([bool(docs[i]["flagged"]) for i in idx], dtype=np.bool_),
+                flagged=flagged,
+                action=_actions([docs[i].get("action") for i in idx], flagged),
             )
         )
     return out

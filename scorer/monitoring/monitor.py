@@ -271,6 +271,11 @@ def families(store: LiveQuality, models: Models, s: Settings) -> list[GaugeMetri
     mature_days = GaugeMetricFamily(
         "scorer_live_mature_days", "Days in the mature window.", labels=["model_version"]
     )
+    bands = GaugeMetricFamily(
+        "scorer_live_band_quality",
+        "Per action band over the mature window: precision (frauds among its decisions), recall (share of "
+        "all frauds it holds) and decisions.", labels=["metric", "action", "model_version"],
+    )  # fmt: skip
     for version in store.versions:
         meta = models.meta(version)
         for d in store.days(version):
@@ -283,6 +288,9 @@ def families(store: LiveQuality, models: Models, s: Settings) -> list[GaugeMetri
         window = store.mature_days(version, label_delay(meta), s.quality_window_days)
         mature_days.add_metric([version], len(window))
         live = store.figures(version, window) if window else {}
+        for action, figures in (store.bands(version, window) if window else {}).items():
+            for m, value in figures.items():
+                bands.add_metric([m, action, version], value)
         validation = meta.raw.get("metrics", {}).get("validation", {}) if meta is not None else {}
         for m in METRICS:
             if m in live:
@@ -297,7 +305,7 @@ def families(store: LiveQuality, models: Models, s: Settings) -> list[GaugeMetri
     watermark.add_metric([], max(0, store.label_watermark_ms) / 1000)
     stored = GaugeMetricFamily("scorer_live_store_rows", "Decisions held for the label join.")
     stored.add_metric([], store.size)
-    return [day, mature, card, drop, counts, frauds, mature_days, watermark, stored]
+    return [day, mature, card, drop, counts, frauds, mature_days, bands, watermark, stored]
 
 
 def _day(day: int) -> str:

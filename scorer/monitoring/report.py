@@ -211,7 +211,20 @@ def _quality_section(store: LiveQuality, models: Models, days: Sequence[int], la
             if metric in card:
                 refs[f"card {v}"] = float(card[metric])
         parts.append(line_chart(TITLES[metric], labels, series, refs))
-    return "\n".join(parts)
+    return "\n".join([*parts, _bands_table(store, days)])
+
+
+def _bands_table(store: LiveQuality, days: Sequence[int]) -> str:
+    """Per version and action band over the whole range: decisions, precision and recall."""
+    rows = [
+        f"<tr><td>{escape(v)}</td><td>{action}</td><td>{f['decisions']:,.0f}</td><td>{f['precision']:.3f}</td>"
+        f"<td>{f['recall']:.3f}</td></tr>"
+        for v in store.versions for action, f in store.bands(v, days).items()
+    ]  # fmt: skip
+    head = ("<h3>Action bands</h3><p>Precision: labelled frauds among the band's decisions; recall: the share "
+            "of all labelled frauds in the band (labels still arriving lower both).</p><table><tr><th>version"
+            "</th><th>action</th><th>decisions</th><th>precision</th><th>recall</th></tr>")  # fmt: skip
+    return head + "".join(rows) + "</table>"
 
 
 def _ripe(store: LiveQuality, models: Models, version: str) -> int:

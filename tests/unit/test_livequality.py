@@ -110,3 +110,22 @@ def test_a_report_store_keeps_only_its_days_however_old(offline: Any) -> None:
         store.figures(model.label, [first])["decisions"]
         == everything.figures(model.label, [first])["decisions"]
     )
+
+
+def test_each_action_band_gets_its_precision_and_recall() -> None:
+    store = LiveQuality(max_rows=100, keep_days=60)
+    day_ms = 20_000 * MS_PER_DAY
+    ids = [f"t{i}" for i in range(10)]
+    action = np.asarray([0, 0, 0, 0, 1, 1, 1, 2, 2, 2], dtype=np.int8)
+    store.add(
+        DecisionRows("m/1", ids, ["C"] * 10, np.full(10, day_ms), np.linspace(0, 1, 10), action > 0, action)
+    )
+    frauds = [3, 5, 8, 9]  # one approved, one of three reviews, two of three declines
+    store.add_labels(LabelBatch(
+        transaction_id=[ids[i] for i in frauds], customer_id=["C"] * 4, terminal_id=["T"] * 4,
+        is_fraud=np.ones(4, dtype=bool), reported_ts_ms=np.full(4, day_ms + 5), tx_ts_ms=np.full(4, day_ms),
+    ))  # fmt: skip
+    bands = store.bands("m/1", [20_000])
+    assert bands["review"] == {"decisions": 3, "precision": pytest.approx(1 / 3), "recall": 0.25}
+    assert bands["decline"] == {"decisions": 3, "precision": pytest.approx(2 / 3), "recall": 0.5}
+    assert store.bands("other/1", [20_000]) == {}

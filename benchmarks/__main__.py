@@ -183,7 +183,12 @@ def run_workloads(
         results["memory"] = child(["benchmarks.stages", "--memory", "--events", str(args.memory_events)])
         _progress("memory", {k: v for k, v in results["memory"].items() if k != "samples"})
     if "stages" in workloads:
-        variants = {"tuned": [], "default": ["--default-gc"], "blend": ["--blend"]}
+        variants = {
+            "tuned": [],
+            "default": ["--default-gc"],
+            "blend": ["--blend"],
+            "rules": ["--rules", "10000"],
+        }
         results["stages"] = {k: child(["benchmarks.stages", "--json", *v]) for k, v in variants.items()}
         _progress("stages", results["stages"])
     if "serve" in workloads:

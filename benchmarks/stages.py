@@ -31,6 +31,7 @@ from scorer.events.decode import decode_transactions
 from scorer.events.timestamps import MS_PER_DAY
 from scorer.features.engine import TerminalFeatures
 from scorer.model.onnx import OnnxModel
+from scorer.policy.rules import Rule, RuleBook
 from scorer.rollout.plans import Plan
 from scorer.rollout.serving import Serving
 from scorer.runtime.metrics import Metrics
@@ -46,6 +47,7 @@ STAGES = (  # the laps of scorer.scoring.core.ScoringCore; "model": every model 
     "terminal lookup",
     "stateless + assemble",
     "model",
+    "rules + actions",
     "input checks + drift",
     "decisions",
 )
@@ -56,7 +58,9 @@ class Replay:
     timed through the core's lap hook. The aggregator's part (folding the batch into terminal state and
     publishing each closed day to the terminal table) runs between batches, untimed, in-process."""
 
-    def __init__(self, batch_size: int, blend: bool = False, model_dir: Path = DEFAULT_MODEL) -> None:
+    def __init__(
+        self, batch_size: int, blend: bool = False, model_dir: Path = DEFAULT_MODEL, rule_entries: int = 0
+    ) -> None:
         model = OnnxModel(model_dir)
         serving = Serving(model)
         if blend:  # a second copy of the model as challenger, blended over the whole stream
@@ -71,6 +75,7 @@ class Replay:
             Settings(), serving, CustomerStore(config), self.table, Metrics(CollectorRegistry())
         )
         self.scorer.lap = self._lap
+        self.scorer.rules = RuleBook.of(bench_rules(rule_entries))
         self.batch_size = batch_size
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.clock = time.perf_counter()
@@ -108,6 +113,27 @@ class Replay:
         self.table.poll()
 
 
+def bench_rules(entries: int) -> list[Rule]:
+    """`entries` list entries over four rules (block customers and terminals, allow customers, a category
+    block) and two amount limits, as a fraud team's lists might look; ids that never match this data, so
+    every event is looked up everywhere and the model still decides (the stages stay comparable)."""
+    if entries <= 0:
+        return []
+    quarter = max(1, entries // 4)
+
+    def ids(prefix: str) -> tuple[str, ...]:
+        return tuple(f"{prefix}{i:07d}" for i in range(quarter))
+
+    return [
+        Rule("bench-block-cards", "block_customer", "decline", ids("XC")),
+        Rule("bench-block-terminals", "block_terminal", "review", ids("XT")),
+        Rule("bench-allow", "allow_customer", "approve", ids("YC")),
+        Rule("bench-mcc", "block_merchant_category", "decline", ids("M")),
+        Rule("bench-limit", "amount_limit", "review", max_amount=1e8),
+        Rule("bench-limit-usd", "amount_limit", "decline", max_amount=1e8, currency="USD"),
+    ]
+
+
 def measure(
     events: int,
     batch_size: int,
@@ -115,12 +141,13 @@ def measure(
     warmup: int,
     blend: bool = False,
     model_dir: Path = DEFAULT_MODEL,
+    rule_entries: int = 0,
 ) -> dict[str, float]:
     data = simulate(SimulationParams())
     n = min(events + warmup, len(data.transaction_id))
     values = transaction_values(data, np.arange(n, dtype=np.int64))
     partitions = np.array([zlib.crc32(data.customer_id[i].encode()) % PARTITIONS for i in range(n)])
-    replay = Replay(batch_size, blend, model_dir)
+    replay = Replay(batch_size, blend, model_dir, rule_entries)
     if not default_gc:
         tune_gc()
     replay.run(values[:warmup], partitions[:warmup])
@@ -170,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=100_000, help="events replayed first, untimed (fills state)")
     p.add_argument("--default-gc", action="store_true", help="keep Python's default GC thresholds")
     p.add_argument("--blend", action="store_true", help="score with champion + challenger under a blend plan")
+    p.add_argument("--rules", type=int, default=0, help="rules in force with this many list entries in all")
     p.add_argument("--json", action="store_true", help="print the per-stage figures as JSON")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="the model artefact to score with")
     p.add_argument("--memory", action="store_true", help="instead: RSS while --events stream through (JSON)")
@@ -178,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory:
         sys.stdout.write(orjson.dumps(memory(args.events, args.sample_every)).decode() + "\n")
         return 0
-    us = measure(args.events, args.batch, args.default_gc, args.warmup, args.blend, args.model)
+    us = measure(args.events, args.batch, args.default_gc, args.warmup, args.blend, args.model, args.rules)
     if args.json:
         sys.stdout.write(orjson.dumps({"batch": args.batch, "us_per_event": us}).decode() + "\n")
         return 0

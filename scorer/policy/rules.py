@@ -147,29 +147,35 @@ def contradiction(new: Rule, existing: Iterable[Rule]) -> str | None:
 
 @dataclass(slots=True)
 class RuleBook:
-    """The rules in force, prepared for vectorised evaluation."""
+    """The rules in force, prepared for vectorised evaluation.
+
+    Rules are held in precedence order: allow rules, then the others by strength (decline before review),
+    so for every event the rule that decides is simply the lowest position that matches.
+    """
 
     rules: list[Rule] = field(default_factory=list)
     expires: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     action_code: I8 = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
-    lists: dict[tuple[str, str], dict[str, int]] = field(
-        default_factory=dict
-    )  # (allow|block, field) -> value -> rule
+    allow: B = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    lists: dict[str, dict[str, int]] = field(default_factory=dict)  # field -> value -> first rule holding it
+    # values held by more than one list rule: all their rules in order (used when the first has expired)
+    shared: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     limits: list[int] = field(default_factory=list)
-    # values held by more than one list rule of a step: all their rules, strongest first (the rare path)
-    shared: dict[tuple[str, str], dict[str, list[int]]] = field(default_factory=dict)
     json_sources: npt.NDArray[np.object_] = field(  # "model", then each rule's id, as JSON strings
         default_factory=lambda: np.asarray([b'"model"'], dtype=object)
     )
 
     @classmethod
     def of(cls, rules: Sequence[Rule]) -> RuleBook:
-        ordered = sorted(rules, key=lambda r: (-ACTIONS.index(r.action), r.rule_id))  # strongest first
+        ordered = sorted(
+            rules, key=lambda r: (not r.kind.startswith("allow_"), -ACTIONS.index(r.action), r.rule_id)
+        )
         book = cls(list(ordered))
         book.expires = np.asarray(
             [FOREVER if r.expires_ms is None else r.expires_ms for r in ordered], dtype=np.int64
         )
         book.action_code = np.asarray([ACTIONS.index(r.action) for r in ordered], dtype=np.int8)
+        book.allow = np.asarray([r.kind.startswith("allow_") for r in ordered], dtype=bool)
         book.json_sources = np.asarray(
             [b'"model"', *(orjson.dumps(r.rule_id) for r in ordered)], dtype=object
         )
@@ -177,11 +183,11 @@ class RuleBook:
             if rule.kind == "amount_limit":
                 book.limits.append(i)
                 continue
-            key = (rule.kind.split("_")[0], LIST_FIELDS[rule.kind])
-            lookup = book.lists.setdefault(key, {})
+            name = LIST_FIELDS[rule.kind]
+            lookup = book.lists.setdefault(name, {})
             for value in rule.values:
-                if value in lookup:  # a weaker rule of the value: used when the stronger one has expired
-                    book.shared.setdefault(key, {}).setdefault(value, [lookup[value]]).append(i)
+                if value in lookup:
+                    book.shared.setdefault(name, {}).setdefault(value, [lookup[value]]).append(i)
                 else:
                     lookup[value] = i
         return book
@@ -190,51 +196,43 @@ class RuleBook:
         return len(self.rules)
 
     def apply(self, batch: TransactionBatch) -> tuple[I64, B]:
-        """(rule position per event, -1 for none; True where that rule is an allow) by the precedence."""
+        """(the deciding rule's position per event, -1 for none; True where it is an allow rule): one
+        lookup per field with lists, then the limits for the events no list rule decided."""
         n = len(batch)
         hit = np.full(n, -1, dtype=np.int64)
         if not self.rules:
             return hit, np.zeros(n, dtype=bool)
         ts = batch.event_ts_ms
-        allowed = self._lists("allow", batch, ts)
-        hit[:] = allowed
-        for step in (self._lists("block", batch, ts), self._limits(batch, ts)):
-            free = hit < 0
-            hit[free] = step[free]
-        return hit, allowed >= 0
+        for name, lookup in self.lists.items():
+            found = self._lookup(name, lookup, getattr(batch, name), ts)
+            better = (found >= 0) & ((hit < 0) | (found < hit))
+            hit[better] = found[better]
+        if self.limits:
+            self._limits(batch, ts, hit)
+        return hit, (hit >= 0) & self.allow[np.maximum(hit, 0)]
 
-    def _lists(self, kind: str, batch: TransactionBatch, ts: I64) -> I64:
-        """The strongest live rule of `kind` whose list holds the event's value, per event."""
-        best = np.full(len(batch), -1, dtype=np.int64)
-        for (k, field_name), lookup in self.lists.items():
-            if k != kind:
-                continue
-            values: Sequence[str] = getattr(batch, field_name)  # optional fields hold None: never a key
-            found = np.fromiter(map(lookup.get, values, repeat(-1)), dtype=np.int64, count=len(values))
-            live = (found >= 0) & (ts < self.expires[np.maximum(found, 0)])
-            shared = self.shared.get((k, field_name))
-            if shared:  # an expired rule may hide a live weaker one of the same value
-                for j in np.flatnonzero((found >= 0) & ~live).tolist():
-                    alive = [r for r in shared.get(values[j], ()) if ts[j] < self.expires[r]]
-                    if alive:
-                        found[j], live[j] = alive[0], True
-            better = live & ((best < 0) | (found < best))  # a lower position is a stronger rule
-            best[better] = found[better]
-        return best
+    def _lookup(self, name: str, lookup: dict[str, int], values: Sequence[str], ts: I64) -> I64:
+        """The first live rule whose list (for field `name`) holds each event's value, -1 for none."""
+        found = np.fromiter(map(lookup.get, values, repeat(-1)), dtype=np.int64, count=len(values))
+        dead = (found >= 0) & (ts >= self.expires[np.maximum(found, 0)])
+        if dead.any():
+            shared = self.shared.get(name, {})
+            for j in np.flatnonzero(dead).tolist():  # expired: a later rule of the value may be live
+                alive = [r for r in shared.get(values[j], ()) if ts[j] < self.expires[r]]
+                found[j] = alive[0] if alive else -1
+        return found
 
-    def _limits(self, batch: TransactionBatch, ts: I64) -> I64:
-        best = np.full(len(batch), -1, dtype=np.int64)
-        if not self.limits:
-            return best
-        currency = np.asarray(batch.currency, dtype=object)
+    def _limits(self, batch: TransactionBatch, ts: I64, hit: I64) -> None:
+        """Amount limits, in order, for the events no list rule decided."""
+        currency: npt.NDArray[np.object_] | None = None
         for i in self.limits:  # in strength order: the first hit is the strongest
             rule = self.rules[i]
             limit = float(rule.max_amount or 0.0)  # set on every amount_limit rule (checked on creation)
-            over = (batch.amount > limit) & (ts < self.expires[i]) & (best < 0)
-            if rule.currency is not None:
+            over = (batch.amount > limit) & (ts < self.expires[i]) & (hit < 0)
+            if rule.currency is not None and over.any():
+                currency = np.asarray(batch.currency, dtype=object) if currency is None else currency
                 over &= currency == rule.currency
-            best[over] = i
-        return best
+            hit[over] = i
 
     def actions(self, hit: I64) -> I8:
         """The action code of each hit rule (APPROVE where none: callers keep the model's there)."""

@@ -264,6 +264,7 @@ class ScoringCore:
         now_ms = self.now_ms()
         champion = serving.champion
         actions = decide(self.rules, batch, outcome.scores, outcome.review, outcome.decline)
+        self.lap("rules + actions")
         scored = ScoredBatch(
             batch, X, outcome.scores, actions.flagged, serving.bands(champion)[0], champion.label, outcome.extra,
             actions.codes, actions.sources,

@@ -145,10 +145,13 @@ def policy_split(policy: DecisionPolicy, model_dirs: list[Path]) -> list[str]:
         (a_r, p_r, r_r), (a_d, p_d, r_d) = curve.at(review), curve.at(decline)
         band = a_r - a_d
         band_precision = (p_r * a_r - p_d * a_d) / band if band > 0 else 0.0
+        declines = (
+            f"decline >= {decline:.4f}: {a_d:.1f}/day (precision {p_d:.2f}, recall {r_d:.2f})"
+            if decline <= 1.0 else "no decline by score"
+        )  # fmt: skip
         lines.append(
-            f"  {meta.label}: review {review:.4f}..{decline:.4f}: {band:.1f}/day (precision {band_precision:.2f}); "
-            f"decline >= {decline:.4f}: {a_d:.1f}/day (precision {p_d:.2f}); recall of both {r_r:.2f}, "
-            f"of decline {r_d:.2f}; approve the rest"
+            f"  {meta.label}: review from {review:.4f}: {band:.1f}/day (precision {band_precision:.2f}); "
+            f"{declines}; recall of review + decline {r_r:.2f}; approve the rest"
         )
     return lines
 

@@ -118,6 +118,13 @@ class ControlWatcher:
         self.stop.set()
         self.thread.join(timeout=5)
 
+    def load_current(self) -> None:
+        """Load the deployment in force now (before the first batch: a restarted scorer must not decide
+        with its configured model and no policy until the thread catches up); `take()` then gives it."""
+        raw = read_compacted(self.settings, self.settings.control_topic).get(DEPLOYMENT_KEY)
+        if raw:
+            self._apply(raw)
+
     def _run(self) -> None:
         """Follow the control topic until closed; a broker error is logged and retried, never fatal here."""
         while not self.stop.is_set():

@@ -158,8 +158,8 @@ class ScorerLoop:
 
     def _start(self) -> None:
         self.table_source.start()
+        self._load_control()
         self.watcher.start()
-        self._load_rules()
         self.rules.start()
         self.table.catch_up(timeout_s=10.0)
         self.consumer.subscribe(
@@ -171,8 +171,15 @@ class ScorerLoop:
         logger.info("started", extra={"model": self.scorer.serving.label, "settings": self.settings.masked()})
         tune_gc()
 
-    def _load_rules(self) -> None:
-        """The rules in force before the first batch (the watcher then follows the topic)."""
+    def _load_control(self) -> None:
+        """The deployment and the rules in force before the first batch (the watchers then follow)."""
+        try:
+            self.watcher.load_current()
+        except (ScorerError, KafkaException) as exc:  # the watcher retries; the configured model until then
+            logger.error("control_topic_unreadable", extra={"error": str(exc)})
+        ready = self.watcher.take()
+        if ready is not None:
+            self._adopt(ready)
         try:
             self.scorer.rules = RuleBook.of(list(read_rules(self.settings).values()))
         except (ScorerError, KafkaException) as exc:  # the watcher retries; no rule applies until then

@@ -71,7 +71,11 @@ def test_rules_from_the_command_line_refuse_what_is_malformed_or_contradictory(
 def test_a_block_rule_added_mid_stream_declines_without_a_restart_and_expires_in_event_time(
     settings: Settings, tiny_model: Path, procs: list[Proc], tmp_path: Path
 ) -> None:
-    scorer = Proc("run", settings, tiny_model, tmp_path / "run.log")
+    registry = str(tiny_model.parent.parent)
+    policy = cli(settings, tiny_model, "models", "--registry", registry, "policy",
+                 "--review", "threshold:0.02", "--decline", "threshold:0.3")  # fmt: skip
+    assert policy.returncode == 0, policy.stderr
+    scorer = Proc("run", settings, tiny_model, tmp_path / "run.log", SCORER_REGISTRY=registry)
     procs.append(scorer)
     produce(settings, settings.input_topic, [tx("before", "C7", 0)])
     assert len(consume(settings, settings.decisions_topic, 1)) == 1  # the scorer is running
@@ -98,6 +102,10 @@ def test_a_block_rule_added_mid_stream_declines_without_a_restart_and_expires_in
     produce(settings, settings.input_topic, [tx("after", "C7", 12)])
     got = {d["transaction_id"]: d for d in decisions(consume(settings, settings.decisions_topic, 5))}
     assert got["after"]["action_source"] == "model"
+    for d in got.values():  # the published policy's bands decide where no rule did
+        if d["action_source"] == "model":
+            band = "decline" if d["score"] >= 0.3 else "review" if d["score"] >= 0.02 else "approve"
+            assert (d["action"], d["threshold"]) == (band, 0.02), d
     text = scorer.metrics()
     assert 'scorer_rule_hits_total{rule_id="stolen"} 1.0' in text
     assert 'scorer_decisions_total{action="decline",source="rule"} 1.0' in text

@@ -90,6 +90,27 @@ def customer_row(
     return [*(c + 1.0 for c in counts), *means, *ratios, since], max(ts_ms, last_ms or ts_ms)
 
 
+def decision_doc(
+    tx: dict[str, Any], score: float, threshold: float, version: str, row: list[float], reasons: list[int]
+) -> dict[str, Any]:
+    """The decision of one event, field by field as the decision schema orders them (naive and quix)."""
+    return {
+        "transaction_id": tx["transaction_id"],
+        "customer_id": tx["customer_id"],
+        "terminal_id": tx["terminal_id"],
+        "amount": tx["amount"],
+        "timestamp": tx["timestamp"],
+        "score": score,
+        "flagged": score >= threshold,
+        "threshold": threshold,
+        "model_version": version,
+        "reasons": [{"feature": FEATURE_NAMES[j], "value": row[j]} for j in reasons],
+        "scored_at": datetime.datetime.now(datetime.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+    }
+
+
 class NaiveFeatures:
     """Per-event features from dicts: customer -> {day: [count, amount]}, terminal -> {day: [count, fraud]}."""
 
@@ -180,21 +201,7 @@ class Naive:
         (proba,) = self.session.run(["probabilities"], {"features": x})
         score = float(proba[0][1])
         reasons = self.explainer.top(x)[0].tolist()
-        decision = {
-            "transaction_id": tx["transaction_id"],
-            "customer_id": tx["customer_id"],
-            "terminal_id": tx["terminal_id"],
-            "amount": tx["amount"],
-            "timestamp": tx["timestamp"],
-            "score": score,
-            "flagged": score >= self.threshold,
-            "threshold": self.threshold,
-            "model_version": self.version,
-            "reasons": [{"feature": FEATURE_NAMES[j], "value": row[j]} for j in reasons],
-            "scored_at": datetime.datetime.now(datetime.UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
-        }
+        decision = decision_doc(tx, score, self.threshold, self.version, row, reasons)
         return self.args.output, json.dumps(decision).encode()
 
     def run(self, stop: threading.Event) -> None:

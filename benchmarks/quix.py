@@ -36,7 +36,6 @@ creation, so that needs nothing.
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
 import shutil
 import sys
@@ -50,7 +49,7 @@ import onnxruntime as ort
 from quixstreams import Application, State
 from quixstreams.models import Topic
 
-from benchmarks.naive import check, customer_row, parse_ms, stateless_row
+from benchmarks.naive import check, customer_row, decision_doc, parse_ms, stateless_row
 from scorer.aggregate.table import TerminalTable
 from scorer.config import Settings
 from scorer.features.engine import FEATURE_NAMES
@@ -104,21 +103,7 @@ class QuixScorer:
         (proba,) = self.session.run(["probabilities"], {"features": x})
         score = float(proba[0][1])
         reasons = self.explainer.top(x)[0].tolist()
-        return {
-            "transaction_id": tx["transaction_id"],
-            "customer_id": tx["customer_id"],
-            "terminal_id": tx["terminal_id"],
-            "amount": tx["amount"],
-            "timestamp": tx["timestamp"],
-            "score": score,
-            "flagged": score >= self.threshold,
-            "threshold": self.threshold,
-            "model_version": self.version,
-            "reasons": [{"feature": FEATURE_NAMES[j], "value": row[j]} for j in reasons],
-            "scored_at": datetime.datetime.now(datetime.UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
-        }
+        return decision_doc(tx, score, self.threshold, self.version, row, reasons)
 
     def terminal(self, terminal_id: str, ts_ms: int) -> list[float]:
         """The terminal's 9 features from the table as of the previous day's close (the scorer's lookup)."""

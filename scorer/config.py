@@ -287,14 +287,14 @@ def validate(s: Settings) -> None:
     ):
         if getattr(s, name) < 0:
             problems.append(f"{name} must not be negative")
-    if s.processing_guarantee not in GUARANTEES:
-        problems.append(
-            f"processing_guarantee {s.processing_guarantee!r} is not one of {', '.join(GUARANTEES)}"
-        )
-    if s.terminal_events_from not in TERMINAL_EVENT_WRITERS:
-        problems.append(
-            f"terminal_events_from {s.terminal_events_from!r} is not one of {', '.join(TERMINAL_EVENT_WRITERS)}"
-        )
+    for name, allowed in (
+        ("processing_guarantee", GUARANTEES),
+        ("terminal_events_from", TERMINAL_EVENT_WRITERS),
+        ("serve_on_deadline", SERVE_ON_DEADLINE),
+        ("serve_fallback_action", ACTIONS),
+    ):
+        if getattr(s, name) not in allowed:
+            problems.append(f"{name} {getattr(s, name)!r} is not one of {', '.join(allowed)}")
     if not 0 <= s.dead_letter_prefix_bytes <= s.max_value_bytes:
         problems.append("dead_letter_prefix_bytes must be between 0 and max_value_bytes")
     asked = s.kafka.get("message.max.bytes")
@@ -302,14 +302,6 @@ def validate(s: Settings) -> None:
         problems.append(
             f"kafka message.max.bytes={asked} is below {s.producer_max_bytes}, what a dead letter of the largest "
             "accepted value (max_value_bytes) needs: lower max_value_bytes instead"
-        )
-    if s.serve_on_deadline not in SERVE_ON_DEADLINE:
-        problems.append(
-            f"serve_on_deadline {s.serve_on_deadline!r} is not one of {', '.join(SERVE_ON_DEADLINE)}"
-        )
-    if s.serve_fallback_action not in ACTIONS:
-        problems.append(
-            f"serve_fallback_action {s.serve_fallback_action!r} is not one of {', '.join(ACTIONS)}"
         )
     if not 0 <= s.http_port <= 65535:
         problems.append(f"http_port {s.http_port} is not a TCP port")

@@ -7,9 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
+
 from scorer.cli.args import HelpFormatter
 from scorer.config import DEFAULT_MODEL
 from scorer.errors import ConfigError
+from scorer.policy.actions import Band, DecisionPolicy, PolicyError
+from scorer.policy.rules import Rule, RuleError
 
 
 def add_score_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,6 +33,9 @@ def add_score_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="a line that breaks the event contract: report it and go on, or stop with no output",
     )  # fmt: skip
     p.add_argument("--rejects", help="also write each bad line with its line number and reason here")
+    p.add_argument("--review", metavar="KIND:VALUE", help="where review starts (as `scorer models policy`)")
+    p.add_argument("--decline", metavar="KIND:VALUE", help="where decline starts (as `scorer models policy`)")
+    p.add_argument("--rules", help="a JSON file: a list of rules as `scorer rules show` prints them")
     p.set_defaults(func=cmd_score)
 
 
@@ -40,9 +47,13 @@ def cmd_score(args: argparse.Namespace) -> int:
     source, output = Path(args.input), Path(args.output)
     if source.resolve() == output.resolve():
         raise ConfigError("--output must not be the --input file")
+    policy, rules = _policy_and_rules(args)
     started = time.monotonic()
     warm = ProgressBar("warming on history") if args.history else None
-    scorer = Scorer.load(args.model, history=args.history, progress=warm)
+    try:
+        scorer = Scorer.load(args.model, history=args.history, progress=warm, policy=policy, rules=rules)
+    except PolicyError as exc:  # a band the model cannot resolve (no validation curve)
+        raise ConfigError(str(exc)) from exc
     if args.history:
         _err(f"state warmed on {args.history} in {time.monotonic() - started:.0f} s")
     rejects = Path(args.rejects) if args.rejects else None
@@ -62,6 +73,24 @@ def cmd_score(args: argparse.Namespace) -> int:
         f"in {result.seconds:.1f} s: {rate:,.0f} transactions/s -> {output}"
     )
     return 0
+
+
+def _policy_and_rules(args: argparse.Namespace) -> tuple[DecisionPolicy, list[Rule]]:
+    """The what-if's policy and rules; ConfigError (exit 2) naming what is malformed."""
+    try:
+        review = Band.parse(args.review) if args.review else None
+        decline = Band.parse(args.decline) if args.decline else None
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from exc
+    if not args.rules:
+        return DecisionPolicy(review, decline), []
+    try:
+        docs = orjson.loads(Path(args.rules).read_bytes())
+        if not isinstance(docs, list):
+            raise RuleError("the file must hold a JSON list of rules")
+        return DecisionPolicy(review, decline), [Rule.from_dict(d) for d in docs]
+    except (OSError, orjson.JSONDecodeError, RuleError, AttributeError) as exc:
+        raise ConfigError(f"--rules {args.rules}: {exc}") from exc
 
 
 def _err(message: str) -> None:

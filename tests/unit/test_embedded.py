@@ -182,3 +182,29 @@ def test_score_refuses_a_missing_input_or_overwriting_it(tmp_path: Path) -> None
     same.write_text("")
     clash = run_score("--input", str(same), "--output", str(same))
     assert clash.returncode == 2 and "--output must not be the --input file" in clash.stderr
+
+
+def test_score_a_what_if_with_a_policy_and_rules(tiny_data: Path, tiny_model: Path, tmp_path: Path) -> None:
+    source, out, rules = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "rules.json"
+    lines = (tiny_data / "transactions.jsonl").read_bytes().splitlines()[:200]
+    source.write_bytes(b"\n".join(lines))
+    blocked = orjson.loads(lines[0])["customer_id"]
+    rules.write_bytes(
+        orjson.dumps([{"id": "stolen", "kind": "block_customer", "action": "decline", "values": [blocked]}])
+    )
+    args = ["--input", str(source), "--output", str(out), "--model", str(tiny_model)]
+    proc = run_score(*args, "--review", "threshold:0.0", "--decline", "threshold:1.0", "--rules", str(rules))
+    assert proc.returncode == 0, proc.stderr
+    decisions = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert {(d["action"], d["action_source"]) for d in decisions if d["customer_id"] == blocked} == {
+        ("decline", "stolen")
+    }
+    assert {d["action"] for d in decisions if d["customer_id"] != blocked} <= {
+        "review",
+        "decline",
+    }  # review from 0
+    bad = run_score(*args, "--decline", "alert_budget:lots")
+    assert bad.returncode == 2 and "not a number" in bad.stderr and "Traceback" not in bad.stderr
+    rules.write_text('[{"id": "x", "kind": "block_card"}]')
+    bad = run_score(*args, "--rules", str(rules))
+    assert bad.returncode == 2 and "--rules" in bad.stderr and "Traceback" not in bad.stderr

@@ -43,11 +43,11 @@ from scorer.training.simulate import SimulationParams, simulate, transaction_val
 PARTITIONS = 4
 STAGES = (  # the laps of scorer.scoring.core.ScoringCore; "model": every model call and the blending under a plan
     "decode",
+    "rules",
     "customer windows",
     "terminal lookup",
     "stateless + assemble",
     "model",
-    "rules + actions",
     "input checks + drift",
     "decisions",
 )

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from scorer.events.batches import TransactionBatch
 from scorer.policy.actions import APPROVE, model_actions
 from scorer.policy.rules import RuleBook
 
@@ -30,12 +29,10 @@ class Actions:
         return flagged
 
 
-def decide(
-    rules: RuleBook, batch: TransactionBatch, scores: F64, review: F64 | float, decline: F64 | float
-) -> Actions:
-    """The model's band for each event, unless a rule hit it (then the rule's action and id)."""
+def decide(rules: RuleBook, hit: I64, scores: F64, review: F64 | float, decline: F64 | float) -> Actions:
+    """The model's band for each event, unless a rule hit it (`hit`: `rules.apply`'s positions, found
+    before the features while the batch's ids are hot in the caches): then the rule's action and id."""
     codes = model_actions(scores, review, decline)
-    hit, _ = rules.apply(batch)
     ruled = hit >= 0
     if not ruled.any():
         return Actions(codes, hit, None)

@@ -240,11 +240,13 @@ class ScoringCore:
         batch; if it fails, the customer state is as it was before (so a retry counts nothing twice)."""
         undo: list[Callable[[], None]] = []
         try:
+            ruled = self.rules.apply(batch)[0]  # first: the batch's ids are still in the CPU's caches
+            self.lap("rules")
             X = self.features(batch, partitions, undo)
             serving = self.serving
             outcome = serving.score(X, batch, self._timed, self.settings.challenger_timeout_s)
             self.lap("model")
-            out = self._records(batch, X, serving, outcome)
+            out = self._records(batch, X, serving, outcome, ruled)
         except Exception:
             for revert in reversed(undo):
                 revert()
@@ -259,12 +261,13 @@ class ScoringCore:
         self.lap("input checks + drift")
         return out
 
-    def _records(self, batch: TransactionBatch, X: F32, serving: Serving, outcome: Outcome) -> Scored:
+    def _records(
+        self, batch: TransactionBatch, X: F32, serving: Serving, outcome: Outcome, ruled: I64
+    ) -> Scored:
         """Decision, flag and shadow records of a scored batch: the model's band, or a rule's action."""
         now_ms = self.now_ms()
         champion = serving.champion
-        actions = decide(self.rules, batch, outcome.scores, outcome.review, outcome.decline)
-        self.lap("rules + actions")
+        actions = decide(self.rules, ruled, outcome.scores, outcome.review, outcome.decline)
         scored = ScoredBatch(
             batch, X, outcome.scores, actions.flagged, serving.bands(champion)[0], champion.label, outcome.extra,
             actions.codes, actions.sources,

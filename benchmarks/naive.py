@@ -36,7 +36,7 @@ from scorer.features.engine import (
     UNSEEN_CODE,
     WINDOW_DAYS,
 )
-from scorer.model.onnx import read_meta, resolve_artefact
+from scorer.model.onnx import ModelMeta, read_meta, resolve_artefact
 from scorer.scoring.decisions import Explainer
 
 MS_PER_DAY = 86_400_000
@@ -167,16 +167,19 @@ def check(tx: Any) -> str | None:
     return None
 
 
+def per_event_session(model: Path) -> tuple[ort.InferenceSession, ModelMeta]:
+    """The model's onnxruntime session, one thread (a per-event scorer calls it once per event), and its meta."""
+    directory = resolve_artefact(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(directory / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    return session, read_meta(directory)
+
+
 class Naive:
     def __init__(self, args: argparse.Namespace) -> None:
-        directory = resolve_artefact(Path(args.model))
-        meta = read_meta(directory)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(directory / "model.onnx"), options, providers=["CPUExecutionProvider"]
-        )
+        self.session, meta = per_event_session(Path(args.model))
         self.version = meta.label
         self.threshold = meta.threshold
         fc = meta.feature_config

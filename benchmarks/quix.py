@@ -45,11 +45,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from quixstreams import Application, State
 from quixstreams.models import Topic
 
-from benchmarks.naive import check, customer_row, decision_doc, parse_ms, stateless_row
+from benchmarks.naive import check, customer_row, decision_doc, parse_ms, per_event_session, stateless_row
 from scorer.aggregate.table import TerminalTable
 from scorer.config import Settings
 from scorer.features.engine import FEATURE_NAMES
@@ -65,14 +64,7 @@ class QuixScorer:
     """The model, the feature definitions and the terminal table shared by every message's callback."""
 
     def __init__(self, model: Path, table: TerminalTable) -> None:
-        directory = resolve_artefact(model)
-        meta = read_meta(directory)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(directory / "model.onnx"), options, providers=["CPUExecutionProvider"]
-        )
+        self.session, meta = per_event_session(model)
         self.version = meta.label
         self.threshold = meta.threshold
         fc = meta.feature_config

@@ -95,10 +95,22 @@ class Proc:
             self.popen.wait(10)
 
     def metrics(self) -> str:
+        """The /metrics text; if the process has exited, its exit code and its log's tail say why."""
+        import urllib.error
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:  # noqa: S310
-            return str(r.read().decode())
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:  # noqa: S310
+                return str(r.read().decode())
+        except urllib.error.URLError as exc:
+            raise AssertionError(f"/metrics unreachable ({exc}); {self.describe()}") from exc
+
+    def describe(self) -> str:
+        """Exit code (or running) and the last lines of the log, for a failing assertion's message."""
+        code = self.popen.poll()
+        state = "still running" if code is None else f"exited with {code}"
+        tail = self.log.read_text(errors="replace").splitlines()[-15:] if self.log.exists() else []
+        return state + "; log tail:\n" + "\n".join(tail)
 
 
 @pytest.fixture

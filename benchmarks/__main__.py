@@ -197,10 +197,13 @@ def run_workloads(
         brokers = functools.partial(fresh_broker, args, workdir)
         results["serve"] = serve_workload(brokers, events, serve_rates, args.serve_seconds)
         _progress("serve", results["serve"])
-    if "soak" in workloads:
-        with fresh_broker(args, workdir, "soak") as (launcher, _):
-            results["soak"] = soak(launcher, PROFILES["scorer"], args.soak_rate, args.soak_seconds)
-        _progress("soak", {k: v for k, v in results["soak"].items() if k != "samples"})
+    if "soak" in workloads:  # each profile on its own broker: is a stall the profile's or the broker's?
+        results["soak"] = {"runs": []}
+        for profile in (p for p in profiles if p.kind in ("passthrough", "scorer") and p.scorers == 1):
+            with fresh_broker(args, workdir, f"soak-{profile.name}") as (launcher, pid):
+                run = soak(launcher, profile, args.soak_rate, args.soak_seconds, pid)
+            results["soak"]["runs"].append(run)
+            _progress("soak", {k: v for k, v in run.items() if k != "samples"})
 
 
 def drain_runs(

@@ -183,21 +183,27 @@ def _stages(r: dict[str, Any]) -> list[str]:
 
 
 def _soak(r: dict[str, Any]) -> list[str]:
-    s = r["soak"]
-    if "error" in s:
-        return [f"Soak: {s['error']}"]
+    runs = r["soak"].get("runs", [r["soak"]])  # results before the passthrough run: one scorer run
     out = [
-        f"{s['rate']:,.0f} events/s for {s['until_s']:.0f} s; windows full from {s['full_from_s']:.0f} s.",
-        "",
-        "| process | RSS when windows full | RSS at end | growth |",
-        "|---|---:|---:|---:|",
+        "| profile | events/s | seconds | RSS growth after the windows filled | first fell 10 s behind | "
+        "then: broker CPU | profile CPU | probe round trip |",
+        "|---|---:|---:|---|---|---:|---:|---:|",
     ]
-    for role, first in s["rss_full_bytes"].items():
-        last = s["rss_end_bytes"][role]
-        out.append(
-            f"| {role} | {first / 2**20:.0f} MiB | {last / 2**20:.0f} MiB | {s['rss_growth'].get(role, 0):+.1%} |"
-        )
+    for s in runs:
+        growth = s.get("error") or ", ".join(f"{k} {v:+.1%}" for k, v in s["rss_growth"].items())
+        stall = s.get("stall")
+        where = f"at {stall['t']:.0f} s, {stall['scored']:,} of {stall['sent']:,} out" if stall else "never"
+        busy = (
+            f"{stall['broker_cpu']:.2f} | {stall['profile_cpu']:.2f} | {_ms(stall['probe_ms'])}"
+            if stall else "- | - | -"
+        )  # fmt: skip
+        seconds = s["samples"][-1]["t"] if s.get("samples") else 0
+        out.append(f"| {s['profile']} | {s['rate']:,.0f} | {seconds:.0f} | {growth} | {where} | {busy} |")
     return out
+
+
+def _ms(value: float | None) -> str:
+    return "> 5 s" if value is None else f"{value:,.0f} ms"
 
 
 def plot(r: dict[str, Any], path: Path) -> bool:

@@ -114,7 +114,7 @@ class CustomerFeatures:
     """Per-customer counts, mean amounts and amount ratios over 1/7/30 days, including the current event."""
 
     def __init__(self, config: FeatureConfig) -> None:
-        self.ring = DayRing(config.customer_ring_days, ("count", "amount"), MS_PER_DAY)
+        self.ring = DayRing(config.customer_ring_days, ("count", "amount"), MS_PER_DAY, counts=("count",))
 
     def update_and_compute(
         self, customer_id: Sequence[str], ts_ms: I64, amount: F64, undo: list[RingUndo] | None = None
@@ -163,7 +163,7 @@ class TerminalFeatures:
     """
 
     def __init__(self, config: FeatureConfig) -> None:
-        self.ring = DayRing(config.terminal_ring_days, ("count", "fraud"), MS_PER_DAY)
+        self.ring = DayRing(config.terminal_ring_days, ("count", "fraud"), MS_PER_DAY, counts=("count", "fraud"))
         self.delay_days = config.label_delay_days
         self.closed_day = NEVER  # newest day whose close has been applied
         self._pending: list[LabelBatch] = []

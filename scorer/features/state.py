@@ -4,6 +4,10 @@ Each key (a customer or a terminal) owns a ring of `n_days` day buckets per fiel
 day `d` is `d % n_days`; which day a position holds follows from the key's newest day, so no per-bucket
 day stamp is stored. Moving a key to a newer day clears the positions that fall out of its ring, and keys
 whose newest day left every ring are dropped (`expire`), so memory is bounded by the active keys.
+
+Fields that count events hold whole numbers and start as uint16 buckets (a day of one key rarely holds
+more than 65,535 events); an add or a load that would pass a dtype's maximum widens that field's array to
+uint32 first, so counts stay exact and cost half of float32's bytes. Amounts stay float32.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,14 +45,22 @@ class RingUndo:
     slots: I64
     newest_ms: I64
     dirty: npt.NDArray[np.bool_]
-    buckets: dict[str, npt.NDArray[np.float32]]
+    buckets: dict[str, npt.NDArray[Any]]
     created: list[str]
 
 
 class DayRing:
     """Day buckets for many keys; every method is vectorised over a batch of *distinct* slots."""
 
-    def __init__(self, n_days: int, fields: Sequence[str], ms_per_day: int, capacity: int = 1024) -> None:
+    def __init__(
+        self,
+        n_days: int,
+        fields: Sequence[str],
+        ms_per_day: int,
+        capacity: int = 1024,
+        counts: Sequence[str] = (),
+    ) -> None:
+        """`counts`: the fields that hold event counts (whole, non-negative: narrow integer buckets)."""
         self.n_days = n_days
         self.ms_per_day = ms_per_day
         self.fields = tuple(fields)
@@ -57,7 +70,9 @@ class DayRing:
         self.newest_ms = np.full(0, NEVER, dtype=np.int64)  # newest event time seen per slot
         self.dirty = np.zeros(0, dtype=bool)  # changed since the last drain_changes()
         self._expired: list[str] = []  # keys dropped since the last drain_changes()
-        self.buckets = {name: np.zeros((0, n_days), dtype=np.float32) for name in self.fields}
+        self.buckets: dict[str, npt.NDArray[Any]] = {
+            name: np.zeros((0, n_days), dtype=np.uint16 if name in counts else np.float32) for name in self.fields
+        }
         self._grow(capacity)
 
     def __len__(self) -> int:
@@ -77,7 +92,7 @@ class DayRing:
         self.newest_ms = np.concatenate([self.newest_ms, np.full(capacity - old, NEVER, np.int64)])
         self.dirty = np.concatenate([self.dirty, np.zeros(capacity - old, dtype=bool)])
         for name, arr in self.buckets.items():
-            self.buckets[name] = np.concatenate([arr, np.zeros((capacity - old, self.n_days), np.float32)])
+            self.buckets[name] = np.concatenate([arr, np.zeros((capacity - old, self.n_days), arr.dtype)])
         self._keys.extend([None] * (capacity - old))
         self._free.extend(range(capacity - 1, old - 1, -1))
 
@@ -159,9 +174,19 @@ class DayRing:
         """
         newest = self.newest_day(slots)
         kept = (days > newest - self.n_days) & (days <= newest)
-        np.add.at(self.buckets[field], (slots[kept], days[kept] % self.n_days), values[kept])
+        at, add = (slots[kept], days[kept] % self.n_days), values[kept]
+        if self.buckets[field].dtype.kind == "u" and len(add):
+            self._widen(field, int(self.buckets[field][at].max()) + float(add.sum()))
+        arr = self.buckets[field]
+        np.add.at(arr, at, add.astype(arr.dtype, copy=False))
         self.dirty[slots] = True
         return int(kept.sum())
+
+    def _widen(self, field: str, highest: float) -> None:
+        """Make a count field's buckets wide enough for `highest` (an upper bound of what they will hold)."""
+        arr = self.buckets[field]
+        if arr.dtype.kind == "u" and highest > np.iinfo(arr.dtype).max:
+            self.buckets[field] = arr.astype(np.uint32 if highest <= np.iinfo(np.uint32).max else np.float64)
 
     def window_sums(self, fields: Sequence[str], slots: I64, end_ms: I64, days: Sequence[int]) -> F64:
         """(n, fields, windows): sums over (end - w, end] per window length w, the oldest day pro rata.
@@ -187,7 +212,7 @@ class DayRing:
         sums: F64 = np.einsum("newd,nfd->nfew", weight, self._values(fields, slots))
         return sums
 
-    def _values(self, fields: Sequence[str], slots: I64) -> npt.NDArray[np.float32]:
+    def _values(self, fields: Sequence[str], slots: I64) -> npt.NDArray[Any]:
         """(n, fields, n_days) bucket rows of `slots`."""
         return np.stack([self.buckets[f][slots] for f in fields], axis=1)
 
@@ -226,8 +251,10 @@ class DayRing:
         """Overwrite (or create) the rows of `keys` (e.g. decoded from a state topic); returns their slots."""
         slots = self.slots(keys)
         self.newest_ms[slots] = rows["newest_ms"]
-        for name, arr in self.buckets.items():
-            arr[slots] = rows[name]
+        for name in self.fields:
+            if self.buckets[name].dtype.kind == "u" and len(slots):
+                self._widen(name, float(rows[name].max()))
+            self.buckets[name][slots] = rows[name]
         return slots
 
     def drain_changes(self) -> tuple[list[str], I64, list[str]]:

@@ -11,7 +11,7 @@ from scorer.features.state import DayRing
 
 
 def filled_ring() -> DayRing:
-    ring = DayRing(8, ("count", "amount"), MS_PER_DAY)
+    ring = DayRing(8, ("count", "amount"), MS_PER_DAY, counts=("count",))
     slots = ring.slots(["a", "b", "c"])
     ts = np.array([3, 5, 9], dtype=np.int64) * MS_PER_DAY + 123
     ring.advance(slots, ts)
@@ -26,7 +26,7 @@ def test_rows_round_trip_exactly() -> None:
     keys, slots, expired = ring.drain_changes()
     values = codec.encode(ring, slots)
     assert all(len(v) == codec.row_bytes for v in values) and not expired
-    copy = DayRing(8, ("count", "amount"), MS_PER_DAY)
+    copy = DayRing(8, ("count", "amount"), MS_PER_DAY, counts=("count",))
     assert load_rows(copy, codec, dict(zip(keys, values, strict=True))) == 3
     for key in keys:
         a, b = ring.index[key], copy.index[key]
@@ -50,3 +50,30 @@ def test_markers_round_trip_and_reject_other_formats() -> None:
     assert decode_marker(encode_marker({"offset": 42}))["offset"] == 42
     with pytest.raises(ValueError, match="marker format"):
         decode_marker(b'{"format": 99}')
+
+
+def test_counts_widen_past_uint16_and_stay_exact() -> None:
+    """A key with more than 65,535 events in a day (a card-testing burst): the count is exact, not wrapped."""
+    ring = DayRing(8, ("count", "amount"), MS_PER_DAY, counts=("count",))
+    assert ring.buckets["count"].dtype == np.uint16 and ring.buckets["amount"].dtype == np.float32
+    slots = ring.slots(["burst", "quiet"])
+    day = np.array([4, 4], dtype=np.int64)
+    ring.advance(slots, day * MS_PER_DAY)
+    burst = np.zeros(70_000, dtype=np.int64)
+    ring.add("count", burst, np.full(70_000, 4), np.ones(70_000))  # one batch past 65,535
+    ring.add("count", slots, day, np.ones(2))
+    assert ring.buckets["count"].dtype == np.uint32
+    sums = ring.day_sums(("count",), slots, np.full((2, 1), 4), (1,))[:, 0, 0, 0]
+    assert sums.tolist() == [70_001.0, 1.0]
+
+
+def test_loading_rows_past_uint16_widens_the_counts() -> None:
+    source = DayRing(8, ("count", "amount"), MS_PER_DAY, counts=("count",))
+    slot = source.slots(["T"])
+    source.advance(slot, np.array([2 * MS_PER_DAY]))
+    source.add("count", np.zeros(66_000, dtype=np.int64), np.full(66_000, 2), np.ones(66_000))
+    codec = RowCodec(("count", "amount"), 8)
+    keys, slots, _ = source.drain_changes()
+    copy = DayRing(8, ("count", "amount"), MS_PER_DAY, counts=("count",))
+    load_rows(copy, codec, dict(zip(keys, codec.encode(source, slots), strict=True)))
+    assert int(copy.buckets["count"][copy.index["T"], 2]) == 66_000

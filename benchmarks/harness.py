@@ -80,6 +80,23 @@ class Running:
     procs: dict[str, subprocess.Popen[bytes]]  # role -> process
     logs: Path
     settings: Settings | None = None  # the scorer's topics (scorer profiles only)
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # scorer role -> its /metrics port
+
+    def histogram(self, name: str) -> tuple[list[float], npt.NDArray[np.float64]]:
+        """Bucket bounds and cumulative counts of a histogram, summed over the scorers (and labels)."""
+        import urllib.request
+
+        totals: dict[float, float] = {}
+        prefix = f"{name}_bucket{{"
+        for port in self.metrics_ports.values():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:  # noqa: S310
+                for line in r.read().decode().splitlines():
+                    if line.startswith(prefix):
+                        le = line.split('le="', 1)[1].split('"', 1)[0]
+                        bound = float("inf") if le == "+Inf" else float(le)
+                        totals[bound] = totals.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+        bounds = sorted(totals)
+        return bounds, np.array([totals[b] for b in bounds], dtype=np.float64)
 
     def cpu(self, roles: Sequence[str] | None = None) -> float:
         return sum(cpu_seconds(p.pid) for r, p in self.procs.items() if roles is None or r in roles)
@@ -172,13 +189,15 @@ class Launcher:
         }
         if not profile.aggregator:  # no one reads terminal-events: the scorer need not write its transactions
             env["SCORER_TERMINAL_EVENTS_FROM"] = "aggregator"
-        procs = {}
+        procs, ports = {}, {}
         if profile.aggregator:
             procs["aggregator"] = _spawn(_scorer_cmd("aggregate"), logs, {**env, "SCORER_METRICS_PORT": "0"})
         for i in range(profile.scorers):
-            port = str(free_port())
-            procs[f"scorer{i}"] = _spawn(_scorer_cmd("run"), logs, {**env, "SCORER_METRICS_PORT": port})
-        return Running(profile, s.decisions_topic, procs, logs, s)
+            ports[f"scorer{i}"] = free_port()
+            procs[f"scorer{i}"] = _spawn(
+                _scorer_cmd("run"), logs, {**env, "SCORER_METRICS_PORT": str(ports[f"scorer{i}"])}
+            )
+        return Running(profile, s.decisions_topic, procs, logs, s, ports)
 
 
 def _topic_fields(s: Settings) -> list[str]:
@@ -293,3 +312,13 @@ def input_ms_of(kind: str) -> Callable[[Sequence[bytes]], npt.NDArray[np.int64]]
         return np.array(stamps, dtype="datetime64[ms]").view(np.int64)
 
     return passthrough if kind == "passthrough" else decision
+
+
+def histogram_quantile(
+    bounds: Sequence[float], before: npt.NDArray[np.float64], after: npt.NDArray[np.float64], q: float
+) -> float | None:
+    """The upper bound of the bucket holding quantile q of what was observed between two scrapes."""
+    delta = after - before
+    if len(delta) == 0 or delta[-1] <= 0:
+        return None
+    return float(bounds[int(np.searchsorted(delta, q * delta[-1]))])

@@ -24,6 +24,7 @@ from benchmarks.harness import (
     Profile,
     Running,
     cpu_seconds,
+    histogram_quantile,
     input_ms_of,
 )
 from scorer.events.timestamps import rfc3339_ms
@@ -113,6 +114,12 @@ class Link:
         self.reader.close()
 
 
+INSIDE = {  # scorer histograms read around each phase -> the phase's field (p99, a bucket bound, ms)
+    "scorer_batch_seconds": "batch_p99_le_ms",
+    "scorer_end_to_end_latency_seconds": "produced_p99_le_ms",
+}
+
+
 def paced(
     launcher: Launcher,
     profile: Profile,
@@ -149,6 +156,7 @@ def _phase(
     link.latencies = []
     first_ms, sent0, cpu0 = int(time.time() * 1000), link.sent, running.cpu(running.scoring_roles)
     aggregator0, broker0 = running.cpu(["aggregator"]), cpu_seconds(broker_pid)
+    inside0 = {h: running.histogram(h) for h in INSIDE} if running.metrics_ports else {}
     started, max_lag = time.monotonic(), 0
     while (elapsed := time.monotonic() - started) < seconds:
         due = int(elapsed * rate) - (link.sent - sent0)
@@ -161,6 +169,10 @@ def _phase(
     cpu = running.cpu(running.scoring_roles) - cpu0
     aggregator, broker = running.cpu(["aggregator"]) - aggregator0, cpu_seconds(broker_pid) - broker0
     kept_up = link.wait_until_received(max(10.0, seconds))
+    inside = {}  # the scorer's own view: bucket bounds of its p99 batch time and produce-minus-timestamp
+    for h, (bounds, before) in inside0.items():
+        p99 = histogram_quantile(bounds, before, running.histogram(h)[1], 0.99)
+        inside[INSIDE[h]] = None if p99 is None else round(p99 * 1000, 2)
     pairs = np.concatenate(link.latencies) if link.latencies else np.zeros((0, 2), dtype=np.int64)
     pairs = pairs[pairs[:, 0] >= first_ms]
     latency = (pairs[:, 1] - pairs[:, 0]).astype(np.float64)
@@ -178,4 +190,5 @@ def _phase(
         "cpu_share": round(cpu / seconds, 3),
         "aggregator_cpu_share": round(aggregator / seconds, 3),
         "broker_cpu_share": round(broker / seconds, 3),
+        **inside,
     }

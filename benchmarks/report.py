@@ -197,7 +197,9 @@ def _soak(r: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---|---|---:|---:|---:|",
     ]
     for s in runs:
-        growth = s.get("error") or ", ".join(f"{k} {v:+.1%}" for k, v in s["rss_growth"].items())
+        growth = ", ".join(f"{k} {v:+.1%}" for k, v in s.get("rss_growth", {}).items()) or (
+            "windows never full: the output stopped first" if s.get("stall") else s.get("error", "-")
+        )
         stall = s.get("stall")
         where = f"at {stall['t']:.0f} s, {stall['scored']:,} of {stall['sent']:,} out" if stall else "never"
         busy = (

@@ -52,6 +52,19 @@ PROFILES = {
         aggregator=False,
         description="scorer without the aggregator's broker traffic",
     ),
+    "scorer-nowait": Profile(
+        "scorer-nowait",
+        "scorer",
+        {"SCORER_BATCH_WAIT_S": "0"},
+        description="scorer, batch_wait_s = 0: a batch is what has arrived, never waited for",
+    ),
+    "scorer-solo-nowait": Profile(
+        "scorer-solo-nowait",
+        "scorer",
+        {"SCORER_BATCH_WAIT_S": "0"},
+        aggregator=False,
+        description="scorer-solo with batch_wait_s = 0",
+    ),
     "scorer-x2": Profile("scorer-x2", "scorer", scorers=2, description="two scorer processes in one group"),
     "scorer-eos": Profile(
         "scorer-eos",

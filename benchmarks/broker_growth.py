@@ -26,11 +26,12 @@ INTERVAL_S = 10.0
 PARTITIONS = 4
 
 
-def run(rate: float, seconds: float, size: int) -> list[dict[str, float]]:
+def run(rate: float, seconds: float, size: int, retention_ms: int = 0) -> list[dict[str, float]]:
     """One row per interval: sent, read by the group member and by the assigned reader, broker CPU share."""
     rows: list[dict[str, float]] = []
     with EmbeddedBroker() as broker:
-        ensure_topics(broker.bootstrap, [TopicSpec("growth", PARTITIONS)])
+        config = {"retention.ms": str(retention_ms)} if retention_ms else {}
+        ensure_topics(broker.bootstrap, [TopicSpec("growth", PARTITIONS, config=config)])
         producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
         common = {"bootstrap.servers": broker.bootstrap, "fetch.wait.max.ms": 5, "enable.auto.commit": False}
         member = Consumer(
@@ -58,6 +59,8 @@ def run(rate: float, seconds: float, size: int) -> list[dict[str, float]]:
                     print(row, flush=True)
                     next_row, cpu_then = next_row + INTERVAL_S, cpu_now
         finally:
+            producer.purge()  # what the broker has not taken by now is not part of the measurement
+            producer.flush(1)
             member.close()
             assigned.close()
     return rows
@@ -68,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=500.0, help="records/s")
     p.add_argument("--seconds", type=float, default=150.0)
     p.add_argument("--bytes", type=int, default=300, help="record value size (a transaction is ~300)")
+    p.add_argument(
+        "--retention-ms", type=int, default=0, help="the topic's retention.ms (0: the broker's default)"
+    )
     args = p.parse_args(argv)
-    run(args.rate, args.seconds, args.bytes)
+    run(args.rate, args.seconds, args.bytes, args.retention_ms)
     return 0
 
 

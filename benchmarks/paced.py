@@ -116,6 +116,7 @@ class Link:
 
 INSIDE = {  # scorer histograms read around each phase -> the phase's field (p99, a bucket bound, ms)
     "scorer_batch_seconds": "batch_p99_le_ms",
+    "scorer_batch_cpu_seconds": "batch_cpu_p99_le_ms",
     "scorer_end_to_end_latency_seconds": "produced_p99_le_ms",
 }
 

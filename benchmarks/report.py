@@ -81,7 +81,8 @@ def _paced(r: dict[str, Any]) -> list[str]:
     out = [
         "End to end: output create time minus input produce time. Added p99 = this p99 minus the "
         "passthrough's p99 at the same rate. The scorer's own view, from its histograms over the phase (bucket "
-        "bounds): batch p99 = wall time to decode, score and hand a batch to the producer; produced p99 = "
+        "bounds): batch p99 = wall time to decode, score and hand a batch to the producer (in brackets: its CPU "
+        "time; a wall time far above it is the process waiting for a core); produced p99 = "
         "handed to the producer minus the input's timestamp (the input hop and the batch, not the output hop).",
         "",
         "| implementation | rate/s | p50 ms | p99 ms | p99.9 ms | added p99 ms | batch p99 ms | produced p99 ms | "
@@ -101,7 +102,7 @@ def _paced(r: dict[str, Any]) -> list[str]:
             added = f"{ph['p99_ms'] - base[ph['rate']]:+.1f}" if ph["rate"] in base else "-"
             out.append(
                 f"| {x['profile']} | {ph['rate']:,.0f} | {ph['p50_ms']:.1f} | {ph['p99_ms']:.1f} | "
-                f"{ph['p999_ms']:.1f} | {added} | {_le(ph.get('batch_p99_le_ms'))} | "
+                f"{ph['p999_ms']:.1f} | {added} | {_le(ph.get('batch_p99_le_ms'))}{_cpu(ph)} | "
                 f"{_le(ph.get('produced_p99_le_ms'))} | {ph['max_lag']:,} | {ph['cpu_share']:.0%} | "
                 f"{ph['aggregator_cpu_share']:.0%} | {ph['broker_cpu_share']:.0%} | {'yes' if ph['kept_up'] else 'no'} |"
             )
@@ -110,6 +111,11 @@ def _paced(r: dict[str, Any]) -> list[str]:
 
 def _le(value: float | None) -> str:
     return "-" if value is None else f"<= {value:g}"
+
+
+def _cpu(phase: dict[str, Any]) -> str:
+    cpu = phase.get("batch_cpu_p99_le_ms")
+    return "" if cpu is None else f" ({_le(cpu)})"
 
 
 def _serve(r: dict[str, Any]) -> list[str]:

@@ -163,7 +163,9 @@ class TerminalFeatures:
     """
 
     def __init__(self, config: FeatureConfig) -> None:
-        self.ring = DayRing(config.terminal_ring_days, ("count", "fraud"), MS_PER_DAY, counts=("count", "fraud"))
+        self.ring = DayRing(
+            config.terminal_ring_days, ("count", "fraud"), MS_PER_DAY, counts=("count", "fraud")
+        )
         self.delay_days = config.label_delay_days
         self.closed_day = NEVER  # newest day whose close has been applied
         self._pending: list[LabelBatch] = []

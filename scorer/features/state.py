@@ -71,7 +71,8 @@ class DayRing:
         self.dirty = np.zeros(0, dtype=bool)  # changed since the last drain_changes()
         self._expired: list[str] = []  # keys dropped since the last drain_changes()
         self.buckets: dict[str, npt.NDArray[Any]] = {
-            name: np.zeros((0, n_days), dtype=np.uint16 if name in counts else np.float32) for name in self.fields
+            name: np.zeros((0, n_days), dtype=np.uint16 if name in counts else np.float32)
+            for name in self.fields
         }
         self._grow(capacity)
 

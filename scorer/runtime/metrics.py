@@ -117,6 +117,10 @@ class Metrics:
             "scorer_batch_seconds", "Wall time to decode, score and hand a batch to the producer.",
             buckets=INFERENCE_BUCKETS_S, registry=r,
         )  # fmt: skip
+        self.batch_cpu_seconds = Histogram(  # beside the wall time: a gap between the two is a busy host
+            "scorer_batch_cpu_seconds", "CPU time of the scoring thread for the same work as scorer_batch_seconds.",
+            buckets=INFERENCE_BUCKETS_S, registry=r,
+        )  # fmt: skip
         self.latency = BatchHistogram(
             "scorer_end_to_end_latency_seconds",
             "Decision produced minus the transaction's Kafka timestamp.",

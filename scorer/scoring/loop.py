@@ -252,7 +252,7 @@ class ScorerLoop:
 
     def process(self, msgs: Sequence[Message]) -> None:
         """Score one consumed batch and queue its outputs; message fields are read with map() as arrays."""
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.thread_time()
         records = msgs if not any(map(Message.error, msgs)) else [m for m in msgs if self._usable(m)]
         if not records:
             return
@@ -289,6 +289,7 @@ class ScorerLoop:
             self.metrics.latency.observe_many(latency_s)
         self._record_progress(*progress)
         self.metrics.batch_seconds.observe(time.monotonic() - started)
+        self.metrics.batch_cpu_seconds.observe(time.thread_time() - cpu_started)
 
     def _record_progress(self, partitions: I64, offsets: I64) -> None:
         """Next offset to commit per partition: one past the newest offset of the batch."""

@@ -108,6 +108,9 @@ def test_metrics_health_and_sigterm_commits(
     assert metric(text, "scorer_assigned_partitions") == 4
     assert metric(text, "scorer_end_to_end_latency_seconds_count") == n
     assert metric(text, "scorer_batch_size_records_sum") == n
+    batches = metric(text, "scorer_batch_seconds_count")
+    assert batches > 0 and metric(text, "scorer_batch_cpu_seconds_count") == batches  # one CPU time per batch
+    assert 0 < metric(text, "scorer_batch_cpu_seconds_sum") <= metric(text, "scorer_batch_seconds_sum") + 0.01
     assert metric(text, "scorer_state_keys", 'kind="customer"') == 13 or wait_for(
         lambda: metric(scorer.metrics(), "scorer_state_keys", 'kind="customer"') == 13
     )

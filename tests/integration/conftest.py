@@ -95,7 +95,8 @@ class Proc:
             self.popen.wait(10)
 
     def metrics(self) -> str:
-        """The /metrics text; if the process has exited, its exit code and its log's tail say why."""
+        """The /metrics text. Unreachable, it raises URLError (an OSError: callers waiting for a child to
+        start retry on it) whose reason adds the process's state and its log's tail, for a failure's message."""
         import urllib.error
         import urllib.request
 
@@ -103,7 +104,7 @@ class Proc:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:  # noqa: S310
                 return str(r.read().decode())
         except urllib.error.URLError as exc:
-            raise AssertionError(f"/metrics unreachable ({exc}); {self.describe()}") from exc
+            raise urllib.error.URLError(f"{exc.reason}; {self.describe()}") from exc
 
     def describe(self) -> str:
         """Exit code (or running) and the last lines of the log, for a failing assertion's message."""

@@ -78,11 +78,9 @@ def _customers(
     part = partition_of(data.customer_id[:until], partitions)
     for start in range(0, until, CHUNK):
         rows = np.arange(start, min(until, start + CHUNK))
-        for p in np.unique(part[rows]).tolist():
-            idx = rows[part[rows] == p]
-            store.get(p).update_and_compute(
-                pick(data.customer_id, idx), data.event_ts_ms[idx], data.amount[idx]
-            )
+        store.update_and_compute(
+            pick(data.customer_id, rows), data.event_ts_ms[rows], data.amount[rows], part[rows]
+        )
         if progress is not None:
             progress(int(rows[-1]) + 1, until)
     return store

@@ -120,9 +120,15 @@ class CustomerFeatures:
         self, customer_id: Sequence[str], ts_ms: I64, amount: F64, undo: list[RingUndo] | None = None
     ) -> F64:
         """Features of each event including itself; with `undo`, what reverts the update is appended."""
-        created: list[str] | None = None if undo is None else []
+        created: list[int] = []
         slots = self.ring.slots(customer_id, created=created)
-        if undo is not None and created is not None:
+        return self.update_slots(slots, ts_ms, amount, created, undo)
+
+    def update_slots(
+        self, slots: I64, ts_ms: I64, amount: F64, created: list[int], undo: list[RingUndo] | None = None
+    ) -> F64:
+        """`update_and_compute` for slots already looked up (of any owners; `created`: the new ones)."""
+        if undo is not None:
             undo.append(self.ring.save(slots, created))
         out = np.empty((len(slots), len(CUSTOMER_NAMES)), dtype=np.float64)
         for idx in rounds(slots):

@@ -64,14 +64,14 @@ def decode_marker(value: bytes) -> dict[str, Any]:
     return doc
 
 
-def load_rows(ring: DayRing, codec: RowCodec, rows: Mapping[str, bytes | None]) -> int:
-    """Apply the latest value per key (None deletes); returns how many keys were loaded."""
+def load_rows(ring: DayRing, codec: RowCodec, rows: Mapping[str, bytes | None], owner: int = 0) -> int:
+    """Apply the latest value per key of `owner` (None deletes); returns how many keys were loaded."""
     live = {k: v for k, v in rows.items() if v is not None and len(v) == codec.row_bytes}
     gone = [k for k, v in rows.items() if v is None]
     if gone:
-        ring.remove(gone)
+        ring.remove(gone, owner)
     if live:
-        ring.load(list(live), codec.decode(list(live.values())))
+        ring.load(list(live), codec.decode(list(live.values())), owner)
     return len(live)
 
 

@@ -8,6 +8,11 @@ whose newest day left every ring are dropped (`expire`), so memory is bounded by
 Fields that count events hold whole numbers and start as uint16 buckets (a day of one key rarely holds
 more than 65,535 events); an add or a load that would pass a dtype's maximum widens that field's array to
 uint32 first, so counts stay exact and cost half of float32's bytes. Amounts stay float32.
+
+One ring can hold the keys of several owners (the scorer's input partitions): each owner has its own key
+index, expiry, change list and hand-over, while the arrays are shared, so a batch that spans partitions is
+one pass of numpy calls instead of one per partition (their fixed cost dominates small batches). Rings
+with one owner (the offline engine, terminals) use owner 0 throughout.
 """
 
 from __future__ import annotations
@@ -40,13 +45,13 @@ def occurrence_rank(slots: I64) -> I64:
 
 @dataclass(slots=True)
 class RingUndo:
-    """The rows of the slots a batch touched as they were before it, and the keys it created."""
+    """The rows of the slots a batch touched as they were before it, and the slots it created."""
 
     slots: I64
     newest_ms: I64
     dirty: npt.NDArray[np.bool_]
     buckets: dict[str, npt.NDArray[Any]]
-    created: list[str]
+    created: list[int]
 
 
 class DayRing:
@@ -64,12 +69,13 @@ class DayRing:
         self.n_days = n_days
         self.ms_per_day = ms_per_day
         self.fields = tuple(fields)
-        self.index: dict[str, int] = {}
+        self.indexes: dict[int, dict[str, int]] = {0: {}}  # owner -> key -> slot
+        self.owner = np.zeros(0, dtype=np.int32)  # owner of each slot in use
         self._keys: list[str | None] = []
         self._free: list[int] = []
         self.newest_ms = np.full(0, NEVER, dtype=np.int64)  # newest event time seen per slot
         self.dirty = np.zeros(0, dtype=bool)  # changed since the last drain_changes()
-        self._expired: list[str] = []  # keys dropped since the last drain_changes()
+        self._expired: dict[int, list[str]] = {}  # owner -> keys dropped since its last drain_changes()
         self.buckets: dict[str, npt.NDArray[Any]] = {
             name: np.zeros((0, n_days), dtype=np.uint16 if name in counts else np.float32)
             for name in self.fields
@@ -77,14 +83,22 @@ class DayRing:
         self._grow(capacity)
 
     def __len__(self) -> int:
-        return len(self.index)
+        return sum(map(len, self.indexes.values()))
+
+    @property
+    def index(self) -> dict[str, int]:
+        """Owner 0's key index (the only one of a single-owner ring)."""
+        return self.indexes[0]
 
     @property
     def nbytes(self) -> int:
         """Bytes held for the keys in use: arrays per slot plus an estimate of the key index."""
         per_slot = self.newest_ms.itemsize + sum(b.itemsize * self.n_days for b in self.buckets.values())
-        key_bytes = sum(len(k) for k in self.index) + 100 * len(self.index)  # str object + dict entry + int
-        return per_slot * len(self.index) + key_bytes
+        keys = len(self)
+        key_bytes = (
+            sum(len(k) for ix in self.indexes.values() for k in ix) + 100 * keys
+        )  # str + dict entry + int
+        return per_slot * keys + key_bytes
 
     def _grow(self, capacity: int) -> None:
         old = len(self.newest_ms)
@@ -92,28 +106,35 @@ class DayRing:
             return
         self.newest_ms = np.concatenate([self.newest_ms, np.full(capacity - old, NEVER, np.int64)])
         self.dirty = np.concatenate([self.dirty, np.zeros(capacity - old, dtype=bool)])
+        self.owner = np.concatenate([self.owner, np.zeros(capacity - old, dtype=np.int32)])
         for name, arr in self.buckets.items():
             self.buckets[name] = np.concatenate([arr, np.zeros((capacity - old, self.n_days), arr.dtype)])
         self._keys.extend([None] * (capacity - old))
         self._free.extend(range(capacity - 1, old - 1, -1))
 
-    def slots(self, keys: Sequence[str], create: bool = True, created: list[str] | None = None) -> I64:
-        """Slot of each key; unknown keys get a new slot (listed in `created`), or -1 when `create` is false.
+    def slots(
+        self, keys: Sequence[str], create: bool = True, created: list[int] | None = None, owner: int = 0
+    ) -> I64:
+        """Slot of each of `owner`'s keys; unknown keys get a new slot (appended to `created`), or -1 when
+        `create` is false.
 
         The lookup is one map() over the batch; only keys seen for the first time take a Python loop.
         """
-        found = np.fromiter(map(self.index.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
+        index = self.indexes.get(owner)
+        if index is None:
+            index = self.indexes[owner] = {}
+        found = np.fromiter(map(index.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
         if create:
             for i in np.flatnonzero(found < 0).tolist():
-                slot = self.index.get(keys[i])  # the same new key may come twice in a batch
+                slot = index.get(keys[i])  # the same new key may come twice in a batch
                 if slot is None:
-                    slot = self._allocate(keys[i])
+                    slot = self._allocate(keys[i], owner, index)
                     if created is not None:
-                        created.append(keys[i])
+                        created.append(slot)
                 found[i] = slot
         return found
 
-    def save(self, slots: I64, created: list[str]) -> RingUndo:
+    def save(self, slots: I64, created: list[int]) -> RingUndo:
         """What `restore` needs to undo a batch that will change `slots` (and created `created`)."""
         s = np.unique(slots)
         buckets = {name: arr[s] for name, arr in self.buckets.items()}  # fancy indexing copies
@@ -125,15 +146,15 @@ class DayRing:
         self.dirty[undo.slots] = undo.dirty
         for name, arr in self.buckets.items():
             arr[undo.slots] = undo.buckets[name]
-        created = self.slots(undo.created, create=False)
-        self._free_slots(created[created >= 0])
+        self._free_slots(np.asarray(undo.created, dtype=np.int64))
 
-    def _allocate(self, key: str) -> int:
+    def _allocate(self, key: str, owner: int, index: dict[str, int]) -> int:
         if not self._free:
             self._grow(max(1024, 2 * len(self.newest_ms)))
         slot = self._free.pop()
-        self.index[key] = slot
+        index[key] = slot
         self._keys[slot] = key
+        self.owner[slot] = owner
         return slot
 
     def newest_day(self, slots: I64) -> I64:
@@ -217,40 +238,49 @@ class DayRing:
         """(n, fields, n_days) bucket rows of `slots`."""
         return np.stack([self.buckets[f][slots] for f in fields], axis=1)
 
-    def expire(self, before_day: int) -> int:
-        """Drop keys whose newest day is before `before_day`; returns how many went."""
-        used = self.newest_ms != NEVER
+    def expire(self, before_day: int, owner: int = 0) -> int:
+        """Drop `owner`'s keys whose newest day is before `before_day`; returns how many went."""
+        used = (self.newest_ms != NEVER) & (self.owner == owner)
         gone = np.flatnonzero(used & (self.newest_ms // self.ms_per_day < before_day))
-        self._expired.extend(self._free_slots(gone))
+        if len(gone):
+            self._expired.setdefault(owner, []).extend(self._free_slots(gone))
         return len(gone)
 
-    def expire_idle(self, today: int, grace_days: int) -> int:
+    def expire_idle(self, today: int, grace_days: int, owner: int = 0) -> int:
         """Drop keys idle for longer than the ring plus `grace_days` at `today` (no window reaches them)."""
-        return self.expire(today - self.n_days - grace_days + 1)
+        return self.expire(today - self.n_days - grace_days + 1, owner)
 
-    def remove(self, keys: Sequence[str]) -> None:
+    def remove(self, keys: Sequence[str], owner: int = 0) -> None:
         """Forget keys (a tombstone from a table)."""
-        slots = self.slots(keys, create=False)
+        slots = self.slots(keys, create=False, owner=owner)
         self._free_slots(slots[slots >= 0])
+
+    def drop_owner(self, owner: int) -> int:
+        """Forget every key of `owner` and its pending changes (a partition handed over); returns how many."""
+        index = self.indexes.get(owner, {})
+        slots = np.fromiter(index.values(), dtype=np.int64, count=len(index))
+        self._free_slots(slots)
+        self._expired.pop(owner, None)
+        return len(slots)
 
     def _free_slots(self, slots: I64) -> list[str]:
         keys: list[str] = []
         for slot in slots.tolist():
             key = self._keys[slot]
             if key is not None:
-                del self.index[key]
+                del self.indexes[int(self.owner[slot])][key]
                 keys.append(key)
+                self._free.append(slot)
             self._keys[slot] = None
-            self._free.append(slot)
         self.newest_ms[slots] = NEVER
         self.dirty[slots] = False
         for arr in self.buckets.values():
             arr[slots] = 0.0
         return keys
 
-    def load(self, keys: Sequence[str], rows: dict[str, npt.NDArray[np.generic]]) -> I64:
-        """Overwrite (or create) the rows of `keys` (e.g. decoded from a state topic); returns their slots."""
-        slots = self.slots(keys)
+    def load(self, keys: Sequence[str], rows: dict[str, npt.NDArray[np.generic]], owner: int = 0) -> I64:
+        """Overwrite (or create) the rows of `owner`'s `keys` (e.g. decoded from a state topic); their slots."""
+        slots = self.slots(keys, owner=owner)
         self.newest_ms[slots] = rows["newest_ms"]
         for name in self.fields:
             if self.buckets[name].dtype.kind == "u" and len(slots):
@@ -258,10 +288,10 @@ class DayRing:
             self.buckets[name][slots] = rows[name]
         return slots
 
-    def drain_changes(self) -> tuple[list[str], I64, list[str]]:
-        """(changed keys, their slots, expired keys) since the last call: what a changelog must write."""
-        slots = np.flatnonzero(self.dirty).astype(np.int64)
+    def drain_changes(self, owner: int = 0) -> tuple[list[str], I64, list[str]]:
+        """`owner`'s (changed keys, their slots, expired keys) since its last call: what a changelog must write."""
+        slots = np.flatnonzero(self.dirty & (self.owner == owner)).astype(np.int64)
         self.dirty[slots] = False
         keys = [self._keys[s] for s in slots.tolist()]
-        expired, self._expired = self._expired, []
+        expired = self._expired.pop(owner, [])
         return [k for k in keys if k is not None], slots, expired

@@ -25,10 +25,10 @@ import orjson
 from scorer.aggregate.partition import transaction_records
 from scorer.config import Settings
 from scorer.errors import ScorerError
-from scorer.events.batches import TransactionBatch, pick, take_transactions
+from scorer.events.batches import TransactionBatch, take_transactions
 from scorer.events.decode import REASONS, DecodedTransactions, decode_transactions
 from scorer.events.timestamps import HOUR_MS, rfc3339_ms
-from scorer.features.engine import CUSTOMER_NAMES, FEATURE_NAMES, stateless_features
+from scorer.features.engine import FEATURE_NAMES, stateless_features
 from scorer.model.onnx import OnnxModel
 from scorer.monitoring.drift import Bins, Drift
 from scorer.monitoring.inputs import InputChecks, issue_labels
@@ -308,13 +308,9 @@ class ScoringCore:
         self, batch: TransactionBatch, partitions: I64, undo: list[Callable[[], None]] | None = None
     ) -> F32:
         """Stateless + per-partition customer windows + terminal table, in FEATURE_NAMES order."""
-        customer = np.empty((len(batch), len(CUSTOMER_NAMES)), dtype=np.float64)
-        for p in np.unique(partitions).tolist():
-            idx = np.flatnonzero(partitions == p)
-            state = self.customers.get(p)
-            customer[idx] = state.update_and_compute(
-                pick(batch.customer_id, idx), batch.event_ts_ms[idx], batch.amount[idx], undo
-            )
+        customer = self.customers.update_and_compute(
+            batch.customer_id, batch.event_ts_ms, batch.amount, partitions, undo
+        )
         self.lap("customer windows")
         terminal = self.terminals.features(batch.terminal_id, batch.event_ts_ms)
         self.lap("terminal lookup")

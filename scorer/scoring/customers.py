@@ -14,12 +14,12 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from scorer.events.batches import pick
 from scorer.events.timestamps import MS_PER_DAY, NEVER
 from scorer.features.engine import LATE_GRACE_DAYS, CustomerFeatures, FeatureConfig
 from scorer.features.rows import MARKER_KEY, PartitionDump, RowCodec, encode_marker, load_rows
@@ -30,60 +30,63 @@ F64 = npt.NDArray[np.float64]
 Message = dict[str, Any]
 
 
-@dataclass(slots=True)
-class PartitionState:
-    """The customer windows of one input partition and its expiry clock."""
+class CustomerStore:
+    """All assigned partitions' customer state, with snapshot encoding and restore.
 
-    customers: CustomerFeatures
-    today: int = NEVER
+    One ring holds every partition's customers, each partition the owner of its keys (its own key index,
+    expiry clock, snapshot and hand-over), so a batch spanning partitions is scored in one pass.
+    """
+
+    def __init__(self, config: FeatureConfig) -> None:
+        self.config = config
+        self.customers = CustomerFeatures(config)
+        self.today: dict[int, int] = {}  # partition -> newest day its expiry ran for
+        self.codec = RowCodec(("count", "amount"), config.customer_ring_days)
 
     def update_and_compute(
         self,
         customer_id: Sequence[str],
         ts_ms: npt.NDArray[np.int64],
         amount: F64,
+        partitions: npt.NDArray[np.int64],
         undo: list[Callable[[], None]] | None = None,
     ) -> F64:
-        """Same as the offline engine: expire on the batch's oldest day, then update and compute.
+        """Same as the offline engine per partition: expire on the partition's oldest day in the batch,
+        then update and compute (all partitions in one pass).
 
         With `undo`, a function that reverts the update is appended (expiry is not reverted: a retry
         of the same events expires the same idle keys).
         """
-        day = int(ts_ms.min()) // MS_PER_DAY
-        if day > self.today:
-            self.today = day
-            self.customers.ring.expire_idle(day, LATE_GRACE_DAYS)
-        if undo is None:
-            return self.customers.update_and_compute(customer_id, ts_ms, amount)
-        saved: list[RingUndo] = []
-        out = self.customers.update_and_compute(customer_id, ts_ms, amount, saved)
         ring = self.customers.ring
+        parts = np.unique(partitions).tolist()
+        picks = [np.flatnonzero(partitions == p) for p in parts] if len(parts) > 1 else [None]
+        for p, idx in zip(parts, picks, strict=True):
+            day = int((ts_ms if idx is None else ts_ms[idx]).min()) // MS_PER_DAY
+            if day > self.today.get(p, NEVER):
+                self.today[p] = day
+                ring.expire_idle(day, LATE_GRACE_DAYS, owner=p)
+        created: list[int] = []
+        slots = np.empty(len(customer_id), dtype=np.int64)
+        for p, idx in zip(parts, picks, strict=True):
+            if idx is None:
+                slots = ring.slots(customer_id, created=created, owner=p)
+            else:
+                slots[idx] = ring.slots(pick(customer_id, idx), created=created, owner=p)
+        if undo is None:
+            return self.customers.update_slots(slots, ts_ms, amount, created)
+        saved: list[RingUndo] = []
+        out = self.customers.update_slots(slots, ts_ms, amount, created, saved)
         undo += [functools.partial(ring.restore, u) for u in saved]
         return out
-
-
-class CustomerStore:
-    """All assigned partitions' customer state, with snapshot encoding and restore."""
-
-    def __init__(self, config: FeatureConfig) -> None:
-        self.config = config
-        self.partitions: dict[int, PartitionState] = {}
-        self.codec = RowCodec(("count", "amount"), config.customer_ring_days)
-
-    def get(self, partition: int) -> PartitionState:
-        state = self.partitions.get(partition)
-        if state is None:
-            state = self.partitions[partition] = PartitionState(CustomerFeatures(self.config))
-        return state
 
     def restore(self, partition: int, dump: PartitionDump) -> int | None:
         """Load partition p's snapshot (read from the state topic); returns the input offset it
         corresponds to (None: no snapshot yet)."""
-        state = PartitionState(CustomerFeatures(self.config))
+        self.drop(partition)
         rows = {k.decode("utf-8", "replace"): v for k, v in dump.rows.items()}
-        keys = load_rows(state.customers.ring, self.codec, rows)
-        state.customers.ring.drain_changes()  # restored rows are not changes
-        self.partitions[partition] = state
+        ring = self.customers.ring
+        keys = load_rows(ring, self.codec, rows, owner=partition)
+        ring.drain_changes(partition)  # restored rows are not changes
         offset = None if dump.marker is None else int(dump.marker["offset"])
         if dump.marker is not None and int(dump.marker.get("ring_days", 0)) != self.codec.n_days:
             logger.warning("state_layout_changed", extra={"partition": partition})
@@ -91,26 +94,25 @@ class CustomerStore:
         return offset
 
     def drop(self, partition: int) -> None:
-        self.partitions.pop(partition, None)
+        """Forget a partition's customers (revoked or lost: its next owner restores them)."""
+        self.customers.ring.drop_owner(partition)
+        self.today.pop(partition, None)
 
     def snapshot(self, partition: int, next_offset: int) -> list[Message]:
         """Changed rows, tombstones and the marker of partition p: to be sent to partition p."""
-        state = self.partitions.get(partition)
-        messages: list[Message] = []
-        if state is not None:
-            ring = state.customers.ring
-            keys, slots, expired = ring.drain_changes()
-            values = self.codec.encode(ring, slots) if len(slots) else []
-            messages += [{"key": k.encode(), "value": v} for k, v in zip(keys, values, strict=True)]
-            messages += [{"key": k.encode(), "value": None} for k in expired]
+        ring = self.customers.ring
+        keys, slots, expired = ring.drain_changes(partition)
+        values = self.codec.encode(ring, slots) if len(slots) else []
+        messages: list[Message] = [{"key": k.encode(), "value": v} for k, v in zip(keys, values, strict=True)]
+        messages += [{"key": k.encode(), "value": None} for k in expired]
         marker = encode_marker({"offset": next_offset, "ring_days": self.codec.n_days})
         messages.append({"key": MARKER_KEY, "value": marker})
         return messages
 
     @property
     def keys(self) -> int:
-        return sum(len(s.customers.ring) for s in self.partitions.values())
+        return len(self.customers.ring)
 
     @property
     def nbytes(self) -> int:
-        return sum(s.customers.ring.nbytes for s in self.partitions.values())
+        return self.customers.ring.nbytes

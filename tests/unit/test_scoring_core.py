@@ -251,3 +251,31 @@ def test_a_model_broken_from_the_start_is_told_from_poison_by_its_reference_samp
     scorer, _ = core(model)
     with pytest.raises(SystemicFailure):
         scorer.score(values[:3], partitions[:3])
+
+
+def test_one_pass_over_partitions_equals_a_store_per_partition() -> None:
+    """The shared ring scores a batch spanning partitions exactly as separate per-partition windows do,
+    expiry by each partition's own clock included."""
+    from scorer.events.timestamps import MS_PER_DAY
+    from scorer.features.engine import LATE_GRACE_DAYS, CustomerFeatures, FeatureConfig
+    from scorer.scoring.customers import CustomerStore
+
+    config = FeatureConfig()
+    rng = np.random.default_rng(7)
+    store, alone = CustomerStore(config), {p: CustomerFeatures(config) for p in range(3)}
+    start = 1_767_225_600_000
+    for batch in range(40):
+        n = 60
+        ids = [f"C{i}" for i in rng.integers(0, 25, n)]
+        parts = rng.integers(0, 3, n).astype(np.int64)  # the same id may sit in two partitions: two keys
+        ts = start + batch * 2 * MS_PER_DAY + np.sort(rng.integers(0, MS_PER_DAY, n)).astype(np.int64)
+        amount = rng.gamma(2.0, 30.0, n)
+        got = store.update_and_compute(ids, ts, amount, parts)
+        for p in range(3):
+            idx = np.flatnonzero(parts == p)
+            if len(idx):
+                day = int(ts[idx].min()) // MS_PER_DAY
+                alone[p].ring.expire_idle(day, LATE_GRACE_DAYS)
+                want = alone[p].update_and_compute([ids[i] for i in idx], ts[idx], amount[idx])
+                np.testing.assert_array_equal(got[idx], want)
+    assert store.keys == sum(len(f.ring) for f in alone.values())

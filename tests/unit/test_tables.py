@@ -77,3 +77,25 @@ def test_loading_rows_past_uint16_widens_the_counts() -> None:
     copy = DayRing(8, ("count", "amount"), MS_PER_DAY, counts=("count",))
     load_rows(copy, codec, dict(zip(keys, codec.encode(source, slots), strict=True)))
     assert int(copy.buckets["count"][copy.index["T"], 2]) == 66_000
+
+
+def test_owners_share_the_arrays_but_not_their_keys_changes_expiry_or_hand_over() -> None:
+    """Two input partitions in one ring: the same customer id is two keys; each owner drains, expires and
+    drops only its own."""
+    ring = DayRing(8, ("count", "amount"), MS_PER_DAY, counts=("count",))
+    a, b = ring.slots(["C1", "C2"], owner=0), ring.slots(["C1"], owner=3)
+    assert a[0] != b[0] and len(ring) == 3
+    ts = np.array([1, 1, 6], dtype=np.int64) * MS_PER_DAY
+    both = np.concatenate([a, b])
+    ring.advance(both, ts)
+    ring.add("count", both, ts // MS_PER_DAY, np.ones(3))
+    keys0, _, _ = ring.drain_changes(0)
+    keys3, slots3, _ = ring.drain_changes(3)
+    assert sorted(keys0) == ["C1", "C2"] and keys3 == ["C1"] and slots3.tolist() == b.tolist()
+    assert ring.expire(5, owner=3) == 0 and ring.expire(5, owner=0) == 2  # owner 3's C1 is newer
+    assert sorted(ring.drain_changes(0)[2]) == ["C1", "C2"] and ring.drain_changes(3)[2] == []
+    assert ring.drop_owner(3) == 1 and len(ring) == 0
+    assert ring.slots(["C1"], create=False, owner=3).tolist() == [-1]
+    again = ring.slots(["C9"], owner=3)  # freed slots are reused, clean
+    keys, _, expired = ring.drain_changes(3)
+    assert int(ring.buckets["count"][again[0]].sum()) == 0 and keys == [] and expired == []

@@ -27,6 +27,7 @@ from scorer.features.state import RingUndo
 
 logger = logging.getLogger(__name__)
 F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
 Message = dict[str, Any]
 
 
@@ -46,9 +47,9 @@ class CustomerStore:
     def update_and_compute(
         self,
         customer_id: Sequence[str],
-        ts_ms: npt.NDArray[np.int64],
+        ts_ms: I64,
         amount: F64,
-        partitions: npt.NDArray[np.int64],
+        partitions: I64,
         undo: list[Callable[[], None]] | None = None,
     ) -> F64:
         """Same as the offline engine per partition: expire on the partition's oldest day in the batch,
@@ -57,27 +58,38 @@ class CustomerStore:
         With `undo`, a function that reverts the update is appended (expiry is not reverted: a retry
         of the same events expires the same idle keys).
         """
-        ring = self.customers.ring
         parts = np.unique(partitions).tolist()
-        picks = [np.flatnonzero(partitions == p) for p in parts] if len(parts) > 1 else [None]
-        for p, idx in zip(parts, picks, strict=True):
-            day = int((ts_ms if idx is None else ts_ms[idx]).min()) // MS_PER_DAY
-            if day > self.today.get(p, NEVER):
-                self.today[p] = day
-                ring.expire_idle(day, LATE_GRACE_DAYS, owner=p)
+        picks = None if len(parts) == 1 else [np.flatnonzero(partitions == p) for p in parts]
+        self._expire(parts, picks, ts_ms)
         created: list[int] = []
-        slots = np.empty(len(customer_id), dtype=np.int64)
-        for p, idx in zip(parts, picks, strict=True):
-            if idx is None:
-                slots = ring.slots(customer_id, created=created, owner=p)
-            else:
-                slots[idx] = ring.slots(pick(customer_id, idx), created=created, owner=p)
+        slots = self._slots(customer_id, parts, picks, created)
         if undo is None:
             return self.customers.update_slots(slots, ts_ms, amount, created)
         saved: list[RingUndo] = []
         out = self.customers.update_slots(slots, ts_ms, amount, created, saved)
-        undo += [functools.partial(ring.restore, u) for u in saved]
+        undo += [functools.partial(self.customers.ring.restore, u) for u in saved]
         return out
+
+    def _expire(self, parts: list[int], picks: list[I64] | None, ts_ms: I64) -> None:
+        """Each partition's expiry on its oldest day in the batch, before any key is looked up."""
+        stamps = [ts_ms] if picks is None else [ts_ms[idx] for idx in picks]
+        for p, ts in zip(parts, stamps, strict=True):
+            day = int(ts.min()) // MS_PER_DAY
+            if day > self.today.get(p, NEVER):
+                self.today[p] = day
+                self.customers.ring.expire_idle(day, LATE_GRACE_DAYS, owner=p)
+
+    def _slots(
+        self, customer_id: Sequence[str], parts: list[int], picks: list[I64] | None, created: list[int]
+    ) -> I64:
+        """Each event's slot among its partition's keys (new keys appended to `created`)."""
+        ring = self.customers.ring
+        if picks is None:  # one partition: no gather
+            return ring.slots(customer_id, created=created, owner=parts[0])
+        slots = np.empty(len(customer_id), dtype=np.int64)
+        for p, idx in zip(parts, picks, strict=True):
+            slots[idx] = ring.slots(pick(customer_id, idx), created=created, owner=p)
+        return slots
 
     def restore(self, partition: int, dump: PartitionDump) -> int | None:
         """Load partition p's snapshot (read from the state topic); returns the input offset it

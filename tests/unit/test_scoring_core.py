@@ -279,3 +279,5 @@ def test_one_pass_over_partitions_equals_a_store_per_partition() -> None:
                 want = alone[p].update_and_compute([ids[i] for i in idx], ts[idx], amount[idx])
                 np.testing.assert_array_equal(got[idx], want)
     assert store.keys == sum(len(f.ring) for f in alone.values())
+    none = np.zeros(0, dtype=np.int64)
+    assert store.update_and_compute([], none, np.zeros(0), none).shape[0] == 0  # a batch of dead letters only

@@ -283,10 +283,10 @@ class ScorerLoop:
         self.outputs.send(scored, partitions[scored.kept])
         if requests is not None:
             self.outputs.reply(self.replies.answer(requests, scored, partitions))
-        if len(scored.kept):
-            produced = np.fromiter(map(_create_time, records), dtype=np.int64, count=n)[scored.kept]
-            latency_s = np.maximum(scored.scored_at_ms - produced[produced > 0], 0) / 1000.0
-            self.metrics.latency.observe_many(latency_s)
+        if len(scored.kept):  # `records` may be fewer than at the start: retries answered again left it
+            produced = np.fromiter(map(_create_time, records), dtype=np.int64, count=len(records))
+            latency_s = np.maximum(scored.scored_at_ms - produced[scored.kept][produced[scored.kept] > 0], 0)
+            self.metrics.latency.observe_many(latency_s / 1000.0)
         self._record_progress(*progress)
         self.metrics.batch_seconds.observe(time.monotonic() - started)
         self.metrics.batch_cpu_seconds.observe(time.thread_time() - cpu_started)

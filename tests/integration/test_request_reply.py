@@ -56,9 +56,12 @@ def test_requests_get_their_decisions_on_their_reply_topic(
     assert replies[b"corr-1"] == by_tid["req-1"] and replies[b"corr-2"] == by_tid["req-2"]  # byte for byte
     assert orjson.loads(replies[b"corr-3"])["error"] == "invalid_json"
 
-    # the client retries req-1 (another serve instance, or after a restart) and C1 buys again
-    publish_requests(settings, reply_topic, [("C1", b"corr-1-retry", tx("req-1", "C1", 10.0))])
-    publish_requests(settings, reply_topic, [("C1", b"corr-4", tx("req-4", "C1", 40.0))])
+    # the client retries req-1 (another serve instance, or after a restart) and C1 buys again, published
+    # together so that both land in one batch: the retry is answered and taken out of a batch that goes on
+    publish_requests(settings, reply_topic, [
+        ("C1", b"corr-1-retry", tx("req-1", "C1", 10.0)),
+        ("C1", b"corr-4", tx("req-4", "C1", 40.0)),
+    ])  # fmt: skip
     replies = {r["key"]: r["value"] for r in consume(settings, reply_topic, 5)}
     assert replies[b"corr-1-retry"] == by_tid["req-1"]  # the first decision, scored_at included
     got = decisions(consume(settings, settings.decisions_topic, 5, timeout_s=8))

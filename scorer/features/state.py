@@ -93,7 +93,8 @@ class DayRing:
     @property
     def nbytes(self) -> int:
         """Bytes held for the keys in use: arrays per slot plus an estimate of the key index."""
-        per_slot = self.newest_ms.itemsize + sum(b.itemsize * self.n_days for b in self.buckets.values())
+        fixed = self.newest_ms.itemsize + self.dirty.itemsize + self.owner.itemsize
+        per_slot = fixed + sum(b.itemsize * self.n_days for b in self.buckets.values())
         keys = len(self)
         key_bytes = (
             sum(len(k) for ix in self.indexes.values() for k in ix) + 100 * keys

@@ -307,7 +307,7 @@ class ScoringCore:
     def features(
         self, batch: TransactionBatch, partitions: I64, undo: list[Callable[[], None]] | None = None
     ) -> F32:
-        """Stateless + per-partition customer windows + terminal table, in FEATURE_NAMES order."""
+        """Stateless + customer windows (owned per partition) + terminal table, in FEATURE_NAMES order."""
         customer = self.customers.update_and_compute(
             batch.customer_id, batch.event_ts_ms, batch.amount, partitions, undo
         )

@@ -22,7 +22,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from benchmarks.harness import Launcher, Profile, Tail, cpu_seconds
+from benchmarks.harness import Launcher, Profile, Running, Tail, cpu_seconds
 from scorer.config import Settings
 from scorer.demo.stream import Streamer
 from scorer.events.timestamps import MS_PER_DAY
@@ -83,7 +83,7 @@ def soak(
 class Shares:
     """CPU used by the broker and by the profile's processes since the previous take, as core shares."""
 
-    def __init__(self, broker_pid: int, running: Any) -> None:
+    def __init__(self, broker_pid: int, running: Running) -> None:
         self.broker_pid, self.running = broker_pid, running
         self.last = (time.monotonic(), cpu_seconds(broker_pid), running.cpu())
 

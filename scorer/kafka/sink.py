@@ -3,9 +3,12 @@
 Every message belongs to the current *epoch*. The commit tracker (scoring/commits.py) seals an epoch when
 it wants to commit, and commits that epoch's offsets only once the broker has acknowledged every message
 of it and of all earlier epochs (at-least-once without flushing on the hot path). A full producer queue
-means poll and retry, never an exception and never an unbounded buffer. A message the broker refuses
-after all retries marks the sink failed and its epoch is never acknowledged: the loop stops without
-committing past it, so the records are processed again after restart.
+means poll and retry, never an exception and never an unbounded buffer. Any other refusal is never
+retried here: the broker's (after librdkafka's own retries) or the producer's at produce time (a record
+over its size limit, an unknown partition after a topic was recreated smaller, a fatal producer state).
+It marks the sink failed and its epoch is never acknowledged, so the loop stops without committing past
+it and the records are processed again after restart. The one exception is a dead letter refused for its
+size: it goes again cut to its prefix first (kafka/deadletters.py).
 """
 
 from __future__ import annotations
@@ -23,8 +26,45 @@ from scorer.runtime.metrics import Metrics
 logger = logging.getLogger(__name__)
 Message = dict[str, Any]
 RETRY_POLL_S = 0.05
-PRODUCE_ATTEMPTS = 3  # a message the producer refuses outright is tried this often before it is given up
 SIZE_ERRORS = (KafkaError.MSG_SIZE_TOO_LARGE,)  # the producer's refusal and the broker's share the code
+Fallback = tuple[bytes, list[tuple[str, bytes]]]
+
+
+def produce_all(
+    producer: Producer,
+    topic: str,
+    messages: Sequence[Message],
+    wait: Callable[[], None],
+    **kwargs: Any,
+) -> tuple[int, KafkaError | None]:
+    """Queue `messages` with produce_batch, calling `wait` (which must poll the producer) while its queue
+    is full, and return how many were queued and the refusal that stopped it (None: all were queued).
+
+    Only a full queue is retried: any other error produce_batch reports for a message (its size, an
+    unknown partition, a fatal producer state) or raises is returned at once, with the messages after it
+    possibly unqueued, because retrying it would loop forever while the process still looks healthy.
+    """
+    pending, queued = list(messages), 0
+    while pending:
+        try:
+            queued += producer.produce_batch(topic, pending, **kwargs)
+        except BufferError:  # produce_batch reports a full queue per message; a raise means the same
+            wait()
+            continue
+        except KafkaException as exc:
+            return queued, _kafka_error(exc)
+        full: list[Message] = []
+        for m in pending:
+            err = m.pop("_error", None)
+            if err is None:
+                continue
+            if not _queue_full(err):
+                return queued, err
+            full.append(m)
+        if full:
+            wait()
+        pending = full
+    return queued, None
 
 
 class Sink:
@@ -40,9 +80,7 @@ class Sink:
         self._callbacks: dict[int, Callable[[KafkaError | None, Any], None]] = {}
         self.failure: str | None = None
         self.first_failed_epoch: int | None = None  # the oldest epoch with a refused message
-        self._again: list[
-            tuple[int, str, bytes | None, int | None, tuple[bytes, list[tuple[str, bytes]]]]
-        ] = []
+        self._again: list[tuple[int, str, bytes | None, int | None, Fallback]] = []
 
     def _callback(self, epoch: int) -> Callable[[KafkaError | None, Any], None]:
         cb = self._callbacks.get(epoch)
@@ -51,15 +89,15 @@ class Sink:
             def cb(err: KafkaError | None, msg: Any, epoch: int = epoch) -> None:
                 self._in_flight[epoch] -= 1
                 if err is not None:
-                    self._failed(err, msg, epoch)
+                    self._failed(err, msg.topic() if msg is not None else "?", epoch)
 
             self._callbacks[epoch] = cb
         return cb
 
-    def _failed(self, err: KafkaError, msg: Any, epoch: int) -> None:
+    def _failed(self, err: Any, topic: str, epoch: int) -> None:
+        """A message of `epoch` was refused: nothing of this epoch or later is ever acknowledged."""
         if self.first_failed_epoch is None or epoch < self.first_failed_epoch:
             self.first_failed_epoch = epoch
-        topic = msg.topic() if msg is not None else "?"
         if self.metrics is not None:
             self.metrics.produce_errors.labels(topic).inc()
         if self.failure is None:
@@ -70,32 +108,16 @@ class Sink:
         """Queue many messages ({'value', 'key'}), all to `partition` when given (else by key).
 
         A per-message 'partition' is not reliably honoured by produce_batch, hence the argument.
-        Waits (polling) while the producer queue is full.
+        Waits (polling) while the producer queue is full; any other refusal fails the sink (`failure`).
         """
-        pending = list(messages)
         epoch = self.epoch
-        cb = self._callback(epoch)
-        while pending:
-            try:
-                if partition is None:
-                    queued = self.producer.produce_batch(topic, pending, on_delivery=cb)
-                else:
-                    queued = self.producer.produce_batch(topic, pending, partition=partition, on_delivery=cb)
-            except BufferError:
-                queued = 0
-                for m in pending:
-                    m["_error"] = "queue full"
-            self._in_flight[epoch] = self._in_flight.get(epoch, 0) + queued
-            if queued == len(pending):
-                break
-            failed = [m for m in pending if "_error" in m]
-            if failed and len(failed) == len(pending) and queued == 0:
-                self._wait_for_room()
-            elif failed:
-                self._poll(0)
-            for m in failed:
-                m.pop("_error", None)
-            pending = failed
+        where = {} if partition is None else {"partition": partition}
+        queued, refused = produce_all(
+            self.producer, topic, messages, self._wait_for_room, on_delivery=self._callback(epoch), **where
+        )
+        self._in_flight[epoch] = self._in_flight.get(epoch, 0) + queued
+        if refused is not None:
+            self._failed(refused, topic, epoch)
         self._poll(0)
 
     def send_one(
@@ -105,28 +127,31 @@ class Sink:
         key: bytes | None = None,
         headers: Sequence[tuple[str, bytes]] | None = None,
         partition: int | None = None,
-        fallback: tuple[bytes, list[tuple[str, bytes]]] | None = None,
+        fallback: Fallback | None = None,
     ) -> bool:
         """Queue one message with headers (dead letters); waits while the queue is full. Never raises:
         a message the producer refuses for its size goes again as `fallback` (value and headers), here
-        or when the broker refuses it; any other refusal is retried, then counted and logged (False)."""
+        or when the broker refuses it; any other refusal, or one with no smaller fallback left, fails the
+        sink like a refused delivery (False): a dead letter that was not written must stop the commits."""
         epoch = self.epoch
         attempts = [(value, headers)] + ([fallback] if fallback is not None else [])
         error: KafkaException | None = None
         for number, (attempt_value, attempt_headers) in enumerate(attempts):
             rest = fallback if number == 0 else None
-            for _ in range(PRODUCE_ATTEMPTS):
-                try:
-                    self._produce_one(epoch, topic, attempt_value, key, attempt_headers, partition, rest)
-                    return True
-                except KafkaException as exc:
-                    error = exc
-                    if _size_error(exc.args[0] if exc.args else None):
-                        break  # the next attempt is smaller, if there is one
-                    self._poll(RETRY_POLL_S)
+            try:
+                self._produce_one(epoch, topic, attempt_value, key, attempt_headers, partition, rest)
+                return True
+            except KafkaException as exc:
+                error = exc
+                if not _size_error(_kafka_error(exc)):
+                    break  # only a smaller attempt can succeed where this one failed
+        self._not_written(topic, error, epoch)
+        return False
+
+    def _not_written(self, topic: str, error: Any, epoch: int) -> None:
         self._count("dead_letter_errors")
         logger.error("dead_letter_not_written", extra={"topic": topic, "error": str(error)})
-        return False
+        self._failed(error, topic, epoch)
 
     def _produce_one(
         self,
@@ -136,7 +161,7 @@ class Sink:
         key: bytes | None,
         headers: Sequence[tuple[str, bytes]] | None,
         partition: int | None,
-        fallback: tuple[bytes, list[tuple[str, bytes]]] | None,
+        fallback: Fallback | None,
     ) -> None:
         callback = self._callback(epoch)
         if fallback is not None:  # a size refusal from the broker sends the fallback in the same epoch
@@ -155,19 +180,14 @@ class Sink:
         self._in_flight[epoch] = self._in_flight.get(epoch, 0) + 1
 
     def _with_fallback(
-        self,
-        epoch: int,
-        topic: str,
-        key: bytes | None,
-        partition: int | None,
-        fallback: tuple[bytes, list[tuple[str, bytes]]],
+        self, epoch: int, topic: str, key: bytes | None, partition: int | None, fallback: Fallback
     ) -> Callable[[KafkaError | None, Any], None]:
         def cb(err: KafkaError | None, msg: Any) -> None:
             self._in_flight[epoch] -= 1
             if err is not None and _size_error(err):
                 self._again.append((epoch, topic, key, partition, fallback))
             elif err is not None:
-                self._failed(err, msg, epoch)
+                self._failed(err, topic, epoch)
 
         return cb
 
@@ -181,8 +201,7 @@ class Sink:
             try:
                 self._produce_one(epoch, topic, value, key, headers, partition, None)
             except KafkaException as exc:
-                self._count("dead_letter_errors")
-                logger.error("dead_letter_not_written", extra={"topic": topic, "error": str(exc)})
+                self._not_written(topic, _kafka_error(exc), epoch)
 
     def _count(self, name: str) -> None:
         if self.metrics is not None:
@@ -234,6 +253,15 @@ class Sink:
     def close(self, timeout_s: float = 10.0) -> bool:
         """Flush everything; True when nothing is left in the queue."""
         return int(self.producer.flush(timeout_s)) == 0
+
+
+def _kafka_error(exc: KafkaException) -> Any:
+    """The KafkaError a KafkaException carries (or the exception itself when it carries none)."""
+    return exc.args[0] if exc.args else exc
+
+
+def _queue_full(err: Any) -> bool:
+    return isinstance(err, KafkaError) and err.code() == KafkaError._QUEUE_FULL
 
 
 def _size_error(err: Any) -> bool:

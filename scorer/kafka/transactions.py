@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from scorer.config import Settings
 from scorer.kafka import clients
+from scorer.kafka.sink import produce_all
 
 logger = logging.getLogger(__name__)
 Record = dict[str, Any]
@@ -73,25 +74,23 @@ class PartitionTransactions:
             self.producers[p] = producer
 
     def send(self, partition: int, topic: str, records: Sequence[Record], out: int | None = None) -> None:
-        """Queue records into partition `partition`'s open transaction (all to `out` when given)."""
+        """Queue records into partition `partition`'s open transaction (all to `out` when given).
+
+        A full queue is waited out; any other refusal (fenced, a record over a limit, an unknown
+        partition) fails the process: the transaction is never committed, so nothing is half visible.
+        """
+        if self.failure is not None:
+            return
         producer = self.producers[partition]
-        pending = list(records)
-        while pending and self.failure is None:
-            try:
-                if out is None:
-                    producer.produce_batch(topic, pending)
-                else:
-                    producer.produce_batch(topic, pending, partition=out)
-            except BufferError:
-                self._call(partition, functools.partial(producer.poll, 0.05))
-                continue
-            except KafkaException as exc:  # a fatal producer error (fenced): the process stops
-                self._fail(f"transaction of {self.settings.input_topic}[{partition}]", exc.args[0])
-                return
-            failed = [m for m in pending if m.pop("_error", None) is not None]
-            if failed:
-                self._call(partition, functools.partial(producer.poll, 0.05))  # a full queue: then the rest
-            pending = failed
+        where = {} if out is None else {"partition": out}
+        _, refused = produce_all(
+            producer, topic, records, functools.partial(self._poll, partition, producer), **where
+        )
+        if refused is not None:
+            self._fail(f"transaction of {self.settings.input_topic}[{partition}]", refused)
+
+    def _poll(self, partition: int, producer: Producer) -> None:
+        self._call(partition, functools.partial(producer.poll, 0.05))
 
     def send_one(
         self, partition: int, topic: str, value: bytes | None, key: bytes | None, headers: Any
@@ -103,7 +102,7 @@ class PartitionTransactions:
                 producer.produce(topic, value=value, key=key, headers=headers)
                 return
             except BufferError:
-                self._call(partition, functools.partial(producer.poll, 0.05))
+                self._poll(partition, producer)
             except KafkaException as exc:  # fatal (fenced), or over a limit the broker set lower than ours
                 self._fail(
                     f"dead letter in the transaction of {self.settings.input_topic}[{partition}]", exc.args[0]

@@ -194,7 +194,7 @@ class Metrics:
         )
         self.dead_letter_errors = Counter(
             "scorer_dead_letter_errors",
-            "Dead letters that could not be written at all (refused by the producer after retries): logged.",
+            "Dead letters that could not be written at all: logged, and the scorer stops without committing past them.",
             registry=r,
         )
         self.produce_errors = Counter(

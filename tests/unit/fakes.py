@@ -18,8 +18,14 @@ from confluent_kafka import KafkaError, KafkaException
 from scorer.features.rows import PartitionDump, PartitionLog
 
 # (topic, value) -> "ok", "refuse" (after retries), "hold" (never answered), "too_large" (the broker refuses
-# its size), or at produce(): "too_large_here" (the producer refuses its size), "invalid_here" (any refusal)
+# its size), or at produce time (produce() and produce_batch): "too_large_here" (the producer refuses its
+# size), "unknown_partition_here" (a topic recreated with fewer partitions), "invalid_here" (any refusal)
 Policy = Callable[[str, bytes | None], str]
+PRODUCE_ERRORS = {
+    "too_large_here": (KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large"),
+    "unknown_partition_here": (KafkaError._UNKNOWN_PARTITION, "Local: Unknown partition"),
+    "invalid_here": (KafkaError._INVALID_ARG, "Local: Invalid argument"),
+}
 
 
 def deliver_all(topic: str, value: bytes | None) -> str:
@@ -83,16 +89,23 @@ class FakeBroker:
         return log.result()
 
 
+Produced = tuple[FakeMessage, Callable[[Any, Any], None], str | None]
+
+
 class FakeProducer:
     """The Producer methods the Sink uses; messages are answered according to `policy`, on the second
-    poll() after they were produced (as with a real broker, a report never comes back at once)."""
+    poll() after they were produced (as with a real broker, a report never comes back at once). With
+    `full` > 0 its queue is full for that many produce calls (BufferError, or `_QUEUE_FULL` per message)."""
 
     def __init__(self, broker: FakeBroker, policy: Policy = deliver_all) -> None:
         self.broker = broker
         self.policy = policy
-        self.queue: list[tuple[FakeMessage, Callable[[Any, Any], None]]] = []  # produced since the last poll
-        self.sent: list[tuple[FakeMessage, Callable[[Any, Any], None]]] = []  # answered on the next poll
-        self.held: list[tuple[FakeMessage, Callable[[Any, Any], None]]] = []  # never answered
+        self.full = 0
+        self.produce_calls = 0
+        # (message, callback, the policy's verdict at produce time; None: ask it again when answering)
+        self.queue: list[Produced] = []  # produced since the last poll
+        self.sent: list[Produced] = []  # answered on the next poll
+        self.held: list[Produced] = []  # never answered
 
     def _partition(self, topic: str, key: bytes | None, partition: int | None) -> int:
         if partition is not None:
@@ -106,12 +119,29 @@ class FakeProducer:
         partition: int | None = None,
         on_delivery: Callable[[Any, Any], None] | None = None,
     ) -> int:
+        """Queue what the policy lets through; the rest get `_error`, as confluent-kafka marks them."""
+        full, queued = self._take_full(), 0
         for m in messages:
+            verdict = self.policy(topic, m.get("value"))  # asked once per message: policies may count
+            refused = PRODUCE_ERRORS.get(verdict)
+            if full:
+                refused = (KafkaError._QUEUE_FULL, "Local: Queue full")
+            if refused is not None:
+                m["_error"] = refusal(*refused)
+                continue
             msg = FakeMessage(
                 topic, self._partition(topic, m.get("key"), partition), m.get("key"), m.get("value")
             )
-            self.queue.append((msg, on_delivery or (lambda err, msg: None)))
-        return len(messages)
+            self.queue.append((msg, on_delivery or (lambda err, msg: None), verdict))
+            queued += 1
+        return queued
+
+    def _take_full(self) -> bool:
+        self.produce_calls += 1
+        if self.full:
+            self.full -= 1
+            return True
+        return False
 
     def produce(
         self,
@@ -122,18 +152,19 @@ class FakeProducer:
         headers: Any = None,
         partition: int | None = None,
     ) -> None:
+        if self._take_full():
+            raise BufferError("Local: Queue full")
         verdict = self.policy(topic, value)
-        if verdict == "too_large_here":
-            raise KafkaException(refusal(KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large"))
-        if verdict == "invalid_here":
-            raise KafkaException(refusal(KafkaError._INVALID_ARG, "Local: Invalid argument"))
+        refused = PRODUCE_ERRORS.get(verdict)
+        if refused is not None:
+            raise KafkaException(refusal(*refused))
         msg = FakeMessage(topic, self._partition(topic, key, partition), key, value)
-        self.queue.append((msg, on_delivery or (lambda err, msg: None)))
+        self.queue.append((msg, on_delivery or (lambda err, msg: None), verdict))
 
     def poll(self, timeout: float = 0.0) -> int:
         queue, self.sent, self.queue = self.sent, self.queue, []
-        for msg, cb in queue:
-            verdict = self.policy(msg.topic(), msg.value())
+        for msg, cb, asked in queue:
+            verdict = asked if asked is not None else self.policy(msg.topic(), msg.value())
             if verdict == "ok":
                 self.broker.append(msg)
                 cb(None, msg)
@@ -142,7 +173,7 @@ class FakeProducer:
             elif verdict == "too_large":
                 cb(refusal(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large"), msg)
             else:
-                self.held.append((msg, cb))
+                self.held.append((msg, cb, None))
         return len(queue)
 
     def flush(self, timeout: float = 0.0) -> int:
@@ -152,7 +183,7 @@ class FakeProducer:
 
     def release(self) -> None:
         """The held messages' acknowledgements arrive after all."""
-        self.sent += self.held
+        self.sent += self.held  # answered by the policy as it is then
         self.held = []
 
 

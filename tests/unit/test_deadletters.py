@@ -150,13 +150,22 @@ def test_a_dead_letter_the_broker_refuses_for_its_size_goes_again_cut_in_the_sam
     assert p.count("scorer_dead_letters_truncated_total") == 1
 
 
-def test_a_dead_letter_that_cannot_be_produced_is_counted_and_logged_never_raised(caplog: Any) -> None:
+def test_a_dead_letter_that_cannot_be_produced_is_a_refused_delivery_never_raised(caplog: Any) -> None:
     p = Producing(lambda topic, value: "invalid_here")
     msg = FakeRecord("tx", 0, b"C", b"v", 1)
     assert not send_dead_letter(p.sink, "dlq", msg, "processing_error", "x", 1, Limits())  # type: ignore[arg-type]
     assert p.count("scorer_dead_letter_errors_total") == 1
     assert "dead_letter_not_written" in caplog.text
-    assert p.sink.wait(p.sink.seal(), 1.0)  # nothing in flight: the loop goes on and commits
+    assert p.sink.failure is not None and "dlq" in p.sink.failure
+    assert not p.sink.wait(p.sink.seal(), 1.0)  # its epoch is never acknowledged: nothing commits past it
+
+
+def test_a_cut_dead_letter_the_producer_refuses_again_is_a_refused_delivery() -> None:
+    p = Producing(lambda topic, value: "too_large" if len(value or b"") > 100 else "invalid_here")
+    msg = FakeRecord("tx", 0, b"C", b"w" * 5000, 1)
+    assert send_dead_letter(p.sink, "dlq", msg, "processing_error", "x", 1, Limits(65_536, 50))  # type: ignore[arg-type]
+    assert not p.sink.wait(p.sink.seal(), 1.0)
+    assert p.sink.failure is not None and p.count("scorer_dead_letter_errors_total") == 1
 
 
 def test_the_producer_limit_comes_from_max_value_bytes_and_a_lower_one_is_refused() -> None:

@@ -34,10 +34,14 @@ class Ledger:
         self.offsets: dict[int, int] = {}
         self.calls: list[tuple[str, str]] = []
         self.fail: dict[tuple[str, str], KafkaError] = {}  # (transactional id, step) -> error
+        self.mark: list[KafkaError] = []  # produce_batch marks every message `_error` with the next of these
 
 
 class FakeTxnProducer:
+    last: FakeTxnProducer
+
     def __init__(self, config: Mapping[str, Any], ledger: Ledger) -> None:
+        FakeTxnProducer.last = self
         self.id = str(config["transactional.id"])
         self.ledger = ledger
         self.open: list[tuple[str, int | None, bytes | None]] = []
@@ -65,6 +69,11 @@ class FakeTxnProducer:
 
     def produce_batch(self, topic: str, messages: list[dict[str, Any]], partition: int | None = None) -> int:
         self._step("produce")
+        if self.ledger.mark:
+            err = self.ledger.mark.pop(0)
+            for m in messages:
+                m["_error"] = err
+            return 0
         self.open += [(topic, partition, m["value"]) for m in messages]
         self.open_keys += [m["key"] for m in messages]
         return len(messages)
@@ -179,6 +188,23 @@ def test_a_refused_write_fails_the_commit_and_says_why() -> None:
     txn.begin()
     assert txn.failure is not None and "Message size too large" in txn.failure
     assert ledger.offsets == {}
+
+
+def test_a_full_queue_is_waited_out_and_any_other_refusal_fails_the_transaction_at_once() -> None:
+    """Before: every `_error` produce_batch set was retried as if the queue were full, forever."""
+    ledger = Ledger()
+    txn = transactions(ledger)
+    txn.assign([0])
+    full = KafkaError(KafkaError._QUEUE_FULL, "Local: Queue full")
+    ledger.mark = [full, full]
+    txn.send(0, "decisions", [{"key": b"c", "value": b"d0"}])
+    assert txn.failure is None and ("decisions", None, b"d0") in FakeTxnProducer.last.open
+    ledger.mark = [KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large")] * 100
+    txn.send(0, "decisions", [{"key": b"c", "value": b"x" * 5000}])
+    assert txn.failure is not None and "Message size too large" in txn.failure
+    assert len(ledger.mark) == 99  # tried once, not retried
+    txn.processed(0, 2)
+    assert not txn.flush(1.0) and ledger.offsets == {}
 
 
 @pytest.mark.parametrize("prefix", ["", "payments-eu"])

@@ -21,9 +21,10 @@ from scorer.features.engine import FEATURE_NAMES, FeatureConfig, FeatureEngine
 from scorer.model.onnx import OnnxModel
 from scorer.rollout.serving import Serving
 from scorer.runtime.metrics import Metrics
-from scorer.scoring.core import DEAD_LETTER_REASONS, DeadLetter, Scored, ScoringCore
+from scorer.scoring.core import DEAD_LETTER_REASONS, ScoringCore
 from scorer.scoring.customers import CustomerStore
 from scorer.scoring.embedded import Scorer
+from scorer.scoring.scored import DeadLetter, Scored
 from scorer.version import __version__
 
 __all__ = [

@@ -51,6 +51,9 @@ class MemorySource:
         """Append records ({"key", "value"}, as the aggregator produces them) to `partition`."""
         self.records += [(partition, r["key"] or b"", r["value"]) for r in records]
 
+    def start(self) -> MemorySource:
+        return self
+
     def read(self, timeout_s: float, max_records: int) -> list[TableRecord]:
         out, self.records = self.records[:max_records], self.records[max_records:]
         return out

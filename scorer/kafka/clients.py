@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, Message, Producer
 from confluent_kafka.admin import AdminClient
@@ -60,7 +60,13 @@ def consumer(config: Mapping[str, Any]) -> Consumer:
     return Consumer(quiet(config))
 
 
-def take_available(consumer: Consumer, max_records: int, wait_s: float) -> list[Message]:
+class Consuming(Protocol):
+    """The consumer call `take_available` makes."""
+
+    def consume(self, num_messages: int = ..., timeout: float = ...) -> list[Message]: ...
+
+
+def take_available(consumer: Consuming, max_records: int, wait_s: float) -> list[Message]:
     """Up to `max_records` once the first one arrives (waiting at most `wait_s` for it), without waiting
     to fill the batch: consume(n, timeout) returns only when n records or the timeout have come."""
     msgs: list[Message] = consumer.consume(1, wait_s)

@@ -75,6 +75,12 @@ class RulesWatcher:
     def start(self) -> None:
         self.thread.start()
 
+    def load_current(self) -> None:
+        """The rules in force now (before the first batch); `take()` then gives them."""
+        rules = read_rules(self.settings)
+        with self._lock:
+            self.ready = RuleBook.of(list(rules.values()))
+
     def take(self) -> RuleBook | None:
         with self._lock:
             ready, self.ready = self.ready, None

@@ -19,9 +19,9 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from scorer.config import Settings
 from scorer.kafka import clients
@@ -35,13 +35,19 @@ ABORT_TIMEOUT_S = 5.0  # aborting a revoked or lost partition's transaction
 FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 
 
+class GroupMember(Protocol):
+    """What a transaction needs of the consumer: its group metadata, which fences a stale member."""
+
+    def consumer_group_metadata(self) -> Any: ...
+
+
 class PartitionTransactions:
     """A transactional producer per assigned input partition, and what each has processed."""
 
     def __init__(
         self,
         settings: Settings,
-        consumer: Consumer,
+        consumer: GroupMember,
         snapshot: SnapshotFn,
         on_commit: Callable[[], object] = lambda: None,
         producer_factory: Callable[[Mapping[str, Any]], Producer] = clients.producer,

@@ -15,14 +15,12 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
-from scorer.aggregate.partition import transaction_records
 from scorer.config import Settings
 from scorer.errors import ScorerError
 from scorer.events.batches import TransactionBatch, take_transactions
@@ -39,71 +37,14 @@ from scorer.rollout.serving import Outcome, Serving
 from scorer.runtime.metrics import Metrics
 from scorer.scoring.customers import CustomerStore
 from scorer.scoring.decisions import Explainer, ScoredBatch, encode_decisions
+from scorer.scoring.scored import Counted, DeadLetter, Record, Scored
 
 logger = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
-Record = dict[str, Any]  # {"key": bytes, "value": bytes}, as confluent-kafka's produce_batch takes it
 PROCESSING_ERROR = "processing_error"  # a batch that failed inside the scorer (see the run loop)
 DEAD_LETTER_REASONS = (*REASONS, PROCESSING_ERROR)  # every reason a dead letter can carry
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """Input record `index` (position in the batch) breaks the event contract: why, in a stable word."""
-
-    index: int
-    reason: str
-    detail: str
-
-
-@dataclass(slots=True)
-class Scored:
-    """A batch's outputs, in input order, ready to produce."""
-
-    decisions: list[Record]
-    flags: list[Record] = field(default_factory=list)
-    flag_rows: I64 = field(
-        default_factory=lambda: np.zeros(0, dtype=np.int64)
-    )  # each flag's decision position
-    shadow: list[Record] = field(default_factory=list)  # the challenger's decisions under a shadow plan
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    kept: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # input index per decision
-    scored_at_ms: int = 0
-    features: F32 = field(default_factory=lambda: np.zeros((0, len(FEATURE_NAMES)), dtype=np.float32))
-
-    def followed_by(self, other: Scored, offset: int) -> Scored:
-        """This batch's outputs, then those of the `offset` records after it."""
-        return Scored(
-            self.decisions + other.decisions,
-            self.flags + other.flags,
-            np.concatenate([self.flag_rows, other.flag_rows + len(self.decisions)]),
-            self.shadow + other.shadow,
-            self.dead_letters
-            + [DeadLetter(d.index + offset, d.reason, d.detail) for d in other.dead_letters],
-            np.concatenate([self.kept, other.kept + offset]),
-            max(self.scored_at_ms, other.scored_at_ms),
-            np.vstack([self.features, other.features]),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Counted:
-    """The valid transactions of a batch, for terminal-events: input position, terminal and event time."""
-
-    index: I64
-    terminal_id: list[str]
-    event_ts_ms: I64
-
-    def records(self, partitions: I64, offsets: I64) -> list[Record]:
-        """terminal-events records keyed by terminal, with each transaction's input partition and offset
-        (the aggregator counts a record sent twice once); `partitions` and `offsets` are those of the input
-        records the core was given."""
-        if not len(self.index):
-            return []
-        p, o = partitions[self.index], offsets[self.index]
-        return transaction_records(self.terminal_id, self.event_ts_ms, p, o)
 
 
 class TerminalLookup(Protocol):
@@ -149,7 +90,6 @@ class ScoringCore:
         self.serving = serving
         self.rules = RuleBook()  # the rules in force (the loop swaps in new ones between batches)
         self.explainer, self.checks, self.drift = self._reference(serving.champion)
-        self.canary = _reference_row(serving.champion)  # a row the model scores: a broken model vs poison
 
     def _reference(self, champion: OnnxModel) -> tuple[Explainer, InputChecks, Drift]:
         """Reasons, input checks and drift against this champion's training reference."""
@@ -164,7 +104,6 @@ class ScoringCore:
         if serving.champion is not self.serving.champion:
             outgoing = self.drift_records()
             self.explainer, self.checks, self.drift = self._reference(serving.champion)
-            self.canary = _reference_row(serving.champion)
         self.serving = serving
         return outgoing
 
@@ -182,8 +121,11 @@ class ScoringCore:
 
         A record that makes scoring fail costs only itself: the batch is split in halves until the
         failing records stand alone, the rest is scored, and those go out as `processing_error` dead
-        letters. If every record fails and the model also fails on a row it scored before, the fault
-        is not the records': SystemicFailure, and the caller stops without committing.
+        letters. A record that fails alone is not proof of poison, though: a fault of ours (a bug in a
+        step, the terminal table unreadable, memory) fails every record alone too. So a made-up valid
+        transaction is then scored at the first failing record's time and partition (its changes
+        undone); if it fails as well, the fault is not the records': SystemicFailure, and the caller
+        stops without committing, so no transaction loses its decision to a dead letter.
         """
         decoded = decode_transactions(values, self.settings.max_value_bytes)
         self.lap("decode")
@@ -202,8 +144,8 @@ class ScoringCore:
         if on_decoded is not None:  # every valid transaction, scored or a processing_error later
             on_decoded(Counted(decoded.kept, decoded.batch.terminal_id, decoded.batch.event_ts_ms))
         scored = self._isolate(decoded.batch, partitions[decoded.kept])
-        if not scored.decisions:
-            self._check_systemic(scored.dead_letters[0].detail)
+        if scored.dead_letters:
+            self._check_systemic(decoded.batch, partitions[decoded.kept], scored.dead_letters[0])
         where = decoded.kept
         failed = [DeadLetter(int(where[d.index]), d.reason, d.detail) for d in scored.dead_letters]
         scored.dead_letters = sorted(dead + failed, key=lambda d: d.index)
@@ -225,45 +167,58 @@ class ScoringCore:
             right = self._isolate(take_transactions(batch, np.arange(mid, len(batch))), partitions[mid:])
             return left.followed_by(right, mid)
 
-    def _check_systemic(self, detail: str) -> None:
-        """Every record failed: poison, or a broken model? Ask the champion about a row it scored before
-        (the newest batch's first row, or at first its training reference sample)."""
-        if self.canary is None:
-            return  # nothing to compare with: the records get the benefit of the doubt
+    def _check_systemic(self, batch: TransactionBatch, partitions: I64, failed: DeadLetter) -> None:
+        """Records failed alone: poison, or would any record fail? A made-up valid transaction at the
+        first failed record's event time and partition answers; whatever it changed is undone."""
+        probe = probe_transaction(int(batch.event_ts_ms[failed.index]))
+        undo: list[Callable[[], None]] = []
         try:
-            self.serving.champion.predict(self.canary)
+            self._decide(probe, partitions[failed.index : failed.index + 1], undo)
         except Exception as exc:
-            raise SystemicFailure(f"every record failed ({detail}) and so does the model: {exc}") from exc
+            raise SystemicFailure(
+                f"records fail alone ({failed.detail}) and so does a valid made-up transaction: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            _revert(undo)
 
     def score_batch(self, batch: TransactionBatch, partitions: I64) -> Scored:
         """Features, one call per model, the output records, then checks, drift and metrics, of a decoded
         batch; if it fails, the customer state is as it was before (so a retry counts nothing twice)."""
         undo: list[Callable[[], None]] = []
         try:
-            ruled = self.rules.apply(batch)[0]  # first: the batch's ids are still in the CPU's caches
-            self.lap("rules")
-            X = self.features(batch, partitions, undo)
-            serving = self.serving
-            outcome = serving.score(X, batch, self._timed, self.settings.challenger_timeout_s)
-            self.lap("model")
-            out = self._records(batch, X, serving, outcome, ruled)
+            out, serving, outcome, actions = self._decide(batch, partitions, undo)
         except Exception:
-            for revert in reversed(undo):
-                revert()
+            _revert(undo)
             raise
-        self.lap("decisions")
+        self._count_actions(actions)
         self._record_models(serving, outcome)
+        X = out.features
         self.checks.check(batch, X, out.scored_at_ms, self._count_issue, serving.champion.label)
         self.drift.observe(X, outcome.champion_scores, batch.event_ts_ms)
         self.metrics.scored.inc(len(batch))
         self.metrics.flagged.inc(len(out.flags))
-        self.canary = X[:1].copy()
         self.lap("input checks + drift")
         return out
 
+    def _decide(
+        self, batch: TransactionBatch, partitions: I64, undo: list[Callable[[], None]]
+    ) -> tuple[Scored, Serving, Outcome, Actions]:
+        """Rules, features, the models and the output records of a batch: every step that can fail, and
+        nothing counted yet (the probe of `_check_systemic` runs this too)."""
+        ruled = self.rules.apply(batch)[0]  # first: the batch's ids are still in the CPU's caches
+        self.lap("rules")
+        X = self.features(batch, partitions, undo)
+        serving = self.serving
+        outcome = serving.score(X, batch, self._timed, self.settings.challenger_timeout_s)
+        self.lap("model")
+        out, actions = self._records(batch, X, serving, outcome, ruled)
+        self.lap("decisions")
+        return out, serving, outcome, actions
+
     def _records(
         self, batch: TransactionBatch, X: F32, serving: Serving, outcome: Outcome, ruled: I64
-    ) -> Scored:
+    ) -> tuple[Scored, Actions]:
         """Decision, flag and shadow records of a scored batch: the model's band, or a rule's action."""
         now_ms = self.now_ms()
         champion = serving.champion
@@ -282,8 +237,8 @@ class ScoringCore:
             kept=np.arange(len(batch), dtype=np.int64),
             scored_at_ms=now_ms,
             features=X,
+            columns=[scored],
         )
-        self._count_actions(actions)
         if outcome.shadow_scores is not None and serving.challenger is not None:
             model = serving.challenger
             review, decline = serving.bands(model)
@@ -292,7 +247,8 @@ class ScoringCore:
                 batch, X, outcome.shadow_scores, theirs.flagged, review, model.label, None, theirs.codes, theirs.sources
             )  # fmt: skip
             out.shadow = _records(keys, encode_decisions(shadow, self.explainer, now_ms))
-        return out
+            out.shadow_columns = [shadow]
+        return out, actions
 
     def _count_actions(self, actions: Actions) -> None:
         ruled = actions.hit >= 0
@@ -373,10 +329,24 @@ class ScoringCore:
         self.metrics.inference.labels(label).observe(seconds)
 
 
-def _reference_row(model: OnnxModel) -> F32 | None:
-    """The first row of the reference sample stored in model.json at training, if there is one."""
-    rows = model.meta.raw.get("reference", {}).get("sample", {}).get("features") or []
-    return np.asarray(rows[:1], dtype=np.float32) if rows else None
+def probe_transaction(event_ts_ms: int) -> TransactionBatch:
+    """A valid transaction no real one resembles (ids start with a NUL), for telling poison from faults."""
+    probe = ["\x00probe"]
+    return TransactionBatch(
+        transaction_id=probe,
+        customer_id=probe,
+        terminal_id=probe,
+        amount=np.ones(1),
+        event_ts_ms=np.full(1, event_ts_ms, dtype=np.int64),
+        currency=[None],
+        channel=[None],
+        merchant_category=[None],
+    )
+
+
+def _revert(undo: list[Callable[[], None]]) -> None:
+    for revert in reversed(undo):
+        revert()
 
 
 def _no_lap(stage: str) -> None:

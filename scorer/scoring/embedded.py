@@ -30,8 +30,9 @@ from scorer.policy.actions import DecisionPolicy
 from scorer.policy.rules import Rule, RuleBook
 from scorer.rollout.serving import Serving
 from scorer.runtime.metrics import Metrics
-from scorer.scoring.core import DEAD_LETTER_REASONS, DeadLetter, Scored, ScoringCore
+from scorer.scoring.core import DEAD_LETTER_REASONS, ScoringCore
 from scorer.scoring.customers import CustomerStore
+from scorer.scoring.scored import DeadLetter, Scored
 from scorer.training.dataset import History, load_history
 
 I64 = npt.NDArray[np.int64]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from scorer.aggregate.table import TerminalTable
 from scorer.events.timestamps import NEVER
 from scorer.runtime.metrics import Metrics
+from scorer.scoring.connections import InputConsumer
 from scorer.scoring.core import ScoringCore
 
 
@@ -23,7 +24,7 @@ class Gauges:
         self.lag_partitions: set[int] = set()
 
     def update(
-        self, core: ScoringCore, table: TerminalTable, consumer: Consumer, assigned: Iterable[int]
+        self, core: ScoringCore, table: TerminalTable, consumer: InputConsumer, assigned: Iterable[int]
     ) -> None:
         self.last = time.monotonic()
         m, customers = self.metrics, core.customers
@@ -48,7 +49,7 @@ class Gauges:
                     self.metrics.feature_psi.labels(column, window).set(value)
             self.metrics.score_psi.labels(window).set(float(values[-1]))
 
-    def _lag(self, consumer: Consumer, assigned: Iterable[int]) -> None:
+    def _lag(self, consumer: InputConsumer, assigned: Iterable[int]) -> None:
         positions = consumer.position([TopicPartition(self.input_topic, p) for p in sorted(assigned)])
         for tp in positions:
             try:

@@ -25,7 +25,7 @@ import numpy.typing as npt
 import orjson
 
 from scorer.kafka.requests import CORRELATION_ID, REPLY_TO, TRANSACTION_ID
-from scorer.scoring.core import Scored
+from scorer.scoring.scored import Scored
 
 I64 = npt.NDArray[np.int64]
 HeaderValue = str | bytes | None

@@ -23,9 +23,8 @@ import numpy.typing as npt
 
 from scorer.aggregate.partition import watermark_record
 from scorer.events.timestamps import MS_PER_DAY, NEVER
-from scorer.kafka.sink import Sink
-from scorer.kafka.transactions import PartitionTransactions
-from scorer.scoring.core import Counted
+from scorer.scoring.delivery import Delivery
+from scorer.scoring.scored import Counted
 
 I64 = npt.NDArray[np.int64]
 
@@ -33,13 +32,10 @@ I64 = npt.NDArray[np.int64]
 class TerminalEventWriter:
     """Writes each batch's terminal events, and a watermark to all partitions on each new event day."""
 
-    def __init__(
-        self, topic: str, partitions: int, sink: Sink, transactions: PartitionTransactions | None = None
-    ) -> None:
+    def __init__(self, topic: str, partitions: int, delivery: Delivery) -> None:
         self.topic = topic
         self.partitions = partitions  # of terminal-events
-        self.sink = sink
-        self.transactions = transactions
+        self.delivery = delivery
         self.newest_day = NEVER  # the newest event day this process has written a watermark for
 
     def write(self, counted: Counted, partitions: I64, offsets: I64) -> None:
@@ -48,22 +44,14 @@ class TerminalEventWriter:
         if not records:
             return
         source = partitions[counted.index]
+        self.delivery.put(self.topic, records, source)
         newest = int(counted.event_ts_ms.max())
-        if self.transactions is None:
-            self.sink.send(self.topic, records)
-        else:
-            for p in np.unique(source).tolist():
-                rows = np.flatnonzero(source == p).tolist()
-                self.transactions.send(p, self.topic, [records[i] for i in rows])
         if newest // MS_PER_DAY > self.newest_day:
             self.newest_day = newest // MS_PER_DAY
-            self._watermark(newest, int(source[0]))
+            self._watermark(newest, source[:1])
 
-    def _watermark(self, ts_ms: int, via: int) -> None:
-        """`ts_ms` to every terminal-events partition (in input partition `via`'s transaction, if any)."""
+    def _watermark(self, ts_ms: int, via: I64) -> None:
+        """`ts_ms` to every terminal-events partition (with the outputs of input partition `via`)."""
         mark: Sequence[dict[str, object]] = [watermark_record(ts_ms)]
         for q in range(self.partitions):
-            if self.transactions is None:
-                self.sink.send(self.topic, mark, partition=q)
-            else:
-                self.transactions.send(via, self.topic, mark, out=q)
+            self.delivery.put(self.topic, mark, via, out=q)

@@ -8,13 +8,15 @@ committed offsets; FakeOffsets is the commit tracker's OffsetStore on it and can
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, Message, TopicPartition
 
+from scorer.aggregate.table import MemorySource
 from scorer.features.rows import PartitionDump, PartitionLog
 
 # (topic, value) -> "ok", "refuse" (after retries), "hold" (never answered), "too_large" (the broker refuses
@@ -70,6 +72,7 @@ class FakeBroker:
     counts: dict[str, int] = field(default_factory=dict)  # partitions per topic (default: `partitions`)
 
     seq: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # arrival order across partitions
+    headers: dict[tuple[str, int, int], list[tuple[str, bytes]]] = field(default_factory=dict)  # by offset
 
     def append(self, msg: FakeMessage) -> None:
         self.put(msg.topic(), msg.partition(), msg.key(), msg.value())
@@ -102,6 +105,7 @@ class FakeProducer:
         self.policy = policy
         self.full = 0
         self.produce_calls = 0
+        self.flushes = 0
         # (message, callback, the policy's verdict at produce time; None: ask it again when answering)
         self.queue: list[Produced] = []  # produced since the last poll
         self.sent: list[Produced] = []  # answered on the next poll
@@ -177,6 +181,7 @@ class FakeProducer:
         return len(queue)
 
     def flush(self, timeout: float = 0.0) -> int:
+        self.flushes += 1
         self.poll()
         self.poll()
         return len(self.held)
@@ -232,10 +237,13 @@ class FakeRecord(FakeMessage):
 
 
 class FakeConsumer:
-    """A group member that owns every partition of its topics: the Consumer methods the aggregator calls.
+    """A group member that owns every partition of its topics: the Consumer methods the run loop and the
+    aggregator call. consume() gives real confluent-kafka Messages, with the headers the broker holds.
 
     Offsets committed by `group` are kept in the broker (FakeBroker.group_offsets), so a new consumer of
-    the same group (a restart) starts where the last one committed.
+    the same group (a restart) starts where the last one committed. `rebalance()` makes the next consume()
+    run the revoke or lost callback first, as librdkafka runs them inside poll (what they raise comes out
+    of consume()); `idle` is set once a consume() finds nothing, so a test can stop a loop that drained.
     """
 
     def __init__(self, broker: FakeBroker, group: str, partitions: Mapping[str, int]) -> None:
@@ -244,45 +252,169 @@ class FakeConsumer:
         self.partitions = dict(partitions)  # topic -> partition count
         self.positions: dict[tuple[str, int], int] = {}
         self.crash_after: int | None = None  # commits to let through before the process dies in one
+        self.callbacks: dict[str, Any] = {}
+        self.rebalances: list[tuple[str, list[TopicPartition]]] = []
+        self.failing: dict[str, Exception] = {}  # method name -> what it raises (position, consume, ...)
+        self.closed = False
+        self.idle = threading.Event()
 
     def subscribe(
-        self, topics: Sequence[str], on_assign: Any = None, on_revoke: Any = None, **_: Any
+        self, topics: Sequence[str], on_assign: Any = None, on_revoke: Any = None, on_lost: Any = None
     ) -> None:
-        from confluent_kafka import TopicPartition
-
+        """Every partition is assigned at the next consume(), as librdkafka does."""
+        self.callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
         assigned = [TopicPartition(t, p, -1001) for t in topics for p in range(self.partitions[t])]
-        if on_assign is not None:
-            on_assign(self, assigned)
-        else:
-            self.assign(assigned)
+        self.rebalances.append(("assign", assigned))
+
+    def rebalance(self, kind: str, topic: str, partitions: Sequence[int]) -> None:
+        """Revoke ("revoke") or lose ("lost") partitions at the next consume()."""
+        self.rebalances.append((kind, [TopicPartition(topic, p) for p in partitions]))
 
     def assign(self, partitions: Sequence[Any]) -> None:
         for tp in partitions:
             committed = self.broker.group_offsets.get((self.group, tp.topic, tp.partition), 0)
             self.positions[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else committed
 
-    def consume(self, num_messages: int = 1, timeout: float = 0.0) -> list[FakeRecord]:
+    def _fail(self, name: str) -> None:
+        if name in self.failing:
+            raise self.failing[name]
+
+    def consume(self, num_messages: int = 1, timeout: float = 0.0) -> list[Message]:
         """The next records in the order they arrived, across this consumer's partitions."""
-        waiting: list[tuple[int, FakeRecord]] = []
+        self._fail("consume")
+        while self.rebalances:
+            kind, tps = self.rebalances.pop(0)
+            callback = self.callbacks.get(kind)
+            if callback is not None:
+                callback(self, tps)
+            elif kind == "assign":
+                self.assign(tps)
+            if kind != "assign":
+                for tp in tps:
+                    self.positions.pop((tp.topic, tp.partition), None)
+        waiting: list[tuple[int, Message]] = []
         for (topic, p), position in self.positions.items():
             log = self.broker.log.get((topic, p), [])[position : position + num_messages]
             seq = self.broker.seq.get((topic, p), [])[position : position + num_messages]
-            waiting += [
-                (n, FakeRecord(topic, p, *kv, position + i))
-                for i, (n, kv) in enumerate(zip(seq, log, strict=True))
-            ]
+            for i, (n, (key, value)) in enumerate(zip(seq, log, strict=True)):
+                headers = self.broker.headers.get((topic, p, position + i))
+                record = Message(
+                    topic=topic,
+                    partition=p,
+                    offset=position + i,
+                    key=key,
+                    value=value,
+                    headers=headers,
+                    timestamp=(TIMESTAMP_CREATE_TIME, 0),
+                )
+                waiting.append((n, record))
         out = [r for _, r in sorted(waiting, key=lambda x: x[0])[:num_messages]]
         for r in out:
-            self.positions[(r.topic(), r.partition())] = r.offset() + 1
+            self.positions[(r.topic() or "", r.partition() or 0)] = (r.offset() or 0) + 1
+        if not out:
+            self.idle.set()
         return out
 
-    def commit(self, offsets: Sequence[Any] = (), asynchronous: bool = True) -> None:
+    def position(self, partitions: Sequence[TopicPartition]) -> list[TopicPartition]:
+        self._fail("position")
+        return [
+            TopicPartition(tp.topic, tp.partition, self.positions.get((tp.topic, tp.partition), -1001))
+            for tp in partitions
+        ]
+
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float = 0.0, cached: bool = False
+    ) -> tuple[int, int]:
+        return 0, len(self.broker.log.get((partition.topic, partition.partition), []))
+
+    def consumer_group_metadata(self) -> str:
+        return f"{self.group}-metadata"
+
+    def commit(self, offsets: Sequence[Any] = (), asynchronous: bool = True) -> list[TopicPartition] | None:
         if self.crash_after is not None:
             if self.crash_after == 0:
                 raise Crash
             self.crash_after -= 1
         for tp in offsets:
             self.broker.group_offsets[(self.group, tp.topic, tp.partition)] = tp.offset
+        return None if asynchronous else list(offsets)
 
     def close(self) -> None:
         self.positions = {}
+        self.closed = True
+
+
+class StaticWatcher:
+    """A control or rules watcher whose topic holds `value` (None: nothing published) and never changes;
+    `load_current` raises `failure` when given (an unreadable topic)."""
+
+    def __init__(self, value: Any = None, failure: Exception | None = None) -> None:
+        self.value = value
+        self.failure = failure
+        self.ready: Any = None
+        self.closed = False
+
+    def load_current(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+        self.ready = self.value
+
+    def start(self) -> None:
+        return None
+
+    def take(self) -> Any:
+        ready, self.ready = self.ready, None
+        return ready
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeConnections:
+    """What the run loop opens on Kafka (scoring/connections.py), on the fake broker: the consumer, the
+    producers (answering by `policy`), the terminal table's source, the state topic, fixed watchers.
+    Every consumer it makes shares `idle`, set when one found nothing left to read."""
+
+    def __init__(self, broker: FakeBroker, settings: Any, policy: Policy = deliver_all) -> None:
+        s = settings
+        self.broker = broker
+        self.settings = settings
+        self.policy = policy
+        n = broker.partitions
+        self.counts = {s.input_topic: n, s.state_topic: n, s.terminal_events_topic: 2, s.terminal_topic: 2}
+        broker.counts.update(self.counts)
+        self.consumers: list[FakeConsumer] = []
+        self.producers: list[FakeProducer] = []
+        self.table = MemorySource([0])
+        self.restore_failure: Exception | None = None
+        self.idle = threading.Event()
+
+    def partition_counts(self) -> dict[str, int]:
+        return self.counts
+
+    def consumer(self) -> FakeConsumer:
+        consumer = FakeConsumer(
+            self.broker, self.settings.group, {self.settings.input_topic: self.broker.partitions}
+        )
+        consumer.idle = self.idle
+        self.consumers.append(consumer)
+        return consumer
+
+    def producer(self, config: Mapping[str, Any]) -> FakeProducer:
+        producer = FakeProducer(self.broker, self.policy)
+        self.producers.append(producer)
+        return producer
+
+    def table_source(self) -> MemorySource:
+        return self.table
+
+    def restore(self, partition: int) -> PartitionDump:
+        if self.restore_failure is not None:
+            raise self.restore_failure
+        return self.broker.dump(self.settings.state_topic, partition)
+
+    def control_watcher(self, serving: Any) -> StaticWatcher:
+        return StaticWatcher()
+
+    def rules_watcher(self) -> StaticWatcher:
+        return StaticWatcher()

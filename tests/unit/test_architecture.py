@@ -16,7 +16,7 @@ ROOT = Path(scorer.__file__).parent
 MAX_LINES = 400
 KAFKA_FREE = (  # the scoring core and everything it stands on; tests and other deployments reuse them
     "scorer.events", "scorer.features", "scorer.model", "scorer.rollout", "scorer.training",
-    "scorer.scoring.core", "scorer.scoring.commits", "scorer.scoring.customers", "scorer.scoring.decisions",
+    "scorer.scoring.core", "scorer.scoring.scored", "scorer.scoring.commits", "scorer.scoring.customers", "scorer.scoring.decisions",
     "scorer.aggregate.table", "scorer.aggregate.partition", "scorer.monitoring.inputs",
     "scorer.monitoring.drift", "scorer.monitoring.livequality", "scorer.config", "scorer.errors",
 )  # fmt: skip

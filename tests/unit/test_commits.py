@@ -31,8 +31,9 @@ from scorer.model.onnx import OnnxModel
 from scorer.rollout.serving import Serving
 from scorer.runtime.metrics import Metrics
 from scorer.scoring.commits import CommitTracker
-from scorer.scoring.core import Counted, ScoringCore
+from scorer.scoring.core import ScoringCore
 from scorer.scoring.customers import CustomerStore
+from scorer.scoring.scored import Counted
 from scorer.training.simulate import SimulationParams, simulate, transaction_values
 from tests.unit.fakes import Crash, FakeBroker, FakeOffsets, FakeProducer, Policy, deliver_all
 

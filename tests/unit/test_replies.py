@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from scorer.kafka.requests import CORRELATION_ID, REPLY_TO, TRANSACTION_ID
-from scorer.scoring.core import DeadLetter, Scored
 from scorer.scoring.replies import ReplyBook, find_requests
+from scorer.scoring.scored import DeadLetter, Scored
 from scorer.serve.pending import Pending, ScoringFailed
 
 

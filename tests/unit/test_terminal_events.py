@@ -8,7 +8,9 @@ from scorer.aggregate.partition import TX, WATERMARK, PartitionAgg, transaction_
 from scorer.events.timestamps import MS_PER_DAY
 from scorer.features.engine import FeatureConfig, TerminalFeatures
 from scorer.kafka.sink import Sink
-from scorer.scoring.core import Counted
+from scorer.scoring.commits import CommitTracker
+from scorer.scoring.delivery import AtLeastOnce
+from scorer.scoring.scored import Counted
 from scorer.scoring.terminal_events import TerminalEventWriter
 from tests.unit.fakes import FakeBroker, FakeProducer
 
@@ -22,12 +24,13 @@ def counted(days: list[int], index: list[int]) -> Counted:
 
 def test_each_valid_transaction_once_and_a_watermark_to_every_partition_per_new_day() -> None:
     broker = FakeBroker(counts={"te": 3})
-    writer = TerminalEventWriter("te", 3, Sink({}, producer=FakeProducer(broker)))
+    sink = Sink({}, producer=FakeProducer(broker))
+    writer = TerminalEventWriter("te", 3, AtLeastOnce(sink, CommitTracker(sink, None, None, "state")))  # type: ignore[arg-type]
     partitions, offsets = np.asarray([1, 1, 0, 0]), np.asarray([10, 11, 20, 21])
     writer.write(counted([DAY, DAY], [0, 2]), partitions, offsets)  # records 1 and 3 were invalid
     writer.write(counted([DAY], [3]), partitions, offsets)  # same day: no new watermark
     writer.write(counted([DAY + 1], [1]), partitions, offsets)
-    assert writer.sink.wait(writer.sink.seal(), 1.0)
+    assert sink.wait(sink.seal(), 1.0)
     logs = {q: broker.log.get(("te", q), []) for q in range(3)}
     tx = sorted(TX.unpack(v)[2:] for log in logs.values() for _, v in log if v and v[:1] == b"T")
     assert tx == [(0, 20), (0, 21), (1, 10), (1, 11)]  # (source partition, offset) of each, once

@@ -28,16 +28,14 @@ from prometheus_client import CollectorRegistry
 
 from scorer.aggregate.table import TerminalTable
 from scorer.config import Settings
-from scorer.errors import ScorerError
 from scorer.kafka import clients
-from scorer.kafka.control import ControlWatcher
-from scorer.kafka.rules import RulesWatcher, read_rules
+from scorer.kafka.control import control_watcher
+from scorer.kafka.rules import rules_watcher
 from scorer.kafka.sink import Sink
 from scorer.kafka.tables import TopicReader, read_partition
 from scorer.kafka.topics import check_topics
 from scorer.kafka.transactions import PartitionTransactions
 from scorer.model.onnx import OnnxModel
-from scorer.policy.rules import RuleBook
 from scorer.rollout.serving import Serving
 from scorer.runtime.health import HealthServer, serve_health
 from scorer.runtime.metrics import Metrics
@@ -100,8 +98,8 @@ class ScorerLoop:
             self.metrics.terminal_ahead.inc,
         )
         self.scorer = ScoringCore(settings, Serving(model), CustomerStore(config), table, self.metrics)
-        self.watcher = ControlWatcher(settings, settings.onnx_threads, self.scorer.serving)
-        self.rules = RulesWatcher(settings)
+        self.watcher = control_watcher(settings, settings.onnx_threads, self.scorer.serving, self.metrics)
+        self.rules = rules_watcher(settings, self.metrics)
         self._show_model()
         self.last_published = self.last_commit = time.monotonic()
         self.gauges = Gauges(self.metrics, settings.input_topic)
@@ -172,18 +170,18 @@ class ScorerLoop:
         tune_gc()
 
     def _load_control(self) -> None:
-        """The deployment and the rules in force before the first batch (the watchers then follow)."""
-        try:
-            self.watcher.load_current()
-        except (ScorerError, KafkaException) as exc:  # the watcher retries; the configured model until then
-            logger.error("control_topic_unreadable", extra={"error": str(exc)})
+        """The deployment and the rules in force before the first batch (the watchers then follow).
+
+        A topic that cannot be read now is logged and counted by its watcher, which keeps trying: until
+        then the configured model decides, and no rule applies."""
+        self.watcher.load_current()
         ready = self.watcher.take()
         if ready is not None:
             self._adopt(ready)
-        try:
-            self.scorer.rules = RuleBook.of(list(read_rules(self.settings).values()))
-        except (ScorerError, KafkaException) as exc:  # the watcher retries; no rule applies until then
-            logger.error("rules_topic_unreadable", extra={"error": str(exc)})
+        self.rules.load_current()
+        rules = self.rules.take()
+        if rules is not None:
+            self.scorer.rules = rules
 
     def step(self) -> None:
         """One loop turn: a batch (if any), table updates, commit progress, gauges."""

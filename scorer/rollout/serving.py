@@ -1,7 +1,8 @@
 """The models that decide a batch: the champion alone, or champion and challenger under a plan.
 
-`Serving` is immutable; a new deployment builds a new one (models loaded in the control watcher's thread)
-and the run loop swaps it in between batches, so a batch is never scored by a half-applied change.
+`Serving` is immutable (but for the thread its challenger scores in); a new deployment builds a new one
+(models loaded in the control watcher's thread) and the run loop swaps it in between batches, so a batch is
+never scored by a half-applied change.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +27,6 @@ from scorer.rollout.plans import Plan, challenger_weight, combine
 logger = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
-_CHALLENGER_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="challenger")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,16 +79,42 @@ class Outcome:
     challenger_scores: F64 | None = None
     review: F64 | float = NEVER_SCORE  # where the review band starts (per row under a blend)
     decline: F64 | float = NEVER_SCORE  # where the decline band starts
+    challenger_skipped: bool = False  # the challenger was still busy with an earlier batch: not asked
+
+
+class ChallengerThread:
+    """The thread a challenger scores in beside the champion, holding at most one batch.
+
+    A challenger slower than its timeout is still scoring when the next batch comes: that batch goes
+    without it (submit returns None) rather than waiting in a queue that would grow with every batch.
+    """
+
+    def __init__(self) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="challenger")
+        self._running: concurrent.futures.Future[F64] | None = None
+        self._lock = threading.Lock()  # the embedded scorer may score from several threads
+
+    def submit(
+        self, model: OnnxModel, X: F32, timed: Callable[[str, float], None]
+    ) -> concurrent.futures.Future[F64] | None:
+        """The challenger's scores to come, or None when its previous batch is still running."""
+        with self._lock:
+            if self._running is not None and not self._running.done():
+                return None
+            self._running = self._pool.submit(_timed_predict, model, X, timed)
+            return self._running
 
 
 @dataclass(frozen=True, slots=True)
 class Serving:
-    """The loaded models of one deployment: the champion, and the plan's challenger when there is one."""
+    """The loaded models of one deployment: the champion, and the plan's challenger when there is one
+    (with the thread it scores in, the one part that changes)."""
 
     champion: OnnxModel
     challenger: OnnxModel | None = None
     plan: Plan | None = None
     policy: DecisionPolicy = field(default_factory=DecisionPolicy)
+    thread: ChallengerThread = field(default_factory=ChallengerThread, compare=False, repr=False)
 
     def bands(self, model: OnnxModel) -> tuple[float, float]:
         """(review, decline) thresholds of `model` under the policy (policy/actions.py)."""
@@ -100,27 +127,22 @@ class Serving:
 
         The challenger runs in its own thread beside the champion (onnxruntime releases the GIL), so it
         costs little latency; if it fails or has not answered `timeout_s` after the champion, the champion
-        decides those events and they are counted as fallbacks.
+        decides those events and they are counted as fallbacks. While it is still scoring an earlier
+        batch it is not asked at all (`challenger_skipped`): the same fallback, and no shadow scores.
         """
         review, decline = self.bands(self.champion)
         if self.plan is None or self.challenger is None:
             champion = _timed_predict(self.champion, X, timed)  # its failure is the batch's (DLQ path)
             return Outcome(champion, champion >= review, None, None, 0, champion, None, review, decline)
-        pending = _CHALLENGER_POOL.submit(_timed_predict, self.challenger, X, timed)
+        pending = self.thread.submit(self.challenger, X, timed)
         champion = _timed_predict(self.champion, X, timed)
-        try:
-            challenger: F64 | None = pending.result(timeout=timeout_s)
-        except concurrent.futures.TimeoutError:
-            logger.warning(
-                "challenger_timed_out", extra={"model": self.challenger.label, "timeout_s": timeout_s}
-            )
-            challenger = None
-        except Exception:  # a failing challenger must not fail the batch: the champion decides
-            logger.exception("challenger_failed", extra={"model": self.challenger.label})
-            challenger = None
+        challenger = None if pending is None else _wait_for(pending, self.challenger.label, timeout_s)
+        skipped = pending is None
         if self.plan.strategy == "shadow":
             flagged = champion >= review
-            return Outcome(champion, flagged, None, challenger, 0, champion, challenger, review, decline)
+            return Outcome(
+                champion, flagged, None, challenger, 0, champion, challenger, review, decline, skipped
+            )
         weight = challenger_weight(self.plan, batch.event_ts_ms, batch.customer_id)
         mixed = combine(weight, champion, challenger)
         other_review, other_decline = self.bands(self.challenger)
@@ -138,6 +160,7 @@ class Serving:
             challenger,
             threshold,
             declines,
+            skipped,
         )
 
     @property
@@ -145,6 +168,17 @@ class Serving:
         if self.plan is None:
             return self.champion.label
         return f"{self.champion.label} -> {self.plan.challenger} ({self.plan.strategy})"
+
+
+def _wait_for(pending: concurrent.futures.Future[F64], label: str, timeout_s: float) -> F64 | None:
+    """The challenger's scores, or None when it failed or is still running `timeout_s` from now."""
+    try:
+        return pending.result(timeout=timeout_s)
+    except concurrent.futures.TimeoutError:
+        logger.warning("challenger_timed_out", extra={"model": label, "timeout_s": timeout_s})
+    except Exception:  # a failing challenger must not fail the batch: the champion decides
+        logger.exception("challenger_failed", extra={"model": label})
+    return None
 
 
 def _timed_predict(model: OnnxModel, X: F32, timed: Callable[[str, float], None]) -> F64:

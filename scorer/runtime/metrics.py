@@ -156,6 +156,26 @@ class Metrics:
             "Events a challenger should have scored but failed, timed out or returned NaN for (champion used).",
             ["model_version"], registry=r,
         )  # fmt: skip
+        self.challenger_skipped = Counter(
+            "scorer_challenger_skipped_batches",
+            "Batches a challenger was left out of because it was still scoring an earlier one (never queued).",
+            ["model_version"], registry=r,
+        )  # fmt: skip
+        self.watcher_errors = Counter(  # the watchers pre-create their own kind and reasons
+            "scorer_watcher_errors",
+            "Failures following the control or rules topic, by topic kind and reason.",
+            ["topic_kind", "reason"], registry=r,
+        )  # fmt: skip
+        self.watcher_readable = Gauge(
+            "scorer_watcher_topic_readable",
+            "1 while the control or rules topic is followed, 0 while it is missing or unreadable (retried).",
+            ["topic_kind"], registry=r,
+        )  # fmt: skip
+        self.watcher_updated = Gauge(
+            "scorer_watcher_last_update_timestamp_seconds",
+            "When the newest deployment or rule book was read and built, ready for the loop's next batch.",
+            ["topic_kind"], registry=r,
+        )  # fmt: skip
         self.rebalances = Counter(
             "scorer_rebalances", "Partition assignments and revocations.", ["kind"], registry=r
         )

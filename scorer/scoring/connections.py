@@ -13,12 +13,13 @@ from scorer.aggregate.table import TableSource
 from scorer.config import Settings
 from scorer.features.rows import PartitionDump
 from scorer.kafka import clients
-from scorer.kafka.control import ControlWatcher
-from scorer.kafka.rules import RulesWatcher
+from scorer.kafka.control import control_watcher
+from scorer.kafka.rules import rules_watcher
 from scorer.kafka.tables import TopicReader, read_partition
 from scorer.kafka.topics import check_topics
 from scorer.policy.rules import RuleBook
 from scorer.rollout.serving import Serving
+from scorer.runtime.metrics import Metrics
 from scorer.scoring.delivery import GroupConsumer
 
 T_co = TypeVar("T_co", covariant=True)
@@ -60,8 +61,9 @@ class StartableSource(TableSource, Protocol):
 class Watcher(Protocol[T_co]):
     """Follows a compacted topic in a thread; `take()` hands out each new value once, between batches."""
 
-    def load_current(self) -> None:
-        """Read what is in force now (before the first batch); raises ScorerError/KafkaException."""
+    def load_current(self) -> object:
+        """Read what is in force now (before the first batch); a topic it cannot read is logged and
+        counted, never raised (the watcher's thread keeps trying)."""
 
     def start(self) -> None: ...
 
@@ -86,9 +88,9 @@ class Connections(Protocol):
     def restore(self, partition: int) -> PartitionDump:
         """Input partition `partition`'s customer state, read from the state topic."""
 
-    def control_watcher(self, serving: Serving) -> Watcher[Serving]: ...
+    def control_watcher(self, serving: Serving, metrics: Metrics) -> Watcher[Serving]: ...
 
-    def rules_watcher(self) -> Watcher[RuleBook]: ...
+    def rules_watcher(self, metrics: Metrics) -> Watcher[RuleBook]: ...
 
 
 class KafkaConnections:
@@ -114,8 +116,8 @@ class KafkaConnections:
     def restore(self, partition: int) -> PartitionDump:
         return read_partition(self.reader_config, self.settings.state_topic, partition)
 
-    def control_watcher(self, serving: Serving) -> Watcher[Serving]:
-        return ControlWatcher(self.settings, self.settings.onnx_threads, serving)
+    def control_watcher(self, serving: Serving, metrics: Metrics) -> Watcher[Serving]:
+        return control_watcher(self.settings, self.settings.onnx_threads, serving, metrics)
 
-    def rules_watcher(self) -> Watcher[RuleBook]:
-        return RulesWatcher(self.settings)
+    def rules_watcher(self, metrics: Metrics) -> Watcher[RuleBook]:
+        return rules_watcher(self.settings, metrics)

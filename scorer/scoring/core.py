@@ -311,6 +311,8 @@ class ScoringCore:
         if serving.challenger is None:
             return
         label = serving.challenger.label
+        if outcome.challenger_skipped:
+            m.challenger_skipped.labels(label).inc()
         if outcome.fallbacks:
             m.fallbacks.labels(label).inc(outcome.fallbacks)
         if outcome.challenger_scores is not None:

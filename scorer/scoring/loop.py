@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from scorer.aggregate.table import TerminalTable
@@ -77,8 +77,8 @@ class ScorerLoop:
             self.metrics.terminal_ahead.inc,
         )
         self.scorer = ScoringCore(settings, Serving(model), CustomerStore(config), self.table, self.metrics)
-        self.watcher = self.io.control_watcher(self.scorer.serving)
-        self.rules = self.io.rules_watcher()
+        self.watcher = self.io.control_watcher(self.scorer.serving, self.metrics)
+        self.rules = self.io.rules_watcher(self.metrics)
         self._show_model()
         self.last_published = self.last_commit = time.monotonic()
         self.gauges = Gauges(self.metrics, settings.input_topic)
@@ -157,12 +157,12 @@ class ScorerLoop:
         tune_gc()
 
     def _load_control(self) -> None:
-        """The deployment and the rules in force before the first batch (the watchers then follow)."""
-        for name, watcher in (("control", self.watcher), ("rules", self.rules)):
-            try:
-                watcher.load_current()
-            except (ScorerError, KafkaException) as exc:  # its watcher retries; until then as configured
-                logger.error(f"{name}_topic_unreadable", extra={"error": str(exc)})
+        """The deployment and the rules in force before the first batch (the watchers then follow).
+
+        A topic that cannot be read now is logged and counted by its watcher, which keeps trying: until
+        then the configured model decides, and no rule applies."""
+        self.watcher.load_current()
+        self.rules.load_current()
         self._take_control()
 
     def _take_control(self) -> None:

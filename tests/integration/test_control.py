@@ -1,16 +1,25 @@
-"""Deployments on the real control topic: the gate guards promote, plans and rollbacks are read back."""
+"""Deployments on the real control topic: the gate guards promote, plans and rollbacks are read back, and
+a scorer started before its control topic existed follows the topic once it is created."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import time
 from pathlib import Path
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 from scorer.cli.main import main
-from scorer.config import Settings
-from scorer.kafka.control import read_deployment
+from scorer.config import DEFAULT_MODEL, Settings
+from scorer.kafka.admin import TopicSpec, ensure_topics
+from scorer.kafka.control import control_watcher, publish, read_deployment
+from scorer.model.onnx import OnnxModel
+from scorer.rollout.deployment import Deployment
+from scorer.rollout.serving import Serving
+from scorer.runtime.metrics import Metrics
 from tests.integration.conftest import env_for
 
 
@@ -74,3 +83,34 @@ def test_promote_plan_finish_and_rollback(
     assert main([*models, "rollback"]) == 0
     deployment = read_deployment(settings)
     assert deployment is not None and (deployment.champion, deployment.previous) == ("tiny/1", "tiny/2")
+
+
+def test_a_control_topic_created_after_the_watcher_started_is_followed(settings: Settings) -> None:
+    late = dataclasses.replace(
+        settings, control_topic=f"{settings.control_topic}-late", registry=str(DEFAULT_MODEL.parent.parent)
+    )
+    registry = CollectorRegistry()
+    watcher = control_watcher(late, 1, Serving(OnnxModel(DEFAULT_MODEL)), Metrics(registry))
+
+    def missing() -> float:
+        labels = {"topic_kind": "control", "reason": "topic_missing"}
+        return registry.get_sample_value("scorer_watcher_errors_total", labels) or 0.0
+
+    assert not watcher.load_current() and missing() == 1
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 30
+        while missing() < 2:  # the thread has retried at least once
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ensure_topics(late.brokers, [TopicSpec(late.control_topic, 1, compacted=True)])
+        publish(late, Deployment("default/2"))
+        serving = watcher.take()
+        while serving is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+            serving = watcher.take()
+        assert serving.champion.label == "default/2"
+        assert registry.get_sample_value("scorer_watcher_topic_readable", {"topic_kind": "control"}) == 1
+    finally:
+        watcher.close()

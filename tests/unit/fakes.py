@@ -354,10 +354,11 @@ class StaticWatcher:
         self.ready: Any = None
         self.closed = False
 
-    def load_current(self) -> None:
+    def load_current(self) -> bool:
         if self.failure is not None:
             raise self.failure
         self.ready = self.value
+        return True
 
     def start(self) -> None:
         return None
@@ -413,8 +414,57 @@ class FakeConnections:
             raise self.restore_failure
         return self.broker.dump(self.settings.state_topic, partition)
 
-    def control_watcher(self, serving: Any) -> StaticWatcher:
+    def control_watcher(self, serving: Any, metrics: Any) -> StaticWatcher:
         return StaticWatcher()
 
-    def rules_watcher(self) -> StaticWatcher:
+    def rules_watcher(self, metrics: Any) -> StaticWatcher:
         return StaticWatcher()
+
+
+class FakeTopic:
+    """A one-partition compacted topic: records the test puts, read by FakeTopicReaders (the watchers'
+    CompactedSource). It exists only once created; `fail_reads` makes the next reads raise as a broker
+    connection that broke would."""
+
+    def __init__(self, exists: bool = True) -> None:
+        self.exists = exists
+        self.records: list[tuple[bytes, bytes | None]] = []
+        self.fail_reads = 0
+        self.readers: list[FakeTopicReader] = []
+
+    def put(self, key: bytes, value: bytes | None) -> None:
+        self.records.append((key, value))
+
+    def reader(self) -> FakeTopicReader:
+        self.readers.append(FakeTopicReader(self))
+        return self.readers[-1]
+
+
+class FakeTopicReader:
+    """kafka.tables.TopicReader on a FakeTopic: from the beginning, caught up once every record was read."""
+
+    def __init__(self, topic: FakeTopic) -> None:
+        self.topic = topic
+        self.position = 0
+        self.closed = False
+
+    def start(self, timeout_s: float = 10.0) -> FakeTopicReader:
+        from scorer.kafka.tables import TopicMissing
+
+        if not self.topic.exists:
+            raise TopicMissing("topic 'fake' is missing: create it with `scorer topics`")
+        return self
+
+    def read(self, timeout_s: float, max_records: int) -> list[tuple[int, bytes, bytes | None]]:
+        if self.topic.fail_reads:
+            self.topic.fail_reads -= 1
+            raise KafkaException(refusal(KafkaError._TRANSPORT, "Local: Broker transport failure"))
+        records = self.topic.records[self.position : self.position + max_records]
+        self.position += len(records)
+        return [(0, key, value) for key, value in records]
+
+    def caught_up(self) -> bool:
+        return self.position == len(self.topic.records)
+
+    def close(self) -> None:
+        self.closed = True

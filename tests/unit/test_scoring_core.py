@@ -4,6 +4,7 @@ position and reason, flags, shadow decisions, deployment swaps and metrics."""
 from __future__ import annotations
 
 import datetime
+import threading
 import zlib
 from functools import cache
 from pathlib import Path
@@ -44,14 +45,16 @@ def history() -> tuple[list[bytes], np.ndarray[Any, Any]]:
 
 
 def core(
-    model: OnnxModel | None = None, registry: CollectorRegistry | None = None
+    model: OnnxModel | None = None,
+    registry: CollectorRegistry | None = None,
+    settings: Settings | None = None,
 ) -> tuple[ScoringCore, MemorySource]:
     model = model or OnnxModel(DEFAULT_MODEL)
     config = model.meta.feature_config
     source = MemorySource([0])
     metrics = Metrics(registry or CollectorRegistry(), DEAD_LETTER_REASONS)
     scorer = ScoringCore(
-        Settings(),
+        settings or Settings(),
         Serving(model),
         CustomerStore(config),
         TerminalTable(config, source),
@@ -148,6 +151,30 @@ def test_a_shadow_plan_puts_the_challengers_decisions_apart_and_never_flags_with
     shadow = [orjson.loads(r["value"]) for r in out.shadow]
     assert {d["score"] for d in shadow} == {0.99} and all(d["flagged"] for d in shadow)
     assert [r["key"] for r in out.shadow] == [r["key"] for r in out.decisions]
+
+
+def test_a_shadow_challenger_still_busy_is_skipped_without_shadow_decisions_and_counted() -> None:
+    values, partitions = history()
+    champion, challenger = OnnxModel(DEFAULT_MODEL), OnnxModel(DEFAULT_MODEL)
+    release = threading.Event()
+
+    def stuck(X: Any) -> Any:
+        release.wait(30)
+        return np.full(len(X), 0.99)
+
+    challenger.predict = stuck  # type: ignore[method-assign]
+    registry = CollectorRegistry()
+    scorer, _ = core(champion, registry, Settings(challenger_timeout_s=0.0))
+    scorer.adopt(Serving(champion, challenger, Plan("p", "shadow", champion.label, challenger.label, 0)))
+    try:
+        outs = [scorer.score(values[i : i + 10], partitions[i : i + 10]) for i in range(0, 30, 10)]
+    finally:
+        release.set()
+    assert [len(out.decisions) for out in outs] == [10, 10, 10] and not any(out.shadow for out in outs)
+    skipped = registry.get_sample_value(
+        "scorer_challenger_skipped_batches_total", {"model_version": challenger.label}
+    )
+    assert skipped == 2  # the first batch timed out; the next two found it still scoring the first
 
 
 def test_a_new_champion_gets_its_own_reference_and_the_old_ones_drift_counts_are_handed_back() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from scorer.config import DEFAULT_MODEL
 from scorer.events.decode import decode_transactions
 from scorer.model.onnx import OnnxModel
 from scorer.rollout.plans import Plan
@@ -106,3 +108,27 @@ def test_a_slow_challenger_times_out_and_falls_back(tiny_model: Path, inputs: tu
     out = Serving(champion, challenger, plan("direct", 0)).score(X, batch, lambda *_: None, timeout_s=0.05)
     assert out.fallbacks == len(X) and out.challenger_scores is None
     assert np.array_equal(out.scores, champion.predict(X))
+
+
+def test_a_challenger_that_cannot_keep_up_is_skipped_never_queued(inputs: tuple[Any, Any]) -> None:
+    batch, X = inputs
+    champion, challenger = OnnxModel(DEFAULT_MODEL), OnnxModel(DEFAULT_MODEL)
+    release, calls = threading.Event(), []
+
+    def stuck(X: Any) -> Any:
+        calls.append(len(X))
+        release.wait(30)
+        return np.full(len(X), 0.5)
+
+    challenger.predict = stuck  # type: ignore[method-assign]
+    serving = Serving(champion, challenger, plan("direct", 0))
+    try:
+        outs = [serving.score(X, batch, lambda *_: None, timeout_s=0.0) for _ in range(50)]
+    finally:
+        release.set()
+    assert [o.challenger_skipped for o in outs] == [False] + [True] * 49
+    assert all(o.fallbacks == len(X) and o.challenger_scores is None for o in outs)  # the champion decided
+    deadline = time.monotonic() + 30
+    while serving.score(X, batch, lambda *_: None, timeout_s=30).challenger_skipped:
+        assert time.monotonic() < deadline  # the stuck batch is finishing
+    assert calls == [len(X), len(X)]  # the stuck batch and the last one: the 49 skipped never ran

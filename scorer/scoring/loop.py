@@ -137,7 +137,9 @@ class ScorerLoop:
         self.terminal_events: TerminalEventWriter | None = None
         if s.terminal_events_from == "scorer":
             te = s.terminal_events_topic
-            self.terminal_events = TerminalEventWriter(te, counts[te], self.sink, self.transactions)
+            self.terminal_events = TerminalEventWriter(
+                te, counts[te], self.sink, self.transactions, owned=lambda: self.commits.assigned
+            )
         server: HealthServer | None = serve_health(self.registry, s.metrics_host, s.metrics_port, self.ready)
         try:
             self._start()

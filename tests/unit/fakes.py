@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
 from scorer.features.rows import PartitionDump, PartitionLog
 
@@ -217,8 +217,6 @@ class FakeConsumer:
     def subscribe(
         self, topics: Sequence[str], on_assign: Any = None, on_revoke: Any = None, **_: Any
     ) -> None:
-        from confluent_kafka import TopicPartition
-
         assigned = [TopicPartition(t, p, -1001) for t in topics for p in range(self.partitions[t])]
         if on_assign is not None:
             on_assign(self, assigned)
@@ -255,3 +253,45 @@ class FakeConsumer:
 
     def close(self) -> None:
         self.positions = {}
+
+    def committed(self, partitions: Sequence[Any], timeout: float = 0.0) -> list[Any]:
+        """The group's committed offsets (OFFSET_INVALID where it has none)."""
+        return [
+            TopicPartition(
+                tp.topic,
+                tp.partition,
+                self.broker.group_offsets.get((self.group, tp.topic, tp.partition), OFFSET_INVALID),
+            )
+            for tp in partitions
+        ]
+
+    def get_watermark_offsets(
+        self, partition: Any, timeout: float = 0.0, cached: bool = False
+    ) -> tuple[int, int]:
+        return 0, len(self.broker.log.get((partition.topic, partition.partition), []))
+
+    def position(self, partitions: Sequence[Any]) -> list[Any]:
+        """Next offset per partition, OFFSET_INVALID for a partition not assigned."""
+        return [
+            TopicPartition(
+                tp.topic, tp.partition, self.positions.get((tp.topic, tp.partition), OFFSET_INVALID)
+            )
+            for tp in partitions
+        ]
+
+    def list_topics(self, topic: str, timeout: float = 0.0) -> FakeMetadata:
+        partitions = self.broker.counts.get(topic, self.broker.partitions)
+        return FakeMetadata({topic: FakeTopic(dict.fromkeys(range(partitions)))})
+
+
+@dataclass
+class FakeTopic:
+    """A topic's metadata, as list_topics() describes it."""
+
+    partitions: dict[int, None]
+    error: None = None
+
+
+@dataclass
+class FakeMetadata:
+    topics: dict[str, FakeTopic]

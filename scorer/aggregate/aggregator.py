@@ -47,7 +47,7 @@ from scorer.kafka.deadletters import Limits, send_dead_letter
 from scorer.kafka.progress import Snapshot, WriterProgress
 from scorer.kafka.sink import Sink
 from scorer.kafka.tables import read_partition
-from scorer.kafka.topics import check_topics
+from scorer.kafka.topics import check_topics, require_topics
 from scorer.runtime.health import serve_health
 from scorer.runtime.metrics import AggregatorMetrics
 from scorer.runtime.process import tune_gc
@@ -117,6 +117,7 @@ class Aggregator:
     def run(self, stop: threading.Event) -> int:
         s = self.settings
         check_topics(s, [(s.terminal_events_topic, s.terminal_topic)])
+        require_topics(s, [s.input_topic, s.labels_topic])  # their partitions are what a close waits for
         server = serve_health(self.registry, s.metrics_host, s.metrics_port, self.ready)
         try:
             self.subscribe()

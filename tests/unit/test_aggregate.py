@@ -4,6 +4,10 @@ The real Aggregator runs on fake consumers and a fake producer (tests/unit/fakes
 history: transactions on 2 partitions and labels, arriving in event-time order. The reference is a run
 without faults; after a crash, a refused delivery or a re-key stage that sends records twice, the
 restarted aggregator's terminal table must equal it row for row.
+
+What a day close waits for: with the scorers writing terminal events (the real writer, one fake scorer per
+transactions partition) and the history arriving a chunk at a time, a scorer that stops across midnight
+must hold the close until it is back, and an input partition with nothing left to process must not.
 """
 
 from __future__ import annotations

@@ -5,12 +5,14 @@ Two stages in one process, each its own consumer group, so any number of instanc
    transactions there themselves from the batches they decoded (terminal_events_from = "scorer", the
    default); with terminal_events_from = "aggregator" this stage also reads and re-keys the transactions;
 2. aggregate: each instance folds its terminal-events partitions into terminal state (partition.py) and,
-   when the event-time watermark passes midnight, closes the day: it publishes the changed terminals' rows
-   (and tombstones for expired ones) to partition p of the compacted `terminal-features` topic, then a
-   marker. Offsets are committed at the marker's `replay_from` once the close is acknowledged, and the
-   re-key stage's offsets once its re-keyed records are, so recovery neither loses nor double-counts.
+   once every input partition with unprocessed records has passed midnight (watermark.py), closes the
+   day: it publishes the changed terminals' rows (and tombstones for expired ones) to partition p of the
+   compacted `terminal-features` topic, then a marker. Offsets are committed at the marker's
+   `replay_from` once the close is acknowledged, and the re-key stage's offsets once its re-keyed records
+   are, so recovery neither loses nor double-counts.
 
-The consumers and the producer can be given (tests inject fakes that refuse deliveries or revoke).
+The consumers, the producer and the clock can be given (tests inject fakes that refuse deliveries, revoke
+or stay silent).
 """
 
 from __future__ import annotations
@@ -18,15 +20,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from scorer.aggregate.partition import EventRecord, PartitionAgg, label_record, transaction_records
+from scorer.aggregate.partition import (
+    EventRecord,
+    PartitionAgg,
+    label_record,
+    transaction_records,
+    watermark_record,
+)
 from scorer.aggregate.table import terminal_codec
+from scorer.aggregate.watermark import IdleSources, closable_day
 from scorer.config import Settings
 from scorer.events.decode import decode_labels, decode_transactions
 from scorer.events.timestamps import MS_PER_DAY, NEVER
@@ -34,15 +44,16 @@ from scorer.features.engine import FeatureConfig
 from scorer.features.rows import PartitionDump
 from scorer.kafka import clients
 from scorer.kafka.deadletters import Limits, send_dead_letter
+from scorer.kafka.progress import Snapshot, WriterProgress
 from scorer.kafka.sink import Sink
 from scorer.kafka.tables import read_partition
-from scorer.kafka.topics import check_topics
+from scorer.kafka.topics import check_topics, require_topics
 from scorer.runtime.health import serve_health
 from scorer.runtime.metrics import AggregatorMetrics
 from scorer.runtime.process import tune_gc
 
 logger = logging.getLogger(__name__)
-IDLE_PARTITION_S = 10.0  # a partition silent this long no longer holds the watermark back
+IDLE_CHECK_INTERVAL_S = 1.0  # how often, at most, to ask which sources are drained while a close waits
 ReadPartition = Callable[[Mapping[str, Any], str, int], PartitionDump]
 
 
@@ -58,8 +69,13 @@ class Aggregator:
         sink: Sink | None = None,
         rekey: Consumer | None = None,
         consumer: Consumer | None = None,
+        writers: Consumer | None = None,
         read: ReadPartition = read_partition,
+        clock: Callable[[], float] = time.monotonic,
+        idle_check_interval_s: float = IDLE_CHECK_INTERVAL_S,
     ) -> None:
+        """`writers`: a consumer in the scorers' group, asked only for its committed offsets (made here when
+        the scorers write the transactions to terminal-events)."""
         self.settings = settings
         self.config = config
         self.codec = terminal_codec(config)
@@ -73,15 +89,35 @@ class Aggregator:
         self.consumer = consumer or clients.consumer(settings.consumer_config(group=group, background=True))
         self.reader_config = settings.consumer_config(group=f"{group}-reader", background=True)
         self.read = read
+        self.writers = self._writers(writers)
+        self.progress = WriterProgress(
+            {"t": (settings.input_topic, self.writers), "l": (settings.labels_topic, self.rekey)},
+            settings.terminal_events_topic,
+            self.consumer,
+        )
+        self.idle = IdleSources(self.progress, idle_check_interval_s, clock, self._on_snapshot)
+        self.sources: frozenset[str] = frozenset()  # every input partition that feeds terminal-events
+        self.events_partitions = 0  # of terminal-events, all of which get each source's new-day watermark
+        self.rekey_days: dict[str, int] = {}  # newest event day per source the re-key stage has announced
+        self.waiting: list[str] = []  # the sources the next close was last logged waiting for
         self.parts: dict[int, PartitionAgg] = {}
         self.closed_day = NEVER
         self.rekey_pending: list[tuple[int, list[TopicPartition]]] = []
         self.close_pending: list[tuple[int, list[TopicPartition]]] = []
         self.running = False
 
+    def _writers(self, given: Consumer | None) -> Consumer:
+        """Whose committed offsets say how far the transactions have been written to terminal-events."""
+        if self.settings.terminal_events_from == "aggregator":
+            return self.rekey
+        return given or clients.consumer(
+            self.settings.consumer_config(group=self.settings.group, background=True)
+        )
+
     def run(self, stop: threading.Event) -> int:
         s = self.settings
         check_topics(s, [(s.terminal_events_topic, s.terminal_topic)])
+        require_topics(s, [s.input_topic, s.labels_topic])  # their partitions are what a close waits for
         server = serve_health(self.registry, s.metrics_host, s.metrics_port, self.ready)
         try:
             self.subscribe()
@@ -103,6 +139,8 @@ class Aggregator:
         them to terminal-events: terminal_events_from = "aggregator"), aggregate on terminal-events."""
         s = self.settings
         rekeyed = [s.labels_topic] if s.terminal_events_from == "scorer" else [s.input_topic, s.labels_topic]
+        self.sources = self.progress.sources()
+        self.events_partitions = len(self.progress.partitions(s.terminal_events_topic))
         self.rekey.subscribe(rekeyed)
         self.consumer.subscribe(
             [s.terminal_events_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
@@ -113,6 +151,8 @@ class Aggregator:
         self._flush_commits(timeout_s=10.0)
         self.rekey.close()
         self.consumer.close()
+        if self.writers is not self.rekey:
+            self.writers.close()
         self.sink.close()
 
     def ready(self) -> bool:
@@ -134,16 +174,18 @@ class Aggregator:
             return
         tx = [m for m in good if m.topic() == self.settings.input_topic]
         labels = [m for m in good if m.topic() != self.settings.input_topic]
-        out = self._rekey_transactions(tx) + self._rekey_labels(labels)
+        newest: dict[str, int] = {}  # event time reached per source in this batch
+        out = self._rekey_transactions(tx, newest) + self._rekey_labels(labels, newest)
         if out:
             self.sink.send(self.settings.terminal_events_topic, out)
+            self._announce(newest)
         offsets: dict[tuple[str, int], int] = {}
         for m in good:
             offsets[(m.topic() or "", m.partition() or 0)] = (m.offset() or 0) + 1
         commit = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         self.rekey_pending.append((self.sink.seal(), commit))
 
-    def _rekey_transactions(self, msgs: Sequence[Message]) -> list[dict[str, object]]:
+    def _rekey_transactions(self, msgs: Sequence[Message], newest: dict[str, int]) -> list[dict[str, object]]:
         """Valid transactions only: the scorer dead-letters the invalid ones with their reason."""
         decoded = decode_transactions([m.value() for m in msgs], self.settings.max_value_bytes)
         b = decoded.batch
@@ -153,9 +195,10 @@ class Aggregator:
         src = [msgs[i] for i in decoded.kept.tolist()]
         partitions = np.fromiter((m.partition() or 0 for m in src), dtype=np.int64, count=len(src))
         offsets = np.fromiter((m.offset() or 0 for m in src), dtype=np.int64, count=len(src))
+        _note_newest(newest, "t", partitions, b.event_ts_ms)
         return transaction_records(b.terminal_id, b.event_ts_ms, partitions, offsets)
 
-    def _rekey_labels(self, msgs: Sequence[Message]) -> list[dict[str, object]]:
+    def _rekey_labels(self, msgs: Sequence[Message], newest: dict[str, int]) -> list[dict[str, object]]:
         """Valid labels re-keyed; invalid ones go to the dead-letter topic with their reason."""
         s = self.settings
         decoded = decode_labels([m.value() for m in msgs], s.max_value_bytes)
@@ -167,6 +210,8 @@ class Aggregator:
         b = decoded.batch
         self.metrics.repartitioned.labels("label").inc(len(b))
         src = [msgs[i] for i in decoded.kept.tolist()]
+        partitions = np.fromiter((m.partition() or 0 for m in src), dtype=np.int64, count=len(src))
+        _note_newest(newest, "l", partitions, b.reported_ts_ms)
         columns = zip(
             b.terminal_id,
             b.reported_ts_ms.tolist(),
@@ -179,6 +224,20 @@ class Aggregator:
             label_record(t, rep, tx, fraud, m.partition() or 0, m.offset() or 0)
             for t, rep, tx, fraud, m in columns
         ]
+
+    def _announce(self, newest: Mapping[str, int]) -> None:
+        """A source's first records of a new day reach only the partitions of their terminals: its event
+        time goes to every partition too, so that none keeps waiting for a source that has passed midnight."""
+        marks = [
+            watermark_record(ts, source)
+            for source, ts in newest.items()
+            if ts // MS_PER_DAY > self.rekey_days.get(source, NEVER)
+        ]
+        for source, ts in newest.items():
+            self.rekey_days[source] = max(self.rekey_days.get(source, NEVER), ts // MS_PER_DAY)
+        if marks:
+            for q in range(self.events_partitions):
+                self.sink.send(self.settings.terminal_events_topic, marks, partition=q)
 
     # -- stage 2: aggregate --------------------------------------------------------------------------------
 
@@ -198,25 +257,48 @@ class Aggregator:
     def _fold(self, part: PartitionAgg, msgs: Sequence[Message]) -> None:
         records: list[EventRecord] = [(m.offset() or 0, m.key() or b"", m.value() or b"") for m in msgs]
         folded = part.fold(records, self.closed_day)
-        part.last_seen = time.monotonic()
         self.metrics.events.labels("transaction").inc(folded.transactions)
         self.metrics.events.labels("label").inc(folded.labels)
         self.metrics.late.labels("transaction").inc(folded.late_transactions)
 
     def _maybe_close(self) -> None:
-        """Close the newest day the watermark of every active partition has passed."""
-        now = time.monotonic()
-        active = [
-            p.watermark_ms
-            for p in self.parts.values()
-            if p.watermark_ms > NEVER and now - p.last_seen < IDLE_PARTITION_S
-        ]
-        if not active:
-            return
-        watermark = min(active) - int(self.settings.day_close_grace_s * 1000)
-        day = watermark // MS_PER_DAY - 1
+        """Close the newest day that every source with unprocessed records has passed (watermark.py)."""
+        reached = [part.reached for part in self.parts.values()]
+        grace_ms = int(self.settings.day_close_grace_s * 1000)
+        day = closable_day(reached, self.sources.union(*reached), grace_ms)
+        if day <= self.closed_day < closable_day(reached, (), grace_ms):  # a source holds it: drained?
+            snapshot = self.idle.verified(self._positions, self.parts.keys())
+            if snapshot is not None:
+                self.sources = snapshot.sources
+                day = closable_day(reached, snapshot.sources.union(*reached) - snapshot.drained, grace_ms)
+                if day <= self.closed_day:
+                    self._log_waiting(reached, snapshot, grace_ms)
         if day > self.closed_day:
             self._close(day)
+
+    def _positions(self) -> dict[int, int]:
+        """Next terminal-events offset per owned partition: past the last record folded, or past the
+        transaction markers after it, which the consumer steps over without returning them."""
+        asked = [TopicPartition(self.settings.terminal_events_topic, p) for p in self.parts]
+        at = {tp.partition: tp.offset for tp in self.consumer.position(asked)}
+        return {p: max(part.position, at.get(p, 0)) for p, part in self.parts.items()}
+
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        for (topic, p), behind in snapshot.lag.items():
+            self.metrics.lag.labels(topic, str(p)).set(behind)
+
+    def _log_waiting(self, reached: Collection[Mapping[str, int]], snapshot: Snapshot, grace_ms: int) -> None:
+        """Which sources hold the next close (logged when that changes): whom the day waits for."""
+        day = closable_day(reached, (), grace_ms)
+        after_ms = (day + 1) * MS_PER_DAY + grace_ms
+        waiting = sorted(
+            s
+            for s in snapshot.sources.union(*reached) - snapshot.drained
+            if any(seen.get(s, NEVER) < after_ms for seen in reached)
+        )
+        if waiting != self.waiting:
+            self.waiting = waiting
+            logger.info("day_close_waiting", extra={"day": str(np.datetime64(day, "D")), "sources": waiting})
 
     def _close(self, day: int) -> None:
         commit: list[TopicPartition] = []
@@ -224,6 +306,7 @@ class Aggregator:
             replay_from = self._close_partition(p, part, day)
             commit.append(TopicPartition(self.settings.terminal_events_topic, p, replay_from))
         self.closed_day = day
+        self.waiting = []
         self.metrics.closed_day.set(day * 86_400)
         self.close_pending.append((self.sink.seal(), commit))
         logger.info(
@@ -273,3 +356,12 @@ class Aggregator:
         for tp in partitions:
             self.parts.pop(tp.partition, None)
         logger.info("partitions_revoked", extra={"partitions": [tp.partition for tp in partitions]})
+
+
+def _note_newest(
+    newest: dict[str, int], kind: str, partitions: npt.NDArray[np.int64], ts_ms: npt.NDArray[np.int64]
+) -> None:
+    """Keep in `newest` the latest event time of each source (kind + partition) among these records."""
+    for p in np.unique(partitions).tolist():
+        source = f"{kind}{p}"
+        newest[source] = max(newest.get(source, NEVER), int(ts_ms[partitions == p].max()))

@@ -3,10 +3,13 @@ closes as records for `terminal-features`, and its recovery from them. No Kafka 
 
 Each transaction (written by the scorer that decoded it, or by the re-key stage) and each label (by the
 re-key stage) is a small binary record keyed by terminal_id, carrying its source partition and offset;
-a watermark record (scoring/terminal_events.py) only moves the partition's event time. A close publishes
-the rows of every terminal that changed, tombstones for the expired, then a marker:
+a watermark record (scoring/terminal_events.py) only says how far one source has got in event time. Each
+partition keeps the event time reached per source ("t3": transactions partition 3, "l0": labels partition
+0), which is what decides when a day may close (aggregate/watermark.py). A close publishes the rows of
+every terminal that changed, tombstones for the expired, then a marker:
   {"day", "position": next terminal-events offset folded, "replay_from": the oldest label still waiting
-   for a later close, "sources": the newest source offset folded per source partition}.
+   for a later close, "sources": the newest source offset folded per source partition,
+   "reached": the event time reached per source}.
 The aggregator commits `replay_from`. On restore the rows are loaded and the records before `position`
 that the rows already hold are skipped (labels reported after the close excepted); `sources` lets a
 record that a crashed re-key stage sent twice count once, before and after the restart.
@@ -29,7 +32,7 @@ from scorer.features.rows import MARKER_KEY, PartitionDump, RowCodec, encode_mar
 
 TX = struct.Struct("<cqiq")  # b"T", event_ts_ms, source partition, source offset
 LABEL = struct.Struct("<cqq?iq")  # b"L", reported_ts_ms, tx_ts_ms, is_fraud, source partition, source offset
-WATERMARK = struct.Struct("<cq")  # b"W", event time a scorer reached (moves the watermark, counts nothing)
+WATERMARK = struct.Struct("<cqci")  # b"W", event time a source reached, its kind (b"t"/b"l") and partition
 Record = dict[str, Any]  # {"key": bytes, "value": bytes | None}
 EventRecord = tuple[int, bytes, bytes]  # terminal-events offset, key (terminal_id), value
 
@@ -53,8 +56,9 @@ def transaction_records(
     return [{"key": k, "value": v} for k, v in zip(map(str.encode, terminal_id), values, strict=True)]
 
 
-def watermark_record(ts_ms: int) -> Record:
-    return {"key": b"", "value": WATERMARK.pack(b"W", ts_ms)}
+def watermark_record(ts_ms: int, source: str) -> Record:
+    """Source ("t3": transactions partition 3, "l0": labels partition 0) has reached event time `ts_ms`."""
+    return {"key": b"", "value": WATERMARK.pack(b"W", ts_ms, source[:1].encode(), int(source[1:]))}
 
 
 def label_record(
@@ -80,8 +84,8 @@ class PartitionAgg:
     """Terminal state of one terminal-events partition and where it stands."""
 
     terminals: TerminalFeatures
-    watermark_ms: int = NEVER
-    last_seen: float = 0.0
+    watermark_ms: int = NEVER  # the newest event time folded, whatever its source
+    reached: dict[str, int] = field(default_factory=dict)  # event time reached per source ("t3", "l0")
     position: int = 0  # next offset to read
     skip_before: int = 0  # records before this offset are already in the restored rows
     skip_labels_before_ms: int = NEVER  # ... unless a label was reported after the restored close
@@ -104,6 +108,8 @@ class PartitionAgg:
             part.skip_before = int(dump.marker["position"])
             part.skip_labels_before_ms = (day + 1) * MS_PER_DAY
             part.sources = {str(k): int(v) for k, v in dump.marker.get("sources", {}).items()}
+            for source, ts in dump.marker.get("reached", {}).items():  # sources silent since this close
+                part._reach(str(source), int(ts))
         return part
 
     def fold(self, records: Sequence[EventRecord], closed_day: int) -> Folded:
@@ -117,16 +123,17 @@ class PartitionAgg:
             terminal = key.decode("utf-8", "replace")
             if value[:1] == b"T" and len(value) == TX.size:
                 _, ts, src_partition, src_offset = TX.unpack(value)
-                self.watermark_ms = max(self.watermark_ms, ts)
+                self._reach(f"t{src_partition}", ts)
                 if offset >= self.skip_before and self._first_time(f"t{src_partition}", src_offset):
                     tx_ids.append(terminal)
                     tx_ts.append(ts)
                     late += ts // MS_PER_DAY <= closed_day
-            elif value[:1] == b"W" and len(value) == WATERMARK.size:
-                self.watermark_ms = max(self.watermark_ms, WATERMARK.unpack(value)[1])
+            elif value[:1] == b"W" and len(value) == WATERMARK.size:  # (an older 9-byte one names no source)
+                _, ts, kind, src_partition = WATERMARK.unpack(value)
+                self._reach(f"{kind.decode('ascii', 'replace')}{src_partition}", ts)
             elif value[:1] == b"L" and len(value) == LABEL.size:
                 _, reported, tx_time, is_fraud, src_partition, src_offset = LABEL.unpack(value)
-                self.watermark_ms = max(self.watermark_ms, reported)
+                self._reach(f"l{src_partition}", reported)
                 if offset < self.skip_before:  # folded before the restored close: replay the pending only
                     keep = reported >= self.skip_labels_before_ms and self._first_replay(
                         src_partition, src_offset
@@ -141,6 +148,12 @@ class PartitionAgg:
             self.terminals.buffer_labels(_label_batch(labels))
             self.label_offsets += [(o, r) for _, r, _, fraud, o in labels if fraud]
         return Folded(len(tx_ids), len(labels), late)
+
+    def _reach(self, source: str, ts_ms: int) -> None:
+        """Event time only moves forward: a late record of a source does not take it back."""
+        if ts_ms > self.reached.get(source, NEVER):
+            self.reached[source] = ts_ms
+        self.watermark_ms = max(self.watermark_ms, ts_ms)
 
     def _first_replay(self, partition: int, offset: int) -> bool:
         """True the first time a pending label is met again below `skip_before` (it may be there twice)."""
@@ -175,6 +188,7 @@ class PartitionAgg:
             "replay_from": replay_from,
             "ring_days": codec.n_days,
             "sources": dict(self.sources),
+            "reached": dict(self.reached),
         }
         records.append({"key": MARKER_KEY, "value": encode_marker(marker)})
         return records, replay_from, len(keys)

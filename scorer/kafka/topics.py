@@ -52,15 +52,20 @@ def partition_counts(settings: Settings, topics: list[str], timeout_s: float = 1
     }
 
 
-def check_topics(
-    settings: Settings, pairs: list[tuple[str, str]], timeout_s: float = 10.0
-) -> Mapping[str, int]:
-    """Each (data topic, state topic) pair must exist with equal partition counts; returns the counts."""
-    names = [t for pair in pairs for t in pair]
+def require_topics(settings: Settings, names: list[str], timeout_s: float = 10.0) -> Mapping[str, int]:
+    """The topics must exist (ScorerError naming the missing ones); returns their partition counts."""
     counts = partition_counts(settings, names, timeout_s)
     missing = [t for t in names if t not in counts]
     if missing:
         raise ScorerError(f"missing topics {missing} on {settings.brokers}: create them with `scorer topics`")
+    return counts
+
+
+def check_topics(
+    settings: Settings, pairs: list[tuple[str, str]], timeout_s: float = 10.0
+) -> Mapping[str, int]:
+    """Each (data topic, state topic) pair must exist with equal partition counts; returns the counts."""
+    counts = require_topics(settings, [t for pair in pairs for t in pair], timeout_s)
     for data, state in pairs:
         if counts[data] != counts[state]:
             raise ScorerError(

@@ -138,7 +138,9 @@ class ScorerLoop:
         self.terminal_events: TerminalEventWriter | None = None
         if s.terminal_events_from == "scorer":
             te = s.terminal_events_topic
-            self.terminal_events = TerminalEventWriter(te, counts[te], self.delivery)
+            self.terminal_events = TerminalEventWriter(
+                te, counts[te], self.delivery, owned=lambda: self.delivery.assigned
+            )
 
     def start(self) -> None:
         """The table, the deployment and the rules in force, then join the group."""

@@ -5,10 +5,15 @@ would consume and decode each one a second time (~5 us per event) and read the w
 again. Each valid transaction becomes a record keyed by terminal carrying its input partition and offset,
 so the aggregator counts a record written twice (after a crash) once.
 
-Why watermarks: the aggregator closes day D once every active terminal-events partition has seen an event
-of a later day, and a scorer that reaches day D+1 may be waiting for that close (`terminal_wait_s`) before
-it scores anything more. Its first records of the new day reach only the partitions their terminals hash
-to, so it also writes the new day's first event time to every partition (a `W` record, no count).
+Why watermarks: the aggregator closes day D once every input partition with unprocessed records has
+passed D (aggregate/watermark.py), and a scorer that reaches day D+1 may be waiting for that close
+(`terminal_wait_s`) before it scores anything more. A partition's first records of the new day reach only
+the terminal-events partitions their terminals hash to, so the scorer also writes to every partition a
+watermark naming the input partition (a `W` record, no count). When the scorer itself reaches a new day it
+writes one for every input partition it owns, not only those in the batch: the close it is about to wait
+for must not wait on its own partitions that the next batches would have brought past midnight. Skew
+between the partitions of one scorer is therefore not waited for (`day_close_grace_s` covers it); skew
+between scorers, and a scorer that restarts, is.
 
 The records go out before the batch is scored, in the same producer epoch (or input-partition Kafka
 transaction) as its decisions: offsets are committed only once they are acknowledged too.
@@ -16,7 +21,7 @@ transaction) as its decisions: offsets are committed only once they are acknowle
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection
 
 import numpy as np
 import numpy.typing as npt
@@ -30,13 +35,22 @@ I64 = npt.NDArray[np.int64]
 
 
 class TerminalEventWriter:
-    """Writes each batch's terminal events, and a watermark to all partitions on each new event day."""
+    """Writes each batch's terminal events, and watermarks to every partition on each new event day."""
 
-    def __init__(self, topic: str, partitions: int, delivery: Delivery) -> None:
+    def __init__(
+        self,
+        topic: str,
+        partitions: int,
+        delivery: Delivery,
+        owned: Callable[[], Collection[int]] = frozenset,
+    ) -> None:
+        """`owned`: the input partitions this scorer is assigned now."""
         self.topic = topic
         self.partitions = partitions  # of terminal-events
         self.delivery = delivery
-        self.newest_day = NEVER  # the newest event day this process has written a watermark for
+        self.owned = owned
+        self.newest_day = NEVER  # the newest event day this process has reached
+        self.announced: dict[int, int] = {}  # the newest day written in a watermark, per input partition
 
     def write(self, counted: Counted, partitions: I64, offsets: I64) -> None:
         """The valid transactions of a batch; `partitions`/`offsets` are those of the consumed records."""
@@ -45,13 +59,28 @@ class TerminalEventWriter:
             return
         source = partitions[counted.index]
         self.delivery.put(self.topic, records, source)
-        newest = int(counted.event_ts_ms.max())
+        marks = self._new_days(source, counted.event_ts_ms)
+        if marks:
+            self._watermark(marks, source[:1])
+
+    def _new_days(self, source: I64, ts_ms: I64) -> dict[int, int]:
+        """Input partition -> event time to announce: each partition of the batch that reached a new day,
+        and every owned partition when this scorer reached one (see the module docstring)."""
+        newest = int(ts_ms.max())
+        marks: dict[int, int] = {}
         if newest // MS_PER_DAY > self.newest_day:
             self.newest_day = newest // MS_PER_DAY
-            self._watermark(newest, source[:1])
+            marks = dict.fromkeys(self.owned(), newest)
+        for p in np.unique(source).tolist():
+            ts = max(int(ts_ms[source == p].max()), marks.get(p, NEVER))
+            if ts // MS_PER_DAY > self.announced.get(p, NEVER):
+                marks[p] = ts
+        for p, ts in marks.items():
+            self.announced[p] = max(self.announced.get(p, NEVER), ts // MS_PER_DAY)
+        return marks
 
-    def _watermark(self, ts_ms: int, via: I64) -> None:
-        """`ts_ms` to every terminal-events partition (with the outputs of input partition `via`)."""
-        mark: Sequence[dict[str, object]] = [watermark_record(ts_ms)]
+    def _watermark(self, marks: dict[int, int], via: I64) -> None:
+        """The watermarks to every terminal-events partition (with the outputs of input partition `via`)."""
+        records = [watermark_record(ts, f"t{p}") for p, ts in sorted(marks.items())]
         for q in range(self.partitions):
-            self.delivery.put(self.topic, mark, via, out=q)
+            self.delivery.put(self.topic, records, np.repeat(via, len(records)), out=q)

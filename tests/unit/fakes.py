@@ -14,7 +14,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_INVALID,
+    TIMESTAMP_CREATE_TIME,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from scorer.aggregate.table import MemorySource
 from scorer.features.rows import PartitionDump, PartitionLog
@@ -339,9 +346,37 @@ class FakeConsumer:
             self.broker.group_offsets[(self.group, tp.topic, tp.partition)] = tp.offset
         return None if asynchronous else list(offsets)
 
+    def list_topics(self, topic: str, timeout: float = 0.0) -> FakeMetadata:
+        partitions = self.broker.counts.get(topic, self.broker.partitions)
+        return FakeMetadata({topic: FakeTopicMetadata(dict.fromkeys(range(partitions)))})
+
+    def committed(self, partitions: Sequence[Any], timeout: float = 0.0) -> list[Any]:
+        """The group's committed offsets (OFFSET_INVALID where it has none)."""
+        return [
+            TopicPartition(
+                tp.topic,
+                tp.partition,
+                self.broker.group_offsets.get((self.group, tp.topic, tp.partition), OFFSET_INVALID),
+            )
+            for tp in partitions
+        ]
+
     def close(self) -> None:
         self.positions = {}
         self.closed = True
+
+
+@dataclass
+class FakeTopicMetadata:
+    """A topic's metadata, as list_topics() describes it."""
+
+    partitions: dict[int, None]
+    error: None = None
+
+
+@dataclass
+class FakeMetadata:
+    topics: dict[str, FakeTopicMetadata]
 
 
 class StaticWatcher:
@@ -468,3 +503,11 @@ class FakeTopicReader:
 
     def close(self) -> None:
         self.closed = True
+
+
+def sink_delivery(sink: Any, broker: FakeBroker) -> Any:
+    """The at-least-once Delivery over `sink`, committing to the fake broker (no state snapshots)."""
+    from scorer.scoring.commits import CommitTracker
+    from scorer.scoring.delivery import AtLeastOnce
+
+    return AtLeastOnce(sink, CommitTracker(sink, FakeOffsets(broker), lambda p, o: [], "state"))

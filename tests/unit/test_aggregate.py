@@ -4,29 +4,43 @@ The real Aggregator runs on fake consumers and a fake producer (tests/unit/fakes
 history: transactions on 2 partitions and labels, arriving in event-time order. The reference is a run
 without faults; after a crash, a refused delivery or a re-key stage that sends records twice, the
 restarted aggregator's terminal table must equal it row for row.
+
+What a day close waits for: with the scorers writing terminal events (the real writer, one fake scorer per
+transactions partition) and the history arriving a chunk at a time, a scorer that stops across midnight
+must hold the close until it is back, and an input partition with nothing left to process must not.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import sys
+import time
 import zlib
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from functools import cache
 
 import numpy as np
 import orjson
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from scorer.aggregate.aggregator import Aggregator
-from scorer.aggregate.partition import TX, PartitionAgg, transaction_record
-from scorer.aggregate.table import terminal_codec
+from scorer.aggregate.partition import TX, WATERMARK, PartitionAgg, transaction_record
+from scorer.aggregate.table import MemorySource, TerminalTable, terminal_codec
+from scorer.aggregate.watermark import IdleSources
 from scorer.config import Settings
+from scorer.events.decode import decode_labels, decode_transactions
 from scorer.events.timestamps import MS_PER_DAY
 from scorer.features.engine import FeatureConfig, TerminalFeatures
 from scorer.features.rows import MARKER_KEY, PartitionDump, PartitionLog
+from scorer.kafka.progress import Snapshot
 from scorer.kafka.sink import Sink
+from scorer.scoring.core import Counted
+from scorer.scoring.terminal_events import TerminalEventWriter
 from scorer.training.simulate import SimulationParams, label_values, simulate, transaction_values
-from tests.unit.fakes import Crash, FakeBroker, FakeConsumer, FakeProducer, Policy, deliver_all
+from tests.unit.fakes import Crash, FakeBroker, FakeConsumer, FakeProducer, Policy, deliver_all, sink_delivery
 
 SETTINGS = Settings(
     input_topic="tx", labels_topic="labels", terminal_events_topic="te", terminal_topic="tf", dlq_topic="dlq",
@@ -62,13 +76,19 @@ def new_broker() -> FakeBroker:
     return broker
 
 
-def start(broker: FakeBroker, policy: Policy = deliver_all, settings: Settings = SETTINGS) -> Aggregator:
+def start(
+    broker: FakeBroker,
+    policy: Policy = deliver_all,
+    settings: Settings = SETTINGS,
+    clock: Callable[[], float] = time.monotonic,
+) -> Aggregator:
     """An aggregator process on the fake broker, its partitions assigned (and restored)."""
     rekey = FakeConsumer(broker, "agg-rekey", COUNTS)
     consumer = FakeConsumer(broker, "agg", COUNTS)
     agg = Aggregator(
         settings, CONFIG, sink=Sink({}, producer=FakeProducer(broker, policy)), rekey=rekey, consumer=consumer,  # type: ignore[arg-type]
-        read=lambda config, topic, p: broker.dump(topic, p),
+        writers=FakeConsumer(broker, "scorer", COUNTS), read=lambda config, topic, p: broker.dump(topic, p),  # type: ignore[arg-type]
+        clock=clock, idle_check_interval_s=0.0,
     )  # fmt: skip
     agg.subscribe()
     return agg
@@ -224,4 +244,228 @@ def test_when_the_scorers_write_terminal_events_the_aggregator_reads_only_the_la
     assert {topic for topic, _ in agg.rekey.positions} == {"labels"}  # type: ignore[attr-defined]
     agg.close()
     written = [v for p in range(2) for _, v in broker.log.get(("te", p), [])]
-    assert written and all(v is not None and v[:1] == b"L" for v in written)  # labels only
+    assert written and all(v is not None and v[:1] in (b"L", b"W") for v in written)  # no transaction
+    marks = {WATERMARK.unpack(v)[2] for v in written if v is not None and v[:1] == b"W"}
+    assert marks == {b"l"}  # the re-key stage's watermarks speak for the labels' partitions only
+
+
+# -- what a day close waits for: every input partition with unprocessed records ------------------------------
+
+SCORERS = dataclasses.replace(SETTINGS, terminal_events_from="scorer")
+CHUNK = 40  # history records that arrive between two turns of the processes
+
+
+class FakeScorer:
+    """`scorer run` for one transactions partition, as far as terminal-events goes: the real writer sends a
+    batch's terminal events (and watermarks), and the input offset is committed once they are acknowledged.
+    A new one resumes at the committed offset, as a restarted scorer does."""
+
+    def __init__(self, broker: FakeBroker, partition: int) -> None:
+        self.broker = broker
+        self.partition = partition
+        self.sink = Sink({}, producer=FakeProducer(broker))
+        delivery = sink_delivery(self.sink, broker)
+        self.writer = TerminalEventWriter("te", COUNTS["te"], delivery, owned=lambda: {partition})
+        self.position = broker.group_offsets.get(("scorer", "tx", partition), 0)
+
+    def catch_up(self, batch: int = 30) -> None:
+        """Batches until the partition's end, each committed once its terminal events are acknowledged."""
+        log = self.broker.log.get(("tx", self.partition), [])
+        while self.position < len(log):
+            values = [v for _, v in log[self.position : self.position + batch]]
+            decoded = decode_transactions(values)
+            counted = Counted(decoded.kept, decoded.batch.terminal_id, decoded.batch.event_ts_ms)
+            offsets = np.arange(self.position, self.position + len(values), dtype=np.int64)
+            self.writer.write(counted, np.full(len(values), self.partition, dtype=np.int64), offsets)
+            assert self.sink.wait(self.sink.seal(), 1.0)
+            self.position += len(values)
+            self.broker.group_offsets[("scorer", "tx", self.partition)] = self.position
+
+
+class Clock:
+    """Processing time, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@cache
+def arrivals() -> list[int]:
+    """When each history record arrives: a transaction at its event time, a label when it is reported."""
+    return [
+        int(decode_transactions([v]).batch.event_ts_ms[0])
+        if topic == "tx"
+        else int(decode_labels([v]).batch.reported_ts_ms[0])
+        for topic, _, _, v in history()
+    ]
+
+
+def first_day() -> int:
+    return (
+        min(ms for ms, (topic, *_) in zip(arrivals(), history(), strict=True) if topic == "tx") // MS_PER_DAY
+    )
+
+
+class Stream:
+    """The history arriving CHUNK records at a time; after each chunk the live scorers and the aggregator
+    catch up, and the clock moves on."""
+
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        broker: FakeBroker,
+        clock: Clock,
+        kept: Callable[[int], bool] = lambda i: True,
+    ) -> None:
+        """`kept(i)`: whether history record i is produced at all."""
+        self.agg, self.broker, self.clock = aggregator, broker, clock
+        self.scorers: dict[int, FakeScorer] = {p: FakeScorer(broker, p) for p in range(COUNTS["tx"])}
+        self.kept = kept
+        self.fed = 0
+
+    def until(self, end_ms: int = sys.maxsize, seconds_per_chunk: float = 1.0) -> None:
+        """Feed the records that arrive before `end_ms`."""
+        events, arrived = history(), arrivals()
+        while self.fed < len(events) and arrived[self.fed] < end_ms:
+            chunk = [i for i in range(self.fed, min(self.fed + CHUNK, len(events))) if arrived[i] < end_ms]
+            for topic, p, key, value in (events[i] for i in chunk if self.kept(i)):
+                self.broker.put(topic, p, key, value)
+            self.fed += len(chunk)
+            for scorer in self.scorers.values():
+                scorer.catch_up()
+            drain(self.agg)
+            self.clock.now += seconds_per_chunk
+
+
+@dataclass
+class Run:
+    agg: Aggregator
+    broker: FakeBroker
+    held: dict[str, float] = field(default_factory=dict)  # the aggregator just before the restart
+
+
+def scorer_run(stop: tuple[int, int] | None = None) -> Run:
+    """Two scorers (one per transactions partition) and an aggregator over the whole history; with `stop`
+    = (partition, day), that partition's scorer stops at 18:00 on that day and restarts at noon the next
+    (15 s of processing time per chunk meanwhile, far longer than the 10 s of silence that used to drop a
+    partition from the watermark)."""
+    broker, clock = FakeBroker(counts=dict(COUNTS)), Clock()
+    run = Run(start(broker, settings=SCORERS, clock=clock), broker)
+    stream = Stream(run.agg, broker, clock)
+    if stop is not None:
+        partition, day = stop
+        stream.until(day * MS_PER_DAY + 18 * 3_600_000)
+        del stream.scorers[partition]
+        stream.until((day + 1) * MS_PER_DAY + 12 * 3_600_000, seconds_per_chunk=15.0)
+        lag = run.agg.registry.get_sample_value(
+            "scorer_aggregator_lag_records", {"topic": "tx", "partition": str(partition)}
+        )
+        others = min(part.reached["t0"] for part in run.agg.parts.values())
+        run.held = {"closed_day": run.agg.closed_day, "lag": lag or 0, "others_day": others // MS_PER_DAY}
+        stream.scorers[partition] = FakeScorer(broker, partition)
+    stream.until()
+    drain(run.agg)
+    return run
+
+
+def seen_by_scorers(broker: FakeBroker) -> list[np.ndarray]:
+    """Every terminal's features as a scorer reads them from terminal-features, for each day of the
+    history (each day's as of the previous day's close)."""
+    source = MemorySource(range(COUNTS["tf"]))
+    for p in range(COUNTS["tf"]):
+        source.add(p, [{"key": k or b"", "value": v} for k, v in broker.log.get(("tf", p), [])])
+    table = TerminalTable(CONFIG, source)
+    while table.poll():
+        pass
+    values = [v for topic, _, _, v in history() if topic == "tx"]
+    batch = decode_transactions(values).batch
+    terminals = sorted(set(batch.terminal_id))
+    days = range(int(batch.event_ts_ms.min()) // MS_PER_DAY, int(batch.event_ts_ms.max()) // MS_PER_DAY + 1)
+    return [
+        table.features(terminals, np.full(len(terminals), d * MS_PER_DAY + 1, dtype=np.int64)) for d in days
+    ]
+
+
+def late_transactions(agg: Aggregator) -> float:
+    return float(
+        agg.registry.get_sample_value("scorer_aggregator_late_events_total", {"kind": "transaction"}) or 0
+    )
+
+
+@cache
+def clean_scorer_run() -> list[np.ndarray]:
+    run = scorer_run()
+    assert late_transactions(run.agg) == 0
+    return seen_by_scorers(run.broker)
+
+
+def test_a_scorer_restart_across_midnight_holds_the_close_until_its_events_are_in() -> None:
+    """The scorer of transactions partition 1 stops at 18:00 and comes back at noon the next day, while
+    the other scorer and the labels go on. The close of its day waits for it (its input has unprocessed
+    records), then includes its events: the scorers read the same terminal features as without the stop."""
+    day = first_day() + 6
+    run = scorer_run(stop=(1, day))
+    assert run.held["others_day"] == day + 1 and run.held["lag"] > 0  # the other scorer was past midnight
+    assert run.held["closed_day"] == day - 1  # ... and the day waited for the stopped one
+    assert late_transactions(run.agg) == 0
+    seen, clean = seen_by_scorers(run.broker), clean_scorer_run()
+    assert len(seen) == len(clean) > 8
+    for d, (got, want) in enumerate(zip(seen, clean, strict=True)):
+        assert np.array_equal(got, want), f"day {d}: the terminal features differ from a run without the stop"
+
+
+def test_an_input_partition_with_nothing_left_to_process_does_not_hold_the_closes() -> None:
+    """Transactions partition 1 gets nothing more after day 3 (its scorer is up, with nothing to do): the
+    later days still close, and once the whole stream stops its last complete day closes too."""
+    broker, clock = FakeBroker(counts=dict(COUNTS)), Clock()
+    agg = start(broker, settings=SCORERS, clock=clock)
+    quiet_from_ms = (first_day() + 3) * MS_PER_DAY
+    events, arrived = history(), arrivals()
+
+    def kept(i: int) -> bool:
+        return events[i][:2] != ("tx", 1) or arrived[i] < quiet_from_ms
+
+    Stream(agg, broker, clock, kept).until()
+    drain(agg)
+    last_ms = max(ms for i, ms in enumerate(arrived) if kept(i))
+    assert agg.closed_day == last_ms // MS_PER_DAY - 1
+    assert late_transactions(agg) == 0
+
+
+class Answers:
+    """The writers' progress as the broker would answer it: a snapshot per call, or no answer."""
+
+    def __init__(self, ends: dict[int, int]) -> None:
+        self.ends = ends
+        self.calls = 0
+        self.down = False
+
+    def snapshot(self, owned: Collection[int]) -> Snapshot:
+        self.calls += 1
+        if self.down:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out"))
+        return Snapshot(frozenset({"t0", "l0"}), frozenset({"l0"}), {("labels", 0): 0}, dict(self.ends))
+
+
+def test_drained_sources_count_once_the_aggregator_has_read_what_they_wrote_and_only_while_fresh() -> None:
+    answers, clock = Answers({0: 10, 1: 4}), Clock()
+    idle = IdleSources(answers, interval_s=1.0, clock=clock)
+    at = {0: 9, 1: 4}
+    assert idle.verified(lambda: at, [0, 1]) is None  # partition 0 not read up to its end at the snapshot
+    at[0] = 10
+    snapshot = idle.verified(lambda: at, [0, 1])
+    assert snapshot is not None and snapshot.drained == {"l0"} and answers.calls == 1
+    assert idle.verified(lambda: at, [0, 1]) is None  # used once; the next only after the interval
+    clock.now = 1.0
+    assert idle.verified(lambda: at, [0, 1]) is not None and answers.calls == 2
+    answers.ends = {0: 20, 1: 4}
+    clock.now = 2.0
+    assert idle.verified(lambda: at, [0, 1]) is None  # records written since: not read yet
+    at[0] = 20
+    clock.now = 3.5
+    assert idle.verified(lambda: at, [0, 1]) is not None and answers.calls == 4  # the stale one was retaken
+    answers.down, clock.now = True, 5.0
+    assert idle.verified(lambda: at, [0, 1]) is None  # no answer: every source keeps the close waiting

@@ -1,0 +1,96 @@
+"""When the aggregator may close a day: once every source with unprocessed records has passed it.
+
+A source is an input partition that feeds terminal-events (kafka/progress.py). Each terminal-events
+partition keeps the event time it has seen each source reach (aggregate/partition.py), from the source's
+records and from the watermarks its writer sends to every partition when the source reaches a new day.
+Day D may close when, in every owned partition, every source has reached D+1 (plus `day_close_grace_s`),
+except the sources that are drained: their writers have committed all of their records and this
+aggregator has read terminal-events past them. So a scorer that restarts, or whose partitions move to
+another scorer, holds the close for as long as its input waits for it, however long that takes, while a
+partition with no input does not hold it, and a stream that stops still closes its last complete day.
+
+Whether a source is drained costs a few broker requests, so they are made only while a close waits on
+some source, at most once per `interval_s`, and each answer is used for one decision: records that arrive
+after it are judged by the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Protocol
+
+from confluent_kafka import KafkaException
+
+from scorer.events.timestamps import MS_PER_DAY, NEVER
+from scorer.kafka.progress import Snapshot
+
+logger = logging.getLogger(__name__)
+
+
+def closable_day(reached: Iterable[Mapping[str, int]], waiting: Collection[str], grace_ms: int) -> int:
+    """The newest day that may close, given each owned partition's event time per source and the sources
+    still `waiting` to be heard from (NEVER when none). With no source waiting, the newest event time
+    folded anywhere bounds it: a day closes only once a later day has been seen."""
+    marks = list(reached)
+    front = max((ts for seen in marks for ts in seen.values()), default=NEVER)
+    watermark = min((seen.get(s, NEVER) for seen in marks for s in waiting), default=front)
+    if watermark <= NEVER:
+        return NEVER
+    return (watermark - grace_ms) // MS_PER_DAY - 1
+
+
+class Progress(Protocol):
+    """The writers' progress (kafka/progress.py's WriterProgress)."""
+
+    def snapshot(self, owned: Collection[int]) -> Snapshot: ...
+
+
+class IdleSources:
+    """Snapshots of the writers' progress, taken only when asked and at most once per `interval_s`; a
+    snapshot is handed out once this aggregator's terminal-events positions have reached its end offsets,
+    once, and only while it is fresh (no older than `interval_s`)."""
+
+    def __init__(
+        self,
+        progress: Progress,
+        interval_s: float,
+        clock: Callable[[], float],
+        on_snapshot: Callable[[Snapshot], None] = lambda snapshot: None,
+    ) -> None:
+        self.progress = progress
+        self.interval_s = interval_s
+        self.clock = clock
+        self.on_snapshot = on_snapshot
+        self.pending: Snapshot | None = None
+        self.taken_at = float("-inf")
+
+    def verified(self, positions: Callable[[], Mapping[int, int]], owned: Collection[int]) -> Snapshot | None:
+        """A snapshot whose drained sources may be left out of the next close, or None (too soon for a new
+        one, the broker did not answer, or terminal-events not read to its ends yet)."""
+        now = self.clock()
+        if self.pending is not None and self._outdated(self.pending, now, owned):
+            self.pending = None
+        if self.pending is None and now - self.taken_at >= self.interval_s:
+            self.taken_at = now
+            self.pending = self._take(owned)
+        if self.pending is None:
+            return None
+        at = positions()
+        if any(at.get(p, 0) < end for p, end in self.pending.ends.items()):
+            return None
+        snapshot, self.pending = self.pending, None
+        return snapshot
+
+    def _outdated(self, snapshot: Snapshot, now: float, owned: Collection[int]) -> bool:
+        """Too old to speak for records that arrived since, or taken before a rebalance."""
+        return now - self.taken_at > self.interval_s or set(snapshot.ends) != set(owned)
+
+    def _take(self, owned: Collection[int]) -> Snapshot | None:
+        try:
+            snapshot = self.progress.snapshot(owned)
+        except KafkaException as exc:  # no answer is no evidence: the close keeps waiting on every source
+            logger.warning("writer_progress_unknown", extra={"error": str(exc)})
+            return None
+        self.on_snapshot(snapshot)
+        return snapshot

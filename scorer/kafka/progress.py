@@ -1,0 +1,83 @@
+"""How far the writers of terminal-events have got through their inputs: what the aggregator asks before it
+closes a day without hearing from one of them.
+
+A source is an input partition whose records end up in terminal-events: "t3" is partition 3 of the
+transactions topic (written by the scorers' group, or by the aggregator's re-key group when
+terminal_events_from = "aggregator"), "l0" partition 0 of the labels topic (the re-key group). A source is
+drained when its writers' group has committed every record of it. A writer commits an input offset only
+once the terminal events of the records before it are acknowledged, so every terminal event of a drained
+source lies below the terminal-events end offsets read after its committed offset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The writers' progress at one moment."""
+
+    sources: frozenset[str]  # every source, from the input topics' metadata
+    drained: frozenset[str]  # sources whose writers had committed all of their records
+    lag: Mapping[tuple[str, int], int]  # records not committed yet, per (topic, partition)
+    ends: Mapping[int, int]  # terminal-events end offsets, read after the committed offsets
+
+
+class WriterProgress:
+    """Committed offsets of each source's writers' group against the source's end offset."""
+
+    def __init__(
+        self,
+        inputs: Mapping[str, tuple[str, Consumer]],
+        events_topic: str,
+        events: Consumer,
+        timeout_s: float = 5.0,
+    ) -> None:
+        """`inputs`: source kind ("t", "l") -> (its topic, a consumer in the group that writes its terminal
+        events; it is only asked for committed offsets). `events` reads terminal-events' end offsets."""
+        self.inputs = dict(inputs)
+        self.events_topic = events_topic
+        self.events = events
+        self.timeout_s = timeout_s
+
+    def partitions(self, topic: str) -> list[int]:
+        """The topic's partitions (KafkaException when it cannot be described)."""
+        meta = self.events.list_topics(topic, timeout=self.timeout_s).topics[topic]
+        if meta.error is not None:
+            raise KafkaException(meta.error)
+        return sorted(meta.partitions)
+
+    def sources(self) -> frozenset[str]:
+        return frozenset(
+            f"{kind}{p}" for kind, (topic, _) in self.inputs.items() for p in self.partitions(topic)
+        )
+
+    def snapshot(self, owned: Collection[int]) -> Snapshot:
+        """Every source's progress, then the end offsets of the `owned` terminal-events partitions (in this
+        order: see the module docstring). Raises KafkaException when the broker does not answer."""
+        sources: set[str] = set()
+        drained: set[str] = set()
+        lag: dict[tuple[str, int], int] = {}
+        for kind, (topic, group) in self.inputs.items():
+            asked = [TopicPartition(topic, p) for p in self.partitions(topic)]
+            for tp in group.committed(asked, timeout=self.timeout_s):
+                if tp.error is not None:
+                    raise KafkaException(tp.error)
+                low, high = self.events.get_watermark_offsets(tp, timeout=self.timeout_s, cached=False)
+                behind = max(0, high - max(tp.offset, low))  # no commit yet: OFFSET_INVALID, below `low`
+                source = f"{kind}{tp.partition}"
+                sources.add(source)
+                lag[(topic, tp.partition)] = behind
+                if behind == 0:
+                    drained.add(source)
+        ends = {
+            p: self.events.get_watermark_offsets(
+                TopicPartition(self.events_topic, p), timeout=self.timeout_s, cached=False
+            )[1]
+            for p in owned
+        }
+        return Snapshot(frozenset(sources), frozenset(drained), lag, ends)

@@ -9,6 +9,7 @@ written to a rejects file) or, with `--bad-lines fail`, stops the run before any
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -60,10 +61,8 @@ def _check_writable(flag: str, path: Path) -> None:
         raise DataError(f"{flag} {path}: is a directory (name a file in it)")
     if not path.parent.is_dir():
         raise DataError(f"{flag} {path}: cannot write there (no directory {path.parent})")
-    probe = path.with_name(f".{path.name}.probe")
     try:
-        probe.open("xb").close()
-        probe.unlink()
+        tempfile.TemporaryFile(dir=path.parent).close()  # what writing the output there needs
     except OSError as exc:
         raise DataError(f"{flag} {path}: cannot write there ({exc.strerror})") from exc
 

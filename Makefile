@@ -44,7 +44,7 @@ tools: .tools/node_modules/.bin/dockerfilelint
 # Two phases, so progress shows: the fast tests (a dot each), then the integration tests on the embedded broker
 # (a line each, by name: each takes seconds). pytest exits 5 when it collects no test: a failure, not a pass.
 test: lint typecheck tools
-	@echo "== unit and property tests (no broker; about a minute)"
+	@echo "== unit and property tests (no broker; about 3 minutes on 2 cores)"
 	@$(BIN)/pytest -q -p no:cacheprovider -m "not integration"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; [ $$rc -eq 0 ] || exit $$rc
 	@echo "== integration tests (the embedded tansu broker, scorer processes; about 10 minutes, a line per test)"

@@ -4,7 +4,7 @@ The public API for using the scorer from Python (everything else is internal and
 
     from scorer import Scorer
 
-    scorer = Scorer.load("models/default/2", history="data/default")  # history: optional warm start
+    scorer = Scorer.load()  # the shipped model; or Scorer.load("models/mine/1", history="data/default")
     decisions = scorer.score([{"transaction_id": "t1", "customer_id": "C1", ...}])
 
 `ScoringCore` is the batch core the Kafka loop drives (values and input partitions in, records out).

@@ -21,6 +21,7 @@ from scorer.cli.args import (
     settings_from,
     simulation_params,
 )
+from scorer.cli.broker import add_broker_parser
 from scorer.cli.models import add_models_parser
 from scorer.cli.rules import add_rules_parser
 from scorer.cli.score import add_score_parser
@@ -362,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_models_parser(sub)
     add_rules_parser(sub)
+    add_broker_parser(sub)
     return parser
 
 

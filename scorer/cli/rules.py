@@ -12,6 +12,7 @@ import time
 import orjson
 
 from scorer.cli.args import HelpFormatter, add_kafka_args, settings_from
+from scorer.config import Settings
 from scorer.errors import ConfigError, ScorerError
 from scorer.policy.rules import KINDS, Rule, RuleError, contradiction, parse_expiry
 from scorer.runtime.console import table
@@ -69,7 +70,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     from scorer.kafka.rules import read_rules, write_rule
 
     rule = rule_from(args)
-    settings = settings_from(args)
+    settings = _reached(args)
     existing = read_rules(settings)
     if rule.rule_id in existing and not args.replace:
         raise ScorerError(f"rule {rule.rule_id} exists: --replace to change it, or choose another id")
@@ -84,7 +85,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     from scorer.kafka.rules import read_rules, write_rule
 
-    settings = settings_from(args)
+    settings = _reached(args)
     if args.rule_id not in read_rules(settings):
         raise ScorerError(f"no rule {args.rule_id} in force")
     write_rule(settings, args.rule_id, None)
@@ -95,7 +96,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from scorer.kafka.rules import read_rules
 
-    rules = sorted(read_rules(settings_from(args)).values(), key=lambda r: r.rule_id)
+    rules = sorted(read_rules(_reached(args)).values(), key=lambda r: r.rule_id)
     if not rules:
         print("no rules in force")
         return 0
@@ -107,11 +108,21 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from scorer.kafka.rules import read_rules
 
-    rule = read_rules(settings_from(args)).get(args.rule_id)
+    rule = read_rules(_reached(args)).get(args.rule_id)
     if rule is None:
         raise ScorerError(f"no rule {args.rule_id} in force")
     print(orjson.dumps(rule.to_dict(), option=orjson.OPT_INDENT_2).decode())
     return 0
+
+
+def _reached(args: argparse.Namespace) -> Settings:
+    """The settings, once the brokers answer; ScorerError naming the address and why when they do not
+    (at once when every broker refuses, as every other command that needs Kafka)."""
+    from scorer.kafka.topics import reach
+
+    settings = settings_from(args)
+    reach(settings)
+    return settings
 
 
 def describe(rule: Rule) -> str:

@@ -41,12 +41,12 @@ def add_score_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def cmd_score(args: argparse.Namespace) -> int:
     from scorer.runtime.console import ProgressBar  # imported here: `scorer --help` stays fast
-    from scorer.scoring.batchfile import score_file
+    from scorer.scoring.batchfile import check_paths, score_file
     from scorer.scoring.embedded import Scorer
 
     source, output = Path(args.input), Path(args.output)
-    if source.resolve() == output.resolve():
-        raise ConfigError("--output must not be the --input file")
+    rejects = Path(args.rejects) if args.rejects else None
+    check_paths(source, output, rejects)  # before seconds of warming and scoring, not after
     policy, rules = _policy_and_rules(args)
     started = time.monotonic()
     warm = ProgressBar("warming on history") if args.history else None
@@ -56,7 +56,6 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from exc
     if args.history:
         _err(f"state warmed on {args.history} in {time.monotonic() - started:.0f} s")
-    rejects = Path(args.rejects) if args.rejects else None
     progress = ProgressBar(f"scoring {source.name}")
     result = score_file(
         scorer, source, output, fail_on_bad=args.bad_lines == "fail", rejects=rejects, progress=progress

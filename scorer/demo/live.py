@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 from confluent_kafka import Consumer
 
@@ -34,11 +35,14 @@ from scorer.kafka import clients
 from scorer.kafka.topics import create_topics
 from scorer.model.onnx import read_meta, resolve_artefact
 from scorer.runtime.console import ProgressBar, table
+from scorer.runtime.process import StopRequest
 from scorer.training.simulate import SimulatedData, SimulationParams, simulate
 
 PARTITIONS = 4
 LIVE_DAYS = 7  # streamed live; the days before are replayed in process to warm the state
 RATE_WINDOW_S = 5.0
+DRAIN_S = 10.0  # after the stop, how long the demo waits for the decisions of what it sent
+STOP_GRACE_S = 1.0  # a child that stopped: how long to wait for the stop signal that may have stopped it
 
 
 @dataclass(slots=True)
@@ -51,6 +55,8 @@ class Tally:
     frauds_decided: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     window: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time, decided), newest 5 s
+    # which transactions were decided: a decision delivered twice (at-least-once) is counted once
+    seen: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def count(self, now: float) -> None:
         self.window.append((now, self.decided))
@@ -89,8 +95,15 @@ def child(
         "SCORER_TERMINAL_WAIT_S": "2",
     }
     with log.open("ab") as out:  # JSON logs go to a file so the live status line stays readable
+        # A process group of its own: the terminal's Ctrl-C reaches the demo alone, which first waits for
+        # the decisions in flight and then stops its children (a child stopped by the same Ctrl-C raced the
+        # demo's summary and could not decide what was in flight).
         return subprocess.Popen(  # noqa: S603 - our own CLI
-            [sys.executable, "-m", "scorer", command], env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "scorer", command],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            process_group=0,
         )
 
 
@@ -159,6 +172,11 @@ def _loop(
     children: list[subprocess.Popen[bytes]],
     logs: Path,
 ) -> int:
+    """Stream and show until `--duration` or a stop signal, wait for the decisions in flight, summarise.
+
+    Exit 0 when the user (or the duration) stopped the demo, 1 when a child stopped by itself; the
+    summary is printed either way.
+    """
     streamer = Streamer(settings, data, args.rate, start)
     reader = clients.consumer(
         {
@@ -170,27 +188,70 @@ def _loop(
         }
     )
     reader.subscribe([settings.decisions_topic])
-    tally = Tally()
-    deadline = time.monotonic() + args.duration if args.duration else float("inf")
-    last_print = 0.0
+    tally = Tally(seen=np.zeros(len(data.transaction_id), dtype=bool))
+    stop = StopRequest()
+    restore = stop.install()  # a Ctrl-C sets a flag the loops check: never an exception inside a Kafka call
     try:
-        while time.monotonic() < deadline:
-            if any(c.poll() is not None for c in children):
-                last = _last_lines(logs)
-                print(f"\nscorer demo: a child process stopped unexpectedly: {last}", file=sys.stderr)
-                return 1
-            streamer.pump()
-            _read(reader, tally, index, streamer)
-            if time.monotonic() - last_print > 1.0:
-                last_print = time.monotonic()
-                _status(tally, streamer)
-    except KeyboardInterrupt:
-        print()
+        failed = _stream(args, streamer, reader, tally, index, children, stop, logs)
+        delivered = streamer.close()
+        if not failed and delivered:
+            _drain(streamer, reader, tally, index, children, stop)
     finally:
-        streamer.close()
+        restore()
         reader.close()
     _summary(tally, streamer, port)
-    return 0
+    return 1 if failed else 0
+
+
+def _stream(
+    args: LiveDemo,
+    streamer: Streamer,
+    reader: Consumer,
+    tally: Tally,
+    index: dict[str, int],
+    children: list[subprocess.Popen[bytes]],
+    stop: StopRequest,
+    logs: Path,
+) -> bool:
+    """Stream and show the status line until the duration is over or a stop; True if a child failed."""
+    deadline = time.monotonic() + args.duration if args.duration else float("inf")
+    last_print = 0.0
+    while time.monotonic() < deadline and not stop.requested.is_set():
+        if any(c.poll() is not None for c in children):
+            if stop.expected(STOP_GRACE_S):
+                break
+            print(
+                f"\nscorer demo: a child process stopped unexpectedly: {_last_lines(logs)}", file=sys.stderr
+            )
+            return True
+        streamer.pump()
+        _read(reader, tally, index, streamer)
+        if time.monotonic() - last_print > 1.0:
+            last_print = time.monotonic()
+            _status(tally, streamer)
+    return False
+
+
+def _drain(
+    streamer: Streamer,
+    reader: Consumer,
+    tally: Tally,
+    index: dict[str, int],
+    children: list[subprocess.Popen[bytes]],
+    stop: StopRequest,
+) -> None:
+    """Read decisions until every sent transaction has one, DRAIN_S pass, a second Ctrl-C or a child
+    stops: what is left is reported as in flight."""
+    sent = streamer.next_tx - streamer.start
+    if tally.decided >= sent:
+        return
+    print(f"\nstopped streaming; waiting up to {DRAIN_S:.0f} s for the decisions in flight (Ctrl-C: skip)")
+    deadline = time.monotonic() + DRAIN_S
+    while tally.decided < sent and time.monotonic() < deadline and not stop.hurry.is_set():
+        if any(c.poll() is not None for c in children):
+            return
+        _read(reader, tally, index, streamer)
+        _status(tally, streamer)
 
 
 def _wait_ready(ports: list[int], children: list[subprocess.Popen[bytes]], timeout_s: float = 90.0) -> bool:
@@ -243,8 +304,9 @@ def _read(reader: Consumer, tally: Tally, index: dict[str, int], streamer: Strea
             continue
         doc = orjson.loads(msg.value() or b"{}")
         i = index.get(doc.get("transaction_id", ""))
-        if i is None:
+        if i is None or tally.seen[i]:
             continue
+        tally.seen[i] = True
         tally.decided += 1
         fraud = bool(streamer.data.is_fraud[i])
         tally.frauds_decided += fraud
@@ -277,9 +339,14 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def _summary(tally: Tally, streamer: Streamer, port: int) -> None:
+    sent = streamer.next_tx - streamer.start
+    in_flight = (
+        [("in flight", f"{sent - tally.decided:,} (sent, no decision yet)")] if tally.decided < sent else []
+    )
     rows = [
-        ("transactions sent", f"{streamer.next_tx - streamer.start:,}"),
+        ("transactions sent", f"{sent:,}"),
         ("decisions received", f"{tally.decided:,}"),
+        *in_flight,
         ("flagged", f"{tally.flagged:,}"),
         ("precision of flags", _num(tally.precision, "{:.1%}")),
         ("recall of flags", _num(tally.recall, "{:.1%}")),

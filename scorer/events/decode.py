@@ -29,6 +29,8 @@ MAX_ID_CHARS = 128
 MAX_TEXT_CHARS = 64
 MAX_AMOUNT = 1e9
 CURRENCY_RE = re.compile(r"[A-Z]{3}")
+# The fields schemas/transaction.schema.json requires (a test compares them): a CSV header names them all.
+REQUIRED_FIELDS = ("transaction_id", "customer_id", "terminal_id", "amount", "timestamp")
 # Every reason this package rejects a record for, in the order of the checks. Metrics pre-create one
 # series per reason from this tuple; a test reads every Rejected("...") in scorer/events/ against it.
 REASONS = (

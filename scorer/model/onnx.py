@@ -44,11 +44,13 @@ class ModelMeta:
 
 
 def resolve_artefact(path: Path) -> Path:
-    """Accept the artefact directory or its model.onnx / model.json file."""
+    """Accept the artefact directory or its model.onnx / model.json file; a relative path is read from
+    the current directory. ModelError naming the path (and, when relative, where it was looked for)."""
     directory = path if path.is_dir() else path.parent
     if not (directory / "model.onnx").is_file() or not (directory / "model.json").is_file():
+        where = "" if path.is_absolute() else f" ({path.absolute()}: relative to the current directory)"
         raise ModelError(
-            f"{path}: not a model artefact (expected a directory with model.onnx and model.json)"
+            f"{path}{where}: not a model artefact (expected a directory with model.onnx and model.json)"
         )
     return directory
 

@@ -39,3 +39,33 @@ def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
             signal.signal(s, h)
 
     return restore
+
+
+class StopRequest:
+    """SIGINT / SIGTERM / SIGHUP in two steps: the first asks for an orderly stop (`requested`), a second
+    for a quicker one (`hurry`: skip what may still be waited for). Flags the loops check, never an
+    exception raised in the middle of a Kafka call."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.hurry = threading.Event()
+
+    def __call__(self, signum: int, frame: object) -> None:
+        (self.hurry if self.requested.is_set() else self.requested).set()
+
+    def install(self) -> Callable[[], None]:
+        """Handle the signals from now on; returns what puts the previous handlers back."""
+        previous = {s: signal.signal(s, self) for s in self.SIGNALS}
+
+        def restore() -> None:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+        return restore
+
+    def expected(self, grace_s: float) -> bool:
+        """A child process stopped: was it this stop? A signal sent to a whole process group or cgroup
+        (systemd, `kill -- -PGID`) reaches the parent at the same moment, so wait `grace_s` for it."""
+        return self.requested.wait(grace_s)

@@ -8,9 +8,8 @@ written to a rejects file) or, with `--bad-lines fail`, stops the run before any
 
 from __future__ import annotations
 
-import csv
-import io
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,12 +18,12 @@ from typing import IO
 
 import orjson
 
-from scorer.errors import DataError
+from scorer.errors import ConfigError, DataError, Rejected
+from scorer.events.files import FileLine, check_transactions_file, transaction_lines
 from scorer.scoring.embedded import Scorer
 
 CHUNK_LINES = 10_000
 SHOWN_BAD_LINES = 20  # bad lines printed one by one; the rest are counted (and in --rejects)
-CSV_NUMBERS = ("amount",)  # CSV cells are text; the schema wants these as JSON numbers
 Progress = Callable[[int, int], None]
 
 
@@ -39,6 +38,35 @@ class FileResult:
     bad_lines: list[str] = field(default_factory=list)  # "FILE:LINE: reason: detail", the first few
 
 
+def check_paths(source: Path, output: Path, rejects: Path | None = None) -> None:
+    """Refuse, before any work (warming on a history takes seconds), what would fail at the end.
+
+    The input must be readable and a CSV header usable (check_transactions_file: DataError, or
+    ConfigError for the header), the output and the rejects file writable in an existing directory and
+    none of the three the same file (DataError, one line naming the flag and the path).
+    """
+    check_transactions_file(source)
+    named = [("--output", output)] + ([("--rejects", rejects)] if rejects is not None else [])
+    for flag, path in named:
+        if path.resolve() == source.resolve():
+            raise ConfigError(f"{flag} must not be the --input file")
+        _check_writable(flag, path)
+    if rejects is not None and rejects.resolve() == output.resolve():
+        raise ConfigError("--rejects must not be the --output file")
+
+
+def _check_writable(flag: str, path: Path) -> None:
+    """A file can be created beside `path` (the temporary file) and `path` is no directory."""
+    if path.is_dir():
+        raise DataError(f"{flag} {path}: is a directory (name a file in it)")
+    if not path.parent.is_dir():
+        raise DataError(f"{flag} {path}: cannot write there (no directory {path.parent})")
+    try:
+        tempfile.TemporaryFile(dir=path.parent).close()  # what writing the output there needs
+    except OSError as exc:
+        raise DataError(f"{flag} {path}: cannot write there ({exc.strerror})") from exc
+
+
 def score_file(
     scorer: Scorer,
     source: Path,
@@ -48,33 +76,48 @@ def score_file(
     rejects: Path | None = None,
     progress: Progress | None = None,
 ) -> FileResult:
-    """Score every line of `source` into `output` (decision JSON lines, input order).
+    """Score every record of `source` into `output` (decision JSON lines, input order).
 
     The output is written to a temporary file renamed into place at the end, so a run stopped by a bad
-    line (`fail_on_bad`) or an error leaves no partial output behind.
+    line (`fail_on_bad`: DataError naming it) or an error leaves no partial output behind. Call
+    check_paths first: a path that cannot be written fails here only after the work.
     """
+    check_transactions_file(source)
     result, started = FileResult(), time.monotonic()
     total = _count_lines(source)
     partial = output.with_name(f".{output.name}.partial")
     try:
         with partial.open("wb") as out, _optional(rejects) as bad_out:
-            for numbers, values in _chunks(source):
-                scored = scorer.score_values(values)
-                for dead in scored.dead_letters:
-                    line = numbers[dead.index]
-                    _bad(result, source, line, dead.reason, dead.detail, fail_on_bad)
+            for chunk in _chunks(source):
+                for line, reason, detail, value in _score_chunk(scorer, chunk, out, result):
+                    _bad(result, source, line, reason, detail, fail_on_bad)
                     if bad_out is not None:
-                        bad_out.write(_reject(line, dead.reason, dead.detail, values[dead.index]))
-                out.writelines(d["value"] + b"\n" for d in scored.decisions)
-                result.scored += len(scored.decisions)
-                result.flagged += len(scored.flags)
+                        bad_out.write(_reject(line, reason, detail, value))
                 if progress is not None:
-                    progress(min(total, numbers[-1]), total)
+                    progress(min(total, chunk[-1][0]), total)
         os.replace(partial, output)
     finally:
         partial.unlink(missing_ok=True)
     result.seconds = time.monotonic() - started
     return result
+
+
+BadLine = tuple[int, str, str, bytes | None]  # line, reason, detail, the record's value (if it has one)
+
+
+def _score_chunk(scorer: Scorer, chunk: list[FileLine], out: IO[bytes], result: FileResult) -> list[BadLine]:
+    """Score the chunk's records into `out`; its bad lines (the decoder's and the file's), in file order."""
+    good = [(line, value) for line, value in chunk if not isinstance(value, Rejected)]
+    values = [value for _, value in good]
+    scored = scorer.score_values(values)
+    out.writelines(d["value"] + b"\n" for d in scored.decisions)
+    result.scored += len(scored.decisions)
+    result.flagged += len(scored.flags)
+    bad: list[BadLine] = [
+        (good[d.index][0], d.reason, d.detail, values[d.index]) for d in scored.dead_letters
+    ]
+    bad += [(line, v.reason, v.detail, None) for line, v in chunk if isinstance(v, Rejected)]
+    return sorted(bad, key=lambda b: b[0])
 
 
 def _bad(result: FileResult, source: Path, line: int, reason: str, detail: str, fatal: bool) -> None:
@@ -108,71 +151,20 @@ class _optional:
 def _count_lines(path: Path) -> int:
     """Lines in the file (the progress bar's total; for CSV one more than the records)."""
     count, last = 0, b"\n"
-    with _open(path) as f:
+    with path.open("rb") as f:
         while block := f.read(1 << 20):
             count += block.count(b"\n")
             last = block[-1:]
     return count + (last != b"\n")
 
 
-def _open(path: Path) -> IO[bytes]:
-    try:
-        return path.open("rb")
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: no such file") from exc
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from exc
-
-
-def _chunks(path: Path) -> Iterator[tuple[list[int], list[bytes]]]:
-    """(line number of each record, the records as JSON values), CHUNK_LINES records at a time."""
-    rows = _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_rows(path)
-    numbers: list[int] = []
-    chunk: list[bytes] = []
-    for line, value in rows:
-        numbers.append(line)
-        chunk.append(value)
+def _chunks(path: Path) -> Iterator[list[FileLine]]:
+    """The file's records (transaction_lines), CHUNK_LINES at a time."""
+    chunk: list[FileLine] = []
+    for line in transaction_lines(path):
+        chunk.append(line)
         if len(chunk) == CHUNK_LINES:
-            yield numbers, chunk
-            numbers, chunk = [], []
+            yield chunk
+            chunk = []
     if chunk:
-        yield numbers, chunk
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, line) of each non-blank line: a blank line is no record (JSON lines allow none)."""
-    with _open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                yield number, line.rstrip(b"\r\n")
-
-
-def _csv_rows(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, the row as a JSON object) of each CSV record; the header names the fields.
-
-    Empty cells are left out (the optional fields), numeric columns become numbers when they parse (when
-    not, the text goes on and the decoder gives the reason), every other cell stays text.
-    """
-    with _open(path) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
-        reader = csv.DictReader(text)
-        if reader.fieldnames is None:
-            return
-        for row in reader:
-            yield reader.line_num, orjson.dumps(_csv_object(row))
-
-
-def _csv_object(row: dict[str | None, str | list[str] | None]) -> dict[str, object]:
-    doc: dict[str, object] = {}
-    for name, cell in row.items():
-        if name is None or not isinstance(cell, str) or cell == "":
-            continue  # cells beyond the header, or empty: not fields
-        doc[name] = _number(cell) if name in CSV_NUMBERS else cell
-    return doc
-
-
-def _number(cell: str) -> object:
-    try:
-        return float(cell)
-    except ValueError:
-        return cell
+        yield chunk

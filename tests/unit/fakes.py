@@ -18,7 +18,8 @@ from confluent_kafka import KafkaError, KafkaException
 from scorer.features.rows import PartitionDump, PartitionLog
 
 # (topic, value) -> "ok", "refuse" (after retries), "hold" (never answered), "too_large" (the broker refuses
-# its size), or at produce(): "too_large_here" (the producer refuses its size), "invalid_here" (any refusal)
+# its size), or at produce(): "too_large_here" (the producer refuses its size), "invalid_here" (any refusal),
+# "full_here" (the producer's queue is full: BufferError)
 Policy = Callable[[str, bytes | None], str]
 
 
@@ -127,6 +128,8 @@ class FakeProducer:
             raise KafkaException(refusal(KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large"))
         if verdict == "invalid_here":
             raise KafkaException(refusal(KafkaError._INVALID_ARG, "Local: Invalid argument"))
+        if verdict == "full_here":
+            raise BufferError("Local: Queue full")
         msg = FakeMessage(topic, self._partition(topic, key, partition), key, value)
         self.queue.append((msg, on_delivery or (lambda err, msg: None)))
 

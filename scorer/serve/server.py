@@ -137,6 +137,7 @@ def _serve(
         access_log=False,
         log_config=None,
         server_header=False,
+        proxy_headers=False,  # nothing here depends on the client's address or scheme: no X-Forwarded-* trusted
         timeout_graceful_shutdown=int(settings.serve_deadline_ms / 1000.0) + 2,
     )
     config.load()

@@ -190,9 +190,10 @@ def add_kafka_args(p: argparse.ArgumentParser, command: str) -> None:
         )  # fmt: skip
     if command == "serve":
         p.add_argument(
-            "--no-auth", action="store_true",
+            "--no-auth",
+            action="store_true",
             help='serve anyone who reaches the port, without API keys (serve_auth = "none"; env SCORER_SERVE_AUTH)',
-        )  # fmt: skip
+        )
     p.add_argument(
         "--kafka-opt", action="append", default=[], metavar="KEY=VALUE",
         help="any librdkafka property, e.g. security.protocol=SASL_SSL (repeatable; env SCORER_KAFKA_<KEY>)",

@@ -73,10 +73,8 @@ def listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         return socket.create_server((host, port), family=family, backlog=2048)
-    except OSError as exc:
-        why = (
-            os.strerror(exc.errno) if exc.errno else str(exc)
-        )  # create_server's own text repeats the address
+    except OSError as exc:  # the errno's text alone: create_server's message repeats the address
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ScorerError(f"cannot listen on {host}:{port}: {why}") from exc
 
 
@@ -86,35 +84,43 @@ def run_serve(settings: Settings) -> int:
     metrics = ServeMetrics(registry)
     access = access_for(settings, metrics)
     tls = server_context(settings)
-    with ExitStack() as stack:
+    ready = _Readiness()
+    with ExitStack() as stack:  # closed in reverse: the watch, the listener, the producer's flush, the ports
         sock = listen(settings.http_host, settings.http_port)
         stack.callback(sock.close)
-        ready = _Readiness()
         health = serve_health(registry, settings.metrics_host, settings.metrics_port, lambda: ready() is None)
         if health is not None:
             stack.callback(health.stop)
-        partitions = _input_partitions(settings)
-        pending = Pending(settings.serve_cache_size, metrics.late.inc)
-        metrics.in_flight.set_function(pending.in_flight)
-        topic = reply_topic(settings)
-        publisher = Publisher(settings, topic)
-        stack.callback(publisher.close)
-        expire = functools.partial(pending.expire, MAX_WAIT_S)
-        errors = metrics.listener_errors.labels
-        listener = ReplyListener(
-            settings, topic, pending.complete, expire, publisher.poll, lambda name: errors(name).inc()
-        ).start()
-        stack.callback(listener.close)
-        admin = clients.admin(settings.admin_config())
-        scorers = ScorerGroupWatch(admin, settings.group, settings.input_topic, partitions).start()
-        stack.callback(scorers.close)
-        ready.watch(listener, scorers)
-        metrics.scorers_ready.set_function(lambda: float(scorers.why_not() is None))
-        service = ScoringService(settings, pending, publisher.publish)
-        app = ScoringApp(service, registry, metrics, ready, access)
-        _serve(settings, app, sock, tls, topic)
+        service = _kafka_side(settings, metrics, ready, stack)
+        _serve(settings, ScoringApp(service, registry, metrics, ready, access), sock, tls)
     logger.info("stopped")
     return 0
+
+
+def _kafka_side(
+    settings: Settings, metrics: ServeMetrics, ready: _Readiness, stack: ExitStack
+) -> ScoringService:
+    """The transactions topic checked, the publisher, the reply listener and the watch on the scorers'
+    group started (each closed by `stack`); the service that uses them."""
+    partitions = _input_partitions(settings)
+    pending = Pending(settings.serve_cache_size, metrics.late.inc)
+    metrics.in_flight.set_function(pending.in_flight)
+    topic = reply_topic(settings)
+    publisher = Publisher(settings, topic)
+    stack.callback(publisher.close)
+    expire = functools.partial(pending.expire, MAX_WAIT_S)
+    errors = metrics.listener_errors.labels
+    listener = ReplyListener(
+        settings, topic, pending.complete, expire, publisher.poll, lambda name: errors(name).inc()
+    ).start()
+    stack.callback(listener.close)
+    admin = clients.admin(settings.admin_config())
+    scorers = ScorerGroupWatch(admin, settings.group, settings.input_topic, partitions).start()
+    stack.callback(scorers.close)
+    ready.watch(listener, scorers)
+    metrics.scorers_ready.set_function(lambda: float(scorers.why_not() is None))
+    logger.info("reading_replies", extra={"reply_topic": topic})
+    return ScoringService(settings, pending, publisher.publish)
 
 
 def _input_partitions(settings: Settings) -> int:
@@ -126,9 +132,8 @@ def _input_partitions(settings: Settings) -> int:
     return counts[settings.input_topic]
 
 
-def _serve(
-    settings: Settings, app: ScoringApp, sock: socket.socket, tls: ssl.SSLContext | None, topic: str
-) -> None:
+def _serve(settings: Settings, app: ScoringApp, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
+    """Run uvicorn on the bound socket until a signal."""
     config = uvicorn.Config(
         app,
         loop="uvloop",
@@ -150,7 +155,6 @@ def _serve(
             "address": f"{settings.http_host}:{settings.http_port}",
             "tls": "mutual" if settings.serve_tls_client_ca_path else "on" if tls is not None else "off",
             "auth": settings.serve_auth,
-            "reply_topic": topic,
             "settings": settings.masked(),
         },
     )

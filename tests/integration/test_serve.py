@@ -77,6 +77,10 @@ def test_ready_means_the_first_requests_get_the_models_decisions(
     answers = [serve.call("/v1/score", tx(f"first-{i}", f"C{i}")) for i in range(10)]
     sources = [orjson.loads(body).get("decision_source") for _, body in answers]
     assert sources == ["stream"] * 10, answers
+    on_topic = consume(settings, settings.decisions_topic, 10, timeout_s=30)  # readiness wrote nothing there
+    assert sorted(orjson.loads(r["value"])["transaction_id"] for r in on_topic) == [
+        f"first-{i}" for i in range(10)
+    ]  # type: ignore[arg-type]
     assert (
         b"scorer_serve_scorers_ready 1.0"
         in urllib.request.urlopen(  # noqa: S310 - loopback

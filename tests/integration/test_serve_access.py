@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -101,27 +102,22 @@ def test_mutual_tls_and_api_keys_with_a_rotation_under_load(
     old, new, revoked = new_key(), new_key(), new_key()
     keys = tmp_path / "api-keys"
     write_keys(keys, key_line("processor", old), key_line("retired", revoked))
-    serve = Serve(
-        settings, tiny_model, tmp_path / "serve.log", f"{settings.input_topic}-replies",
-        SCORER_SERVE_AUTH="keys", SCORER_SERVE_API_KEYS_PATH=str(keys), SCORER_SERVE_TLS_CERT_PATH=str(cert),
-        SCORER_SERVE_TLS_KEY_PATH=str(key), SCORER_SERVE_TLS_CLIENT_CA_PATH=str(ca),
-    )  # fmt: skip
+    access = {
+        "SCORER_SERVE_AUTH": "keys",
+        "SCORER_SERVE_API_KEYS_PATH": str(keys),
+        "SCORER_SERVE_TLS_CERT_PATH": str(cert),
+        "SCORER_SERVE_TLS_KEY_PATH": str(key),
+        "SCORER_SERVE_TLS_CLIENT_CA_PATH": str(ca),
+    }
+    serve = Serve(settings, tiny_model, tmp_path / "serve.log", f"{settings.input_topic}-replies", **access)
     procs.append(serve)
     client = Client(serve.http_port, ca, processor)
-    deadline = time.monotonic() + 30
-    while True:  # /healthz is open (no key); mTLS still applies to the port
-        try:
-            if client.call("/healthz")[0] == 200:
-                break
-        except OSError:
-            assert serve.popen.poll() is None, serve.describe()
-        assert time.monotonic() < deadline, serve.describe()
-        time.sleep(0.1)
+    wait_until(lambda: healthy(client, serve))  # /healthz needs no key; mutual TLS still applies
 
     for stranger in (Client(serve.http_port, ca, None), Client(serve.http_port, ca, rogue)):
         try:
             answer: object = stranger.call("/v1/score", tx("s1"), key=old)
-        except OSError as exc:  # the handshake refused it (or the connection closed after it)
+        except OSError as exc:  # the handshake refused it (or the connection closed right after it)
             answer = exc
         assert isinstance(answer, OSError), answer
     assert scoring_requests(serve) == 0  # neither reached the app
@@ -133,30 +129,8 @@ def test_mutual_tls_and_api_keys_with_a_rotation_under_load(
     write_keys(keys, key_line("processor", old))  # "retired" revoked
     wait_until(lambda: client.call("/v1/score", tx("k4"), key=revoked)[0] == 401)
 
-    # the rotation: the new key beside the old, the client moves over, the old key goes; requests never stop
-    current = [old]
-    statuses: list[int] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        n = 0
-        while not stop.is_set():
-            n += 1
-            statuses.append(client.call("/v1/score", tx(f"rot-{n}", f"C{n % 7}"), key=current[0])[0])
-
-    sender = threading.Thread(target=load)
-    sender.start()
-    try:
-        write_keys(keys, key_line("processor", old), key_line("processor-2", new))
-        wait_until(lambda: client.call("/v1/score", tx("probe-new"), key=new)[0] == 200)
-        current[0] = new
-        write_keys(keys, key_line("processor-2", new))
-        wait_until(lambda: client.call("/v1/score", tx("probe-old"), key=old)[0] == 401)
-        time.sleep(0.5)  # a few more requests with the new key alone
-    finally:
-        stop.set()
-        sender.join(30)
-    assert statuses and set(statuses) == {200}, statuses
+    statuses = rotate_under_load(client, keys, old, new)
+    assert statuses and set(statuses) == {200}, statuses  # not one request refused
 
     metrics = serve.metrics()  # the plain metrics port: no key, no client certificate
     assert 'scorer_serve_api_key_requests_total{key="missing",result="unauthorized"} 1.0' in metrics
@@ -169,8 +143,45 @@ def test_mutual_tls_and_api_keys_with_a_rotation_under_load(
     assert serve.terminate() == 0
 
 
-def wait_until(condition: object, timeout_s: float = 20.0) -> None:
+def rotate_under_load(client: Client, keys: Path, old: str, new: str) -> list[int]:
+    """The rotation while a client sends without pause: the new key beside the old one, the client moves
+    over once the new key is accepted, the old key goes. Returns the status of every request sent."""
+    current = [old]
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            statuses.append(client.call("/v1/score", tx(f"rot-{n}", f"C{n % 7}"), key=current[0])[0])
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        write_keys(keys, key_line("processor", old), key_line("processor-2", new))
+        wait_until(lambda: client.call("/v1/score", tx("probe-new"), key=new)[0] == 200)
+        current[0] = new
+        write_keys(keys, key_line("processor-2", new))
+        wait_until(lambda: client.call("/v1/score", tx("probe-old"), key=old)[0] == 401)
+        after = len(statuses)
+        wait_until(lambda: len(statuses) >= after + 5)  # a few more with the new key alone
+    finally:
+        stop.set()
+        sender.join(30)
+    return statuses
+
+
+def healthy(client: Client, serve: Serve) -> bool:
+    try:
+        return client.call("/healthz")[0] == 200
+    except OSError:
+        assert serve.popen.poll() is None, serve.describe()
+        return False
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "the condition never held"
         time.sleep(0.1)

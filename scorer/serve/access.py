@@ -152,6 +152,7 @@ class KeyFile:
         self.clock = clock
         self.on_reload = on_reload  # True after a reload, False after a file that could not be used
         self._stamp = self._stat()
+        self._reported = ""  # the problem last reported, if the file is unusable now
         self.keys = self._read()  # at start, a problem is the caller's ConfigError (exit 2)
         if not self.keys:
             raise ConfigError(f"{path}: no API key in the file (add one with `scorer api-keys new`)")
@@ -166,19 +167,17 @@ class KeyFile:
         return self.keys
 
     def refresh(self) -> None:
-        """Read the file again if its modification time, size or inode changed."""
+        """Read the file again if its modification time, size or inode changed. A file that cannot be
+        used leaves the keys in force, and is reported once (not once a second) until the problem changes."""
         try:
             stamp = self._stat()
-        except ConfigError as exc:
-            self._failed(str(exc))
-            return
-        if stamp == self._stamp:
-            return
-        try:
+            if stamp == self._stamp:
+                return
             keys = self._read()
         except ConfigError as exc:
-            self._failed(str(exc))
+            self._unusable(str(exc))
             return
+        self._reported = ""
         self._stamp, self.keys = stamp, keys
         logger.info("api_keys_loaded", extra={"path": str(self.path), "names": [k.name for k in keys]})
         if not keys:
@@ -186,7 +185,10 @@ class KeyFile:
         if self.on_reload is not None:
             self.on_reload(True)
 
-    def _failed(self, error: str) -> None:
+    def _unusable(self, error: str) -> None:
+        if error == self._reported:
+            return
+        self._reported = error
         logger.error("api_keys_not_reloaded", extra={"path": str(self.path), "error": error})
         if self.on_reload is not None:
             self.on_reload(False)

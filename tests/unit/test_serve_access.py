@@ -84,7 +84,9 @@ def test_the_probes_and_the_description_are_open_the_metrics_need_a_key(tmp_path
     assert status == 200 and b"scorer_serve_api_key_requests_total" in body
 
 
-def test_a_key_rotation_needs_no_restart_and_a_revoked_key_is_refused(tmp_path: Path) -> None:
+def test_a_key_rotation_needs_no_restart_and_a_revoked_key_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Add the new key beside the old one, move the client over, remove the old key: no request fails."""
     old, new = new_key(), new_key()
     clock = Clock()
@@ -102,10 +104,12 @@ def test_a_key_rotation_needs_no_restart_and_a_revoked_key_is_refused(tmp_path: 
     assert status == 401 and "revoked" in orjson.loads(body)["detail"]
     assert call(app, "POST", "/v1/score", tx("r6"), **bearer(new))[0] == 200
     path.write_text("acquirer-2 not-a-hash\n")  # a broken edit: the keys in force stay
-    clock.now += CHECK_EVERY_S
-    assert call(app, "POST", "/v1/score", tx("r7"), **bearer(new))[0] == 200
+    for tid in ("r7", "r8"):
+        clock.now += CHECK_EVERY_S
+        assert call(app, "POST", "/v1/score", tx(tid), **bearer(new))[0] == 200
+    assert [r.getMessage() for r in caplog.records].count("api_keys_not_reloaded") == 1  # said once
     accepted = {"key": "acquirer-2", "result": "accepted"}
-    assert registry.get_sample_value("scorer_serve_api_key_requests_total", accepted) == 3
+    assert registry.get_sample_value("scorer_serve_api_key_requests_total", accepted) == 4
 
 
 def test_a_key_over_its_rate_is_429_with_retry_after_until_its_bucket_refills(tmp_path: Path) -> None:
@@ -200,3 +204,18 @@ def test_the_serve_flags_reach_the_settings() -> None:
     )
     assert (s.serve_tls_cert_path, s.serve_tls_key_path, s.serve_tls_client_ca_path) == ("c", "p", "ca")
     assert s.metrics_host == "127.0.0.2"
+
+
+def test_reloads_are_counted_and_new_names_get_their_series(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    path = key_file(tmp_path / "keys", key_line("first", new_key()))
+    access = access_for(Settings(serve_api_keys_path=str(path)), ServeMetrics(registry))
+    assert isinstance(access, KeyAccess)
+    key_file(path, key_line("first", new_key()), key_line("second", new_key()))
+    access.keys.refresh()
+    path.write_text("broken\n")
+    access.keys.refresh()
+    sample = registry.get_sample_value
+    assert sample("scorer_serve_api_key_reloads_total", {"result": "ok"}) == 1
+    assert sample("scorer_serve_api_key_reloads_total", {"result": "failed"}) == 1
+    assert sample("scorer_serve_api_key_requests_total", {"key": "second", "result": "accepted"}) == 0

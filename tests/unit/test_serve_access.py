@@ -219,3 +219,46 @@ def test_reloads_are_counted_and_new_names_get_their_series(tmp_path: Path) -> N
     assert sample("scorer_serve_api_key_reloads_total", {"result": "ok"}) == 1
     assert sample("scorer_serve_api_key_reloads_total", {"result": "failed"}) == 1
     assert sample("scorer_serve_api_key_requests_total", {"key": "second", "result": "accepted"}) == 0
+
+
+def test_the_api_keys_command_makes_revokes_and_lists_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "api-keys"
+    assert main(["api-keys", "new", "acquirer-eu", "--file", str(path)]) == 0
+    key = capsys.readouterr().out.strip()
+    assert main(["api-keys", "new", "acquirer-us", "--file", str(path), "--rate", "50"]) == 0
+    other = capsys.readouterr().out.strip()
+    assert path.stat().st_mode & 0o777 == 0o600 and key not in path.read_text()
+    access = KeyAccess(KeyFile(path, 1000.0), 100)
+    assert [access.identify(f"Bearer {k}").name for k in (key, other)] == ["acquirer-eu", "acquirer-us"]  # type: ignore[union-attr]
+    assert main(["api-keys", "list", "--file", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "acquirer-eu\tserve_key_rate_per_s",
+        "acquirer-us\t50 transactions/s",
+    ]
+    assert main(["api-keys", "new", "acquirer-eu", "--file", str(path)]) == 1  # the name is taken
+    assert main(["api-keys", "revoke", "acquirer-eu", "--file", str(path)]) == 0
+    assert [k.name for k in parse_keys(path.read_text(), "k", 1.0)] == ["acquirer-us"]
+    assert main(["api-keys", "revoke", "acquirer-eu", "--file", str(path)]) == 1  # gone already
+    assert main(["api-keys", "list", "--file", str(tmp_path / "none")]) == 2
+    assert main(["api-keys", "new", "two words", "--file", str(path)]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 5 and all(line.startswith(("scorer: error:", "key ")) for line in errors)
+
+
+def test_the_documented_shell_line_matches_the_key_file_format() -> None:
+    """docs/serve.md: the line of a key made elsewhere, with printf and sha256sum."""
+    import subprocess
+
+    key = new_key()
+    line = "printf '%s sha256:%s\\n' acquirer-eu \"$(printf %s \"$KEY\" | sha256sum | cut -d' ' -f1)\""
+    assert line.replace("\\\\n", "\\n") in Path(__file__).parents[2].joinpath("docs/serve.md").read_text()
+    done = subprocess.run(
+        ["bash", "-c", line],
+        env={"KEY": key, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == key_line("acquirer-eu", key)

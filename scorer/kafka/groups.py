@@ -84,7 +84,7 @@ class ScorerGroupWatch:
         """Describe the group once; a broker that does not answer leaves the last view in place."""
         try:
             view = describe(self.admin, self.group, self.topic)
-        except KafkaException as exc:
+        except (KafkaException, TimeoutError) as exc:  # the broker is slow or gone: the listener says so
             logger.debug("scorer_group_not_described", extra={"group": self.group, "error": str(exc)})
             return
         self.view = view
@@ -118,7 +118,10 @@ class ScorerGroupWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.check()
+            try:
+                self.check()
+            except Exception:  # a bug here must not freeze readiness silently: logged, tried again
+                logger.exception("scorer_group_check_failed", extra={"group": self.group})
             self._stop.wait(STEADY_EVERY_S if self.served else STARTING_EVERY_S)
 
     def close(self, timeout_s: float = 5.0) -> None:

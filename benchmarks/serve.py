@@ -99,6 +99,7 @@ def _spawn_serve(launcher: Launcher, running: Running, input_topic: str, port: i
         "SCORER_BROKERS": launcher.brokers, "SCORER_INPUT_TOPIC": input_topic, "SCORER_HTTP_PORT": str(port),
         "SCORER_REPLY_TOPIC": f"{input_topic}-replies", "SCORER_FETCH_WAIT_MAX_MS": str(launcher.fetch_wait_ms),
         "SCORER_LOG_LEVEL": "WARNING",
+        "SCORER_SERVE_AUTH": "none", "SCORER_METRICS_PORT": "0",  # an open API on loopback, no metrics port
     }  # fmt: skip
     return _spawn([sys.executable, "-m", "scorer", "serve"], running.logs, env)
 

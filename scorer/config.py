@@ -21,6 +21,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default" / 
 ENV_PREFIX = "SCORER_"
 GUARANTEES = ("at_least_once", "exactly_once")
 SERVE_ON_DEADLINE = ("fallback", "504")
+SERVE_AUTH = ("keys", "none")
 ACTIONS = ("approve", "review", "decline")
 TERMINAL_EVENT_WRITERS = ("scorer", "aggregator")  # who writes transactions to terminal-events
 DEAD_LETTER_HEADROOM_BYTES = 65_536  # a dead letter's key and headers at most (kafka/deadletters.py)
@@ -81,6 +82,14 @@ class Settings:
     serve_fallback_action: str = "approve"  # the fallback decision's action (approve | review | decline)
     serve_batch_max: int = 100  # scorer serve: transactions per /v1/score:batch request
     serve_cache_size: int = 100_000  # scorer serve: decisions kept for retried transaction_ids
+    # scorer serve: "keys" (each scoring request needs an API key from serve_api_keys_path; no key file:
+    # it refuses to start) or "none" (anyone who reaches the port is served: the demo, a trusted network)
+    serve_auth: str = "keys"
+    serve_api_keys_path: str = ""  # scorer serve: the key file (NAME sha256:HEX [RATE]), read again on change
+    serve_key_rate_per_s: float = 1000.0  # scorer serve: transactions per second per key (0: no limit)
+    serve_tls_cert_path: str = ""  # scorer serve: TLS on the API port with this PEM certificate (chain)
+    serve_tls_key_path: str = ""  # ... and its PEM private key (unencrypted: a mounted secret)
+    serve_tls_client_ca_path: str = ""  # mutual TLS: a client needs a certificate this CA signed
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped
     metrics_port: int = 9108  # 0 disables the endpoint
     log_level: str = "INFO"
@@ -284,6 +293,7 @@ def validate(s: Settings) -> None:
         "quality_drop_margin",
         "reply_window",
         "serve_cache_size",
+        "serve_key_rate_per_s",
     ):
         if getattr(s, name) < 0:
             problems.append(f"{name} must not be negative")
@@ -292,6 +302,7 @@ def validate(s: Settings) -> None:
         ("terminal_events_from", TERMINAL_EVENT_WRITERS),
         ("serve_on_deadline", SERVE_ON_DEADLINE),
         ("serve_fallback_action", ACTIONS),
+        ("serve_auth", SERVE_AUTH),
     ):
         if getattr(s, name) not in allowed:
             problems.append(f"{name} {getattr(s, name)!r} is not one of {', '.join(allowed)}")
@@ -307,6 +318,7 @@ def validate(s: Settings) -> None:
         problems.append(f"http_port {s.http_port} is not a TCP port")
     if not 0 <= s.metrics_port <= 65535:
         problems.append(f"metrics_port {s.metrics_port} is not a TCP port")
+    problems += _tls_problems(s)
     if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"log_level {s.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
     if not s.brokers.strip():
@@ -315,3 +327,12 @@ def validate(s: Settings) -> None:
     problems += [f"{t} must not be empty" for t in topics if not getattr(s, t).strip()]
     if problems:
         raise ConfigError("invalid settings: " + "; ".join(problems))
+
+
+def _tls_problems(s: Settings) -> list[str]:
+    """serve's TLS files come as a certificate and its key, and a client CA only with them."""
+    if bool(s.serve_tls_cert_path) != bool(s.serve_tls_key_path):
+        return ["serve_tls_cert_path and serve_tls_key_path go together (TLS needs both)"]
+    if s.serve_tls_client_ca_path and not s.serve_tls_cert_path:
+        return ["serve_tls_client_ca_path needs serve_tls_cert_path and serve_tls_key_path (mTLS is TLS)"]
+    return []

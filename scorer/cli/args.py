@@ -101,9 +101,21 @@ KAFKA_FLAGS: dict[str, tuple[str, str]] = {
     "--decisions-topic": ("decisions_topic", "the decisions topic (flags and shadow topics follow its name)"),
     "--model": ("model", "model artefact directory (the champion until a deployment is published)"),
     "--metrics-port": ("metrics_port", "port of /metrics, /healthz and /readyz (0: off)"),
+    "--metrics-host": ("metrics_host", "address the metrics port binds (127.0.0.1: this machine only)"),
     "--batch-max": ("batch_max", "records per consumed batch"),
     "--log-level": ("log_level", "DEBUG, INFO, WARNING or ERROR (JSON lines on stderr)"),
     "--http-port": ("http_port", "port of the scoring API (and its /metrics, /healthz, /readyz)"),
+    "--http-host": ("http_host", "address the scoring API binds (0.0.0.0: every interface)"),
+    "--api-keys": (
+        "serve_api_keys_path",
+        "the API key file, read again when it changes (scorer api-keys new)",
+    ),
+    "--tls-cert": ("serve_tls_cert_path", "TLS on the API port: the PEM certificate (chain)"),
+    "--tls-key": ("serve_tls_key_path", "TLS on the API port: the certificate's PEM private key"),
+    "--tls-client-ca": (
+        "serve_tls_client_ca_path",
+        "mutual TLS: accept only clients with a certificate this CA signed",
+    ),
     "--reply-topic": ("reply_topic", "this instance's reply topic (empty: scorer-replies-<hostname>)"),
     "--deadline-ms": ("serve_deadline_ms", "default deadline of a scoring request"),
 }
@@ -115,19 +127,50 @@ LONG_RUNNING = (
     "--decisions-topic",
     "--model",
     "--metrics-port",
+    "--metrics-host",
     "--batch-max",
     "--log-level",
 )
 COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "run": LONG_RUNNING,
-    "aggregate": ("--brokers", "--input-topic", "--model", "--metrics-port", "--batch-max", "--log-level"),
-    "monitor": ("--brokers", "--decisions-topic", "--model", "--metrics-port", "--log-level"),
+    "aggregate": (
+        "--brokers",
+        "--input-topic",
+        "--model",
+        "--metrics-port",
+        "--metrics-host",
+        "--batch-max",
+        "--log-level",
+    ),
+    "monitor": (
+        "--brokers",
+        "--decisions-topic",
+        "--model",
+        "--metrics-port",
+        "--metrics-host",
+        "--log-level",
+    ),
     "report": ("--brokers", "--decisions-topic", "--model"),
     "stream": ("--brokers", "--input-topic", "--log-level"),
     "topics": ("--brokers", "--input-topic", "--decisions-topic"),
     "models": ("--brokers", "--group", "--model"),
     "rules": ("--brokers",),
-    "serve": ("--brokers", "--input-topic", "--http-port", "--reply-topic", "--deadline-ms", "--log-level"),
+    "serve": (
+        "--brokers",
+        "--group",
+        "--input-topic",
+        "--http-host",
+        "--http-port",
+        "--reply-topic",
+        "--deadline-ms",
+        "--api-keys",
+        "--tls-cert",
+        "--tls-key",
+        "--tls-client-ca",
+        "--metrics-host",
+        "--metrics-port",
+        "--log-level",
+    ),
 }
 
 
@@ -142,9 +185,15 @@ def add_kafka_args(p: argparse.ArgumentParser, command: str) -> None:
         default = getattr(defaults, name)
         shown = "the shipped models/default/2" if name == "model" else default
         p.add_argument(
-            flag, type=type(default), metavar=name.upper(),
+            flag, type=type(default), metavar=name.upper(), dest=name,
             help=f"{text} (default: {shown}; env SCORER_{name.upper()})",
         )  # fmt: skip
+    if command == "serve":
+        p.add_argument(
+            "--no-auth",
+            action="store_true",
+            help='serve anyone who reaches the port, without API keys (serve_auth = "none"; env SCORER_SERVE_AUTH)',
+        )
     p.add_argument(
         "--kafka-opt", action="append", default=[], metavar="KEY=VALUE",
         help="any librdkafka property, e.g. security.protocol=SASL_SSL (repeatable; env SCORER_KAFKA_<KEY>)",
@@ -166,8 +215,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "http_port",
         "reply_topic",
         "serve_deadline_ms",
+        "http_host",
+        "metrics_host",
+        "serve_api_keys_path",
+        "serve_tls_cert_path",
+        "serve_tls_key_path",
+        "serve_tls_client_ca_path",
     )
     overrides: dict[str, object] = {n: getattr(args, n, None) for n in names}
+    if getattr(args, "no_auth", False):
+        overrides["serve_auth"] = "none"
     kafka = parse_kafka_opts(getattr(args, "kafka_opt", []) or [])
     if kafka:
         overrides["kafka"] = kafka

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import orjson
 from confluent_kafka import KafkaError, KafkaException
 
+from scorer.cli.apikeys import add_api_keys_parser
 from scorer.cli.args import (
     HelpFormatter,
     add_kafka_args,
@@ -364,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_parser(sub)
     add_rules_parser(sub)
     add_broker_parser(sub)
+    add_api_keys_parser(sub)
     return parser
 
 

@@ -12,6 +12,7 @@ lost their connection anyway; the decisions are on the decisions topic).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -33,6 +34,7 @@ CORRELATION_ID = "scorer-correlation-id"
 TRANSACTION_ID = "scorer-transaction-id"
 REPLY_RETENTION_MS = 3_600_000  # replies matter for seconds; an hour is ample for a restarted instance
 EXPIRE_EVERY_S = 5.0
+LOG_EVERY_S = 10.0  # a callback failing again and again: one line per this, with the count
 
 
 def reply_topic(settings: Settings) -> str:
@@ -44,11 +46,11 @@ def reply_topic(settings: Settings) -> str:
 class Publisher:
     """A producer of request transactions (acks=all, idempotent, no linger)."""
 
-    def __init__(self, settings: Settings, reply_to: str) -> None:
+    def __init__(self, settings: Settings, reply_to: str, producer: Any = None) -> None:
         # no linger: each request goes at once; delivery reports for failures only (a success needs none:
         # the reply is the acknowledgement that matters), so the poll thread wakes only when one fails
         config = {**settings.producer_config(), "linger.ms": 0, "delivery.report.only.error": True}
-        self.producer = clients.producer(config)
+        self.producer = producer if producer is not None else clients.producer(config)  # tests: a fake
         self.topic = settings.input_topic
         self.reply_to = reply_to.encode()
 
@@ -58,7 +60,7 @@ class Publisher:
         value: bytes,
         transaction_id: str,
         correlation_id: bytes,
-        on_failure: Callable[[str], None],
+        on_failure: Callable[[str], object],
     ) -> None:
         """Queue the transaction; `on_failure(detail)` if the broker refuses it (nothing to wait for)."""
         headers: list[tuple[str, str | bytes | None]] = [
@@ -75,8 +77,11 @@ class Publisher:
             self.producer.produce(
                 self.topic, value=value, key=customer_id.encode(), headers=headers, on_delivery=delivered
             )
-        except (BufferError, Exception) as exc:  # queue full, or a fatal producer error: the request fails
-            on_failure(f"{type(exc).__name__}: {exc}")
+        except BufferError as exc:  # the producer's queue is full: not published, the client may retry
+            on_failure(f"the producer's queue is full: {exc}")
+        except KafkaException as exc:  # refused before sending (a fatal producer state, an unknown topic)
+            on_failure(f"Kafka: {exc.args[0].str() if exc.args else exc}")
+        # anything else is a bug of ours, not the broker's answer: it propagates (HTTP 500, logged)
         self.producer.poll(0)  # failed deliveries of earlier requests (the only reports asked for)
 
     def poll(self) -> None:
@@ -88,24 +93,34 @@ class Publisher:
 
 
 class ReplyListener:
-    """Reads the reply topic from its end on a thread and hands each (correlation id, value) on."""
+    """Reads the reply topic from its end on a thread and hands each (correlation id, value) on.
+
+    The thread outlives any failure of the callbacks it runs (a reply's completion, the producer's
+    delivery reports, the expiry) and of its consumer: each is logged (at most once per LOG_EVERY_S per
+    callback, with the count since) and counted through `on_error(callback)`; the next reply is read as
+    usual. Only close() ends it.
+    """
 
     def __init__(
         self,
         settings: Settings,
         topic: str,
-        on_reply: Callable[[bytes, bytes], bool],
+        on_reply: Callable[[bytes, bytes], object],
         on_tick: Callable[[], object] | None = None,
         on_turn: Callable[[], object] | None = None,
+        on_error: Callable[[str], object] | None = None,
     ) -> None:
         self.settings = settings
         self.topic = topic
         self.on_reply = on_reply
         self.on_tick = on_tick  # every EXPIRE_EVERY_S
         self.on_turn = on_turn  # every turn of the loop (at most 50 ms apart)
+        self.on_error = on_error  # the callback's name (reply, turn, tick, consume) after each failure
         self.broker_ok = True  # the last metadata request (every EXPIRE_EVERY_S) was answered
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="serve-replies", daemon=True)
+        self._last_tick = time.monotonic()
+        self._logged: dict[str, tuple[float, int]] = {}  # callback -> (last logged, failures since)
 
     def start(self, timeout_s: float = 15.0) -> ReplyListener:
         """Create the topic if needed and start reading it at its end."""
@@ -113,31 +128,70 @@ class ReplyListener:
         spec = TopicSpec(self.topic, 1, config={"retention.ms": str(REPLY_RETENTION_MS)})
         ensure_topics(self.settings.brokers, [spec], kafka=security, timeout_s=timeout_s)
         group = f"scorer-serve-{uuid.uuid4().hex[:8]}"  # assign() only: the group id is never used
-        self.consumer = clients.consumer(
+        consumer = clients.consumer(
             {**self.settings.consumer_config(group=group), "enable.auto.commit": False}
         )
         try:  # from the end as it is now: a reply to a request published after this cannot be missed
-            _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=timeout_s)
+            _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=timeout_s)
         except KafkaException as exc:
+            consumer.close()
             raise ScorerError(f"cannot read the reply topic {self.topic}: {exc}") from exc
-        self.consumer.assign([TopicPartition(self.topic, 0, high)])  # older replies (if any) are ignored
+        consumer.assign([TopicPartition(self.topic, 0, high)])  # older replies (if any) are ignored
+        return self.run_on(consumer)
+
+    def run_on(self, consumer: Any) -> ReplyListener:
+        """Start the thread on `consumer`, already assigned to the reply topic (start() makes it)."""
+        self.consumer = consumer
         self._thread.start()
         return self
 
     def _run(self) -> None:
-        last_tick = time.monotonic()
         while not self._stop.is_set():
-            for msg in clients.take_available(self.consumer, 500, 0.05):
-                if msg.error() is None:
-                    self.on_reply(msg.key() or b"", msg.value() or b"")
-            if self.on_turn is not None:
-                self.on_turn()
-            if time.monotonic() - last_tick >= EXPIRE_EVERY_S:
-                last_tick = time.monotonic()
-                self._check_broker()
-                if self.on_tick is not None:
-                    self.on_tick()
+            try:
+                self.turn()
+            except Exception as exc:  # the consumer itself failed: reported, read again
+                self._failed("consume", exc)
+                self._stop.wait(1.0)
         self.consumer.close()
+
+    def turn(self) -> None:
+        """One turn: the replies that have arrived (waiting at most 50 ms), then the periodic work."""
+        for msg in clients.take_available(self.consumer, 500, 0.05):
+            if msg.error() is None:
+                self._call("reply", self.on_reply, msg.key() or b"", msg.value() or b"")
+        if self.on_turn is not None:
+            self._call("turn", self.on_turn)
+        if time.monotonic() - self._last_tick >= EXPIRE_EVERY_S:
+            self._last_tick = time.monotonic()
+            self._check_broker()
+            if self.on_tick is not None:
+                self._call("tick", self.on_tick)
+
+    def _call(self, name: str, callback: Callable[..., object], *args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception as exc:  # a bug in a callback must not stop the replies
+            self._failed(name, exc)
+
+    def _failed(self, callback: str, exc: Exception) -> None:
+        if self.on_error is not None:
+            self._call_quietly(self.on_error, callback)
+        now = time.monotonic()
+        last, since = self._logged.get(callback, (-LOG_EVERY_S, 0))
+        if now - last < LOG_EVERY_S:
+            self._logged[callback] = (last, since + 1)
+            return
+        self._logged[callback] = (now, 0)
+        logger.error(
+            "reply_listener_callback_failed",
+            extra={"callback": callback, "error": f"{type(exc).__name__}: {exc}", "failures_since": since},
+            exc_info=exc,
+        )
+
+    @staticmethod
+    def _call_quietly(callback: Callable[[str], object], name: str) -> None:
+        with contextlib.suppress(Exception):  # the counter itself failing: the log line still says it
+            callback(name)
 
     def _check_broker(self) -> None:
         try:

@@ -70,4 +70,4 @@ def serve_health(
     try:
         return HealthServer(registry, host, port, ready).start()
     except OSError as exc:
-        raise ScorerError(f"cannot serve metrics on port {port}: {exc.strerror}") from exc
+        raise ScorerError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from exc

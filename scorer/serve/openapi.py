@@ -9,8 +9,9 @@ from scorer.version import __version__
 SCHEMAS = "https://scorer.dev/schemas"
 
 
-def openapi_document(batch_max: int) -> dict[str, Any]:
-    """What a client needs: the two scoring routes, their bodies, answers and errors, the probes."""
+def openapi_document(batch_max: int, keys: bool = True) -> dict[str, Any]:
+    """What a client needs: the two scoring routes, their bodies, answers and errors, the probes; with
+    `keys`, the bearer API key the scoring routes and /metrics require."""
     transaction = {"$ref": f"{SCHEMAS}/transaction.schema.json"}
     answer = {
         "oneOf": [{"$ref": "#/components/schemas/StreamDecision"}, {"$ref": "#/components/schemas/Fallback"}]
@@ -25,8 +26,14 @@ def openapi_document(batch_max: int) -> dict[str, Any]:
         "422": _error("Invalid transaction(s): the dead-letter topic's reason; nothing was published."),
         "503": _error("The transaction could not be published (it is not in the log): retry."),
         "504": _error("serve_on_deadline=504: no decision in time (the transaction still flows)."),
+        "500": _error("A fault of serve's own (logged); nothing is known about the transaction."),
     }
-    return {
+    if keys:
+        errors["401"] = _error("No valid API key (Authorization: Bearer <key>); see WWW-Authenticate.")
+        errors["429"] = _error(
+            "Over the key's rate (transactions per second); retry after Retry-After seconds."
+        )
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "scorer serve", "version": __version__,
                  "description": "Synchronous fraud decisions, made by the stream's scorers (request-reply over Kafka)."},
@@ -45,10 +52,10 @@ def openapi_document(batch_max: int) -> dict[str, Any]:
                                       "content": {"application/json": {"schema": {
                                           "type": "object", "required": ["decisions"],
                                           "properties": {"decisions": {"type": "array", "items": answer}}}}}},
-                              "422": errors["422"], "400": errors["400"]},
+                              **{k: v for k, v in errors.items() if k not in ("503", "504")}},
             }},
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
-            "/readyz": {"get": {"summary": "Readiness: the broker answers, replies are read",
+            "/readyz": {"get": {"summary": "Readiness: a decision can come back (replies read, the scorers' group settled)",
                                 "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
         },
@@ -67,6 +74,12 @@ def openapi_document(batch_max: int) -> dict[str, Any]:
                                      "detail": {"type": "string"}, "errors": {"type": "array"}}},
         }},
     }  # fmt: skip
+    if keys:
+        document["components"]["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
+        for route in ("/v1/score", "/v1/score:batch", "/metrics"):
+            for operation in document["paths"][route].values():
+                operation["security"] = [{"apiKey": []}]
+    return document
 
 
 def _error(description: str) -> dict[str, Any]:

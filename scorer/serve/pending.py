@@ -41,7 +41,13 @@ class Request:
 
 
 class Pending:
-    """Thread-safe: HTTP handlers start and wait, the reply listener and delivery callbacks complete."""
+    """Thread-safe: HTTP handlers start and wait, the reply listener and delivery callbacks complete.
+
+    A request is resolved exactly once, by whoever takes it out of the table under the lock: a reply
+    (`complete`), a refused delivery (`fail`) or the expiry. The others find it gone and do nothing, so a
+    delivery error reported for a transaction that was in fact written, racing its reply, can never
+    resolve a future twice (which raised InvalidStateError on the listener's thread).
+    """
 
     def __init__(self, cache_size: int, on_late: Callable[[], None] | None = None) -> None:
         self.cache_size = cache_size
@@ -72,8 +78,9 @@ class Pending:
         with self._lock:
             request = self._by_correlation.pop(correlation_id, None)
             if request is None:
-                return False
-            self._by_transaction.pop(request.transaction_id, None)
+                return False  # not ours, or already resolved (failed or expired): nothing to do
+            if self._by_transaction.get(request.transaction_id) is request:
+                del self._by_transaction[request.transaction_id]
             error = _error(value)
             if error is None:
                 self._remember(request.transaction_id, value)
@@ -81,19 +88,23 @@ class Pending:
                 self.late += 1
         if request.timed_out and self.on_late is not None:
             self.on_late()
-        if error is None:
+        if error is None:  # ours alone: taken out of the table under the lock above
             request.future.set_result(value)
         else:
             request.future.set_exception(error)
         return True
 
-    def fail(self, request: Request, reason: str, detail: str) -> None:
-        """The transaction never reached the log (publishing failed): nothing to wait for."""
+    def fail(self, request: Request, reason: str, detail: str) -> bool:
+        """The transaction never reached the log (publishing failed), or waited too long: nothing to wait
+        for. False (and nothing done) if the request was already resolved, by its reply for instance."""
         with self._lock:
-            self._by_correlation.pop(request.correlation_id, None)
-            self._by_transaction.pop(request.transaction_id, None)
-        if not request.future.done():
-            request.future.set_exception(ScoringFailed(reason, detail))
+            if self._by_correlation.get(request.correlation_id) is not request:
+                return False
+            del self._by_correlation[request.correlation_id]
+            if self._by_transaction.get(request.transaction_id) is request:
+                del self._by_transaction[request.transaction_id]
+        request.future.set_exception(ScoringFailed(reason, detail))  # ours alone: taken out above
+        return True
 
     def gave_up(self, request: Request) -> None:
         """A waiter's deadline passed; the request stays in flight for its late decision."""
@@ -105,9 +116,7 @@ class Pending:
         cutoff = time.monotonic() - max_age_s
         with self._lock:
             old = [r for r in self._by_correlation.values() if r.started_s < cutoff]
-        for request in old:
-            self.fail(request, "expired", f"no reply within {max_age_s:.0f} s")
-        return len(old)
+        return sum(self.fail(r, "expired", f"no reply within {max_age_s:.0f} s") for r in old)
 
     def in_flight(self) -> int:
         with self._lock:

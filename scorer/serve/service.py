@@ -25,7 +25,9 @@ from scorer.events.decode import decode_transactions, decode_transactions_per_re
 from scorer.events.timestamps import rfc3339_ms
 from scorer.serve.pending import Pending, Request, ScoringFailed
 
-Publish = Callable[[str, bytes, str, bytes, Callable[[str], None]], None]  # customer, value, tid, cid, failed
+Publish = Callable[
+    [str, bytes, str, bytes, Callable[[str], object]], None
+]  # customer, value, tid, cid, failed
 DEADLINE_HEADER = "x-scorer-deadline-ms"
 MAX_DEADLINE_MS = 60_000
 PER_RECORD_BELOW = 16  # fewer transactions: the per-record decoder (the column one's reference) is cheaper
@@ -38,6 +40,7 @@ class Answer:
     status: int
     body: bytes
     outcome: str  # stream | cache | fallback | invalid | unavailable | deadline_exceeded | ...
+    headers: tuple[tuple[bytes, bytes], ...] = ()  # beyond content-type and length (WWW-Authenticate, ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,15 +95,24 @@ class ScoringService:
                 continue
             request, new = begun
             if new:
-                self.publish(
-                    batch.customer_id[i],
-                    values[i],
-                    tid,
-                    request.correlation_id,
-                    _failer(self.pending, request),
-                )
+                self._publish(batch.customer_id[i], values[i], request)
             tickets.append(Ticket(i, values[i], None, request))
         return tickets
+
+    def _publish(self, customer_id: str, value: bytes, request: Request) -> None:
+        """Publish a new request; a failure of ours (not the broker's refusal, which `publish` reports
+        through the failer) releases the request before it propagates, so no later retry joins it."""
+        try:
+            self.publish(
+                customer_id,
+                value,
+                request.transaction_id,
+                request.correlation_id,
+                _failer(self.pending, request),
+            )
+        except BaseException:
+            self.pending.fail(request, "internal_error", "the transaction could not be published")
+            raise
 
     def answer(self, ticket: Ticket, single: bool = True) -> Answer:
         """The answer for a ticket whose wait is over: decided, failed, or past its deadline.
@@ -144,7 +156,7 @@ def _sourced(decision: bytes, source: str) -> bytes:
     return b'{"decision_source":"' + source.encode() + b'",' + decision[1:]
 
 
-def _failer(pending: Pending, request: Request) -> Callable[[str], None]:
+def _failer(pending: Pending, request: Request) -> Callable[[str], object]:
     return lambda detail: pending.fail(request, "unavailable", detail)
 
 

@@ -23,10 +23,12 @@ TX = {"terminal_id": "T1", "amount": 25.0, "timestamp": "2026-03-01T10:00:00Z"}
 
 
 class Serve(Proc):
-    """A `scorer serve` child on a free HTTP port with its own reply topic."""
+    """A `scorer serve` child on a free HTTP port with its own reply topic; open to anyone (serve_auth =
+    "none") unless `extra` sets the access settings."""
 
     def __init__(self, settings: Settings, model: Path, log: Path, reply: str, **extra: str) -> None:
         self.http_port = free_port()
+        env = {"SCORER_SERVE_AUTH": "none", **extra}
         super().__init__(
             "serve",
             settings,
@@ -34,7 +36,7 @@ class Serve(Proc):
             log,
             SCORER_HTTP_PORT=str(self.http_port),
             SCORER_REPLY_TOPIC=reply,
-            **extra,
+            **env,
         )
 
     def call(self, path: str, body: object | bytes | None = None, **headers: str) -> tuple[int, bytes]:
@@ -56,6 +58,35 @@ class Serve(Proc):
             assert self.popen.poll() is None, self.log.read_text()[-2000:]
             assert time.monotonic() < deadline, "serve did not become ready"
             time.sleep(0.2)
+
+
+def test_ready_means_the_first_requests_get_the_models_decisions(
+    settings: Settings, tiny_model: Path, procs: list[Proc], tmp_path: Path
+) -> None:
+    """Started as the README says (aggregate, run, serve, at once) and asked as soon as /readyz says so:
+    the first requests, at the default deadline, are answered by the scorers, not by the fallback."""
+    procs.append(Proc("aggregate", settings, tiny_model, tmp_path / "aggregate.log"))
+    procs.append(Proc("run", settings, tiny_model, tmp_path / "run.log"))
+    serve = Serve(settings, tiny_model, tmp_path / "serve.log", f"{settings.input_topic}-replies")
+    procs.append(serve)
+    deadline = time.monotonic() + 60
+    while (probe := serve.call("/readyz"))[0] != 200:
+        assert serve.popen.poll() is None, serve.describe()
+        assert time.monotonic() < deadline, f"serve never became ready: {probe}"
+        time.sleep(0.05)
+    answers = [serve.call("/v1/score", tx(f"first-{i}", f"C{i}")) for i in range(10)]
+    sources = [orjson.loads(body).get("decision_source") for _, body in answers]
+    assert sources == ["stream"] * 10, answers
+    on_topic = consume(settings, settings.decisions_topic, 10, timeout_s=30)  # readiness wrote nothing there
+    assert sorted(orjson.loads(r["value"])["transaction_id"] for r in on_topic) == [
+        f"first-{i}" for i in range(10)
+    ]  # type: ignore[arg-type]
+    assert (
+        b"scorer_serve_scorers_ready 1.0"
+        in urllib.request.urlopen(  # noqa: S310 - loopback
+            f"http://127.0.0.1:{serve.metrics_port}/metrics", timeout=5
+        ).read()
+    )
 
 
 def tx(tid: str, customer: str = "C1", **fields: object) -> dict[str, object]:

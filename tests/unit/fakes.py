@@ -28,7 +28,8 @@ from scorer.features.rows import PartitionDump, PartitionLog
 
 # (topic, value) -> "ok", "refuse" (after retries), "hold" (never answered), "too_large" (the broker refuses
 # its size), or at produce time (produce() and produce_batch): "too_large_here" (the producer refuses its
-# size), "unknown_partition_here" (a topic recreated with fewer partitions), "invalid_here" (any refusal)
+# size), "unknown_partition_here" (a topic recreated with fewer partitions), "invalid_here" (any refusal),
+# or at produce() only: "full_here" (the producer's queue is full: BufferError)
 Policy = Callable[[str, bytes | None], str]
 PRODUCE_ERRORS = {
     "too_large_here": (KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large"),
@@ -166,6 +167,8 @@ class FakeProducer:
         if self._take_full():
             raise BufferError("Local: Queue full")
         verdict = self.policy(topic, value)
+        if verdict == "full_here":
+            raise BufferError("Local: Queue full")
         refused = PRODUCE_ERRORS.get(verdict)
         if refused is not None:
             raise KafkaException(refusal(*refused))

@@ -14,6 +14,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from scorer.config import Settings
+from scorer.serve.access import Access, OpenAccess
 from scorer.serve.http import ScoringApp
 from scorer.serve.metrics import ServeMetrics
 from scorer.serve.pending import Pending
@@ -44,16 +45,30 @@ class FakeStream:
             threading.Timer(0.01, self.pending.complete, (cid, error)).start()
 
 
-def build(mode: str = "decide", **settings: Any) -> tuple[ScoringApp, FakeStream, CollectorRegistry]:
+def build(
+    mode: str = "decide", access: Access | None = None, **settings: Any
+) -> tuple[ScoringApp, FakeStream, CollectorRegistry]:
+    """The app over a fake stream; open to anyone unless `access` says otherwise."""
     pending = Pending(100)
     stream = FakeStream(pending, mode)
     service = ScoringService(Settings(**settings), pending, stream.publish)
     registry = CollectorRegistry()
-    return ScoringApp(service, registry, ServeMetrics(registry), lambda: mode != "down"), stream, registry
+    metrics = ServeMetrics(registry)
+    metrics.in_flight.set_function(pending.in_flight)
+    ready = lambda: "the broker is down" if mode == "down" else None  # noqa: E731
+    return ScoringApp(service, registry, metrics, ready, access or OpenAccess()), stream, registry
 
 
 def call(app: ScoringApp, method: str, path: str, body: bytes = b"", **headers: str) -> tuple[int, bytes]:
     """One request through the ASGI interface, the body in two chunks, as a server may deliver it."""
+    status, body, _ = exchange(app, method, path, body, **headers)
+    return status, body
+
+
+def exchange(
+    app: ScoringApp, method: str, path: str, body: bytes = b"", **headers: str
+) -> tuple[int, bytes, dict[bytes, bytes]]:
+    """call() with the response's headers."""
     chunks = [{"type": "http.request", "body": body[: len(body) // 2], "more_body": True},
               {"type": "http.request", "body": body[len(body) // 2 :], "more_body": False}]  # fmt: skip
     sent: list[dict[str, Any]] = []
@@ -68,9 +83,9 @@ def call(app: ScoringApp, method: str, path: str, body: bytes = b"", **headers: 
              "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}  # fmt: skip
     asyncio.run(app(scope, receive, send))
     start, content = sent
-    length = dict(start["headers"])[b"content-length"]
-    assert int(length) == len(content["body"])
-    return int(start["status"]), bytes(content["body"])
+    response_headers = dict(start["headers"])
+    assert int(response_headers[b"content-length"]) == len(content["body"])
+    return int(start["status"]), bytes(content["body"]), response_headers
 
 
 def tx(tid: str) -> bytes:
@@ -132,7 +147,7 @@ def test_routes_probes_and_refusals() -> None:
     app, stream, _ = build()
     assert call(app, "GET", "/healthz") == (200, b"ok\n")
     assert call(app, "GET", "/readyz")[0] == 200
-    assert call(build("down")[0], "GET", "/readyz")[0] == 503
+    assert call(build("down")[0], "GET", "/readyz") == (503, b"not ready: the broker is down\n")
     assert b"scorer_serve_in_flight" in call(app, "GET", "/metrics")[1]
     assert orjson.loads(call(app, "GET", "/openapi.json")[1])["openapi"].startswith("3.")
     assert call(app, "GET", "/v1/score")[0] == 405

@@ -56,6 +56,8 @@ TERMINAL_NAMES = (
     *(f"term_fresh_risk_{w}d" for w in WINDOW_DAYS),
 )
 FEATURE_NAMES: tuple[str, ...] = STATELESS_NAMES + CUSTOMER_NAMES + TERMINAL_NAMES
+CATEGORY_COLUMNS = [FEATURE_NAMES.index(f"{name}_code") for name in CATEGORICAL_FIELDS]
+STATE_SHAPING = ("label_delay_days", "customer_ring_days")  # FeatureConfig fields the kept state depends on
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,18 @@ class FeatureConfig:
         """value -> code per categorical field, from the training vocabulary."""
         return {k: {v: i for i, v in enumerate(vals)} for k, vals in self.categories.items()}
 
+    def state_difference(self, model: FeatureConfig) -> str | None:
+        """Why scorers whose state was built with this configuration cannot serve a model trained with
+        `model`'s (None: they can). Vocabularies may differ, since each model's categorical codes are
+        computed per batch from its own; what shapes the kept state (windows, label delay) may not,
+        since state built one way cannot be read another without replaying the history."""
+        differ = [
+            f"{name} {getattr(model, name)} (the running scorers keep {getattr(self, name)})"
+            for name in STATE_SHAPING
+            if getattr(model, name) != getattr(self, name)
+        ]
+        return "; ".join(differ) or None
+
 
 def stateless_features(batch: TransactionBatch, vocab: Mapping[str, Mapping[str, int]]) -> F64:
     """Amount, time-of-day and categorical codes: nothing that needs history."""
@@ -81,10 +95,13 @@ def stateless_features(batch: TransactionBatch, vocab: Mapping[str, Mapping[str,
     day = ts // MS_PER_DAY
     hour = (ts % MS_PER_DAY) / 3_600_000.0
     weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-    columns = [batch.amount, np.log1p(batch.amount), hour, weekday >= 5, hour < 6.0]
-    for name in CATEGORICAL_FIELDS:
-        columns.append(encode_category(getattr(batch, name), vocab.get(name, {})))
-    return np.column_stack(columns).astype(np.float64)
+    columns = np.column_stack([batch.amount, np.log1p(batch.amount), hour, weekday >= 5, hour < 6.0])
+    return np.hstack([columns, category_codes(batch, vocab)]).astype(np.float64)
+
+
+def category_codes(batch: TransactionBatch, vocab: Mapping[str, Mapping[str, int]]) -> F64:
+    """(n, len(CATEGORICAL_FIELDS)): each categorical field's codes under `vocab`."""
+    return np.column_stack([encode_category(getattr(batch, n), vocab.get(n, {})) for n in CATEGORICAL_FIELDS])
 
 
 def encode_category(values: Sequence[str | None], codes: Mapping[str, int]) -> F64:

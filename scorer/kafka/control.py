@@ -73,10 +73,12 @@ class DeploymentLoader:
         self.registry = registry
         self.threads = threads
         self.models: dict[str, OnnxModel] = {initial.champion.label: initial.champion}
+        self.running = initial.champion.meta.feature_config  # what the scorer's state was built for
 
     def build(self, table: Mapping[bytes, Deployment]) -> Serving | None:
         """The Serving of the deployment in `table` (None when there is none). ScorerError when a model
-        cannot be loaded or the policy cannot be resolved on it: the models in use then stay."""
+        cannot be loaded, its windows or label delay differ from what this scorer's state was built for,
+        or the policy cannot be resolved on it: the models in use then stay."""
         deployment = table.get(DEPLOYMENT_KEY)
         if deployment is None:
             return None
@@ -98,5 +100,8 @@ class DeploymentLoader:
         model = loaded.get(label) or self.models.get(label)
         if model is None:
             model = OnnxModel(self.registry.get(label).path, threads=self.threads)
+        why = self.running.state_difference(model.meta.feature_config)
+        if why is not None:
+            raise ScorerError(f"{label} cannot be served by this scorer: {why}")
         loaded[label] = model
         return model

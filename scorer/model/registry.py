@@ -4,8 +4,9 @@ A version directory holds model.onnx, model.json (what training wrote) and MODEL
 refuses a candidate, saying why, when it would fail in production or when nobody wrote down how it fails:
 the ONNX file must load, its input must be what the feature engine computes, it must reproduce the scores
 stored at training on the reference sample (a different runtime or a corrupted file shows here), its
-holdout metrics must not be worse than the champion's beyond a tolerance, and its card must list known
-faults and limits.
+holdout metrics must not be worse than the champion's beyond a tolerance, its card must list known
+faults and limits, and the scorers serving the champion must be able to serve it (the same windows and
+label delay: their state is built for them; the categorical vocabulary may differ).
 """
 
 from __future__ import annotations
@@ -97,7 +98,9 @@ def validate(
     checks.append(_reference_scores(model))
     checks.append(_card(model))
     if champion is not None:
-        checks.append(_against_champion(model.meta, read_meta(resolve_artefact(champion)), tolerance))
+        running = read_meta(resolve_artefact(champion))
+        checks.append(_against_champion(model.meta, running, tolerance))
+        checks.append(_servable(model.meta, running))
     return checks
 
 
@@ -125,6 +128,17 @@ def _card(model: OnnxModel) -> Check:
     if missing:
         return Check("model_card", False, f"missing or empty: {', '.join(missing)}")
     return Check("model_card", True, f"{len(raw['known_faults'])} known faults, {len(raw['limits'])} limits")
+
+
+def _servable(candidate: ModelMeta, champion: ModelMeta) -> Check:
+    """Can the scorers that serve the champion serve the candidate? Its vocabulary may differ (each
+    model's codes are its own), its state-shaping features may not (features/engine.py)."""
+    why = champion.feature_config.state_difference(candidate.feature_config)
+    if why is not None:
+        return Check("feature_state", False, f"the scorers' state does not fit it: {why}")
+    return Check(
+        "feature_state", True, f"windows and label delay as {champion.label}'s: the scorers serve it"
+    )
 
 
 def _against_champion(candidate: ModelMeta, champion: ModelMeta, tolerance: float) -> Check:

@@ -121,9 +121,15 @@ class Serving:
         return self.policy.thresholds(model.threshold, model.curve)
 
     def score(
-        self, X: F32, batch: TransactionBatch, timed: Callable[[str, float], None], timeout_s: float = 1.0
+        self,
+        X: F32,
+        batch: TransactionBatch,
+        timed: Callable[[str, float], None],
+        timeout_s: float = 1.0,
+        challenger_X: F32 | None = None,
     ) -> Outcome:
-        """Champion scores; under a plan also the challenger's, blended per event.
+        """Champion scores; under a plan also the challenger's, blended per event. `challenger_X`: the
+        challenger's own features when they differ from the champion's (its vocabulary), else X.
 
         The challenger runs in its own thread beside the champion (onnxruntime releases the GIL), so it
         costs little latency; if it fails or has not answered `timeout_s` after the champion, the champion
@@ -134,7 +140,7 @@ class Serving:
         if self.plan is None or self.challenger is None:
             champion = _timed_predict(self.champion, X, timed)  # its failure is the batch's (DLQ path)
             return Outcome(champion, champion >= review, None, None, 0, champion, None, review, decline)
-        pending = self.thread.submit(self.challenger, X, timed)
+        pending = self.thread.submit(self.challenger, X if challenger_X is None else challenger_X, timed)
         champion = _timed_predict(self.champion, X, timed)
         challenger = None if pending is None else _wait_for(pending, self.challenger.label, timeout_s)
         skipped = pending is None

@@ -26,7 +26,7 @@ from scorer.errors import ScorerError
 from scorer.events.batches import TransactionBatch, take_transactions
 from scorer.events.decode import REASONS, DecodedTransactions, decode_transactions
 from scorer.events.timestamps import HOUR_MS, rfc3339_ms
-from scorer.features.engine import FEATURE_NAMES, stateless_features
+from scorer.features.engine import CATEGORY_COLUMNS, FEATURE_NAMES, category_codes, stateless_features
 from scorer.model.onnx import OnnxModel
 from scorer.monitoring.drift import Bins, Drift
 from scorer.monitoring.inputs import InputChecks, issue_labels
@@ -84,10 +84,11 @@ class ScoringCore:
         self.instance = instance or default_instance()
         self.clock = clock
         self.lap: Callable[[str], None] = _no_lap  # marks the end of each stage (the benchmark times them)
-        self.vocab = customers.config.codes()
+        self.vocabs: dict[str, dict[str, dict[str, int]]] = {}  # per model label: its categorical codes
         for name, reason in issue_labels(FEATURE_NAMES):
             metrics.input_issues.labels(name, reason)
         self.serving = serving
+        self.vocab = self._vocab(serving.champion)
         self.rules = RuleBook()  # the rules in force (the loop swaps in new ones between batches)
         self.explainer, self.checks, self.drift = self._reference(serving.champion)
 
@@ -104,6 +105,7 @@ class ScoringCore:
         if serving.champion is not self.serving.champion:
             outgoing = self.drift_records()
             self.explainer, self.checks, self.drift = self._reference(serving.champion)
+            self.vocab = self._vocab(serving.champion)
         self.serving = serving
         return outgoing
 
@@ -210,7 +212,8 @@ class ScoringCore:
         self.lap("rules")
         X = self.features(batch, partitions, undo)
         serving = self.serving
-        outcome = serving.score(X, batch, self._timed, self.settings.challenger_timeout_s)
+        theirs = self._challenger_features(serving, batch, X)
+        outcome = serving.score(X, batch, self._timed, self.settings.challenger_timeout_s, theirs)
         self.lap("model")
         out, actions = self._records(batch, X, serving, outcome, ruled)
         self.lap("decisions")
@@ -273,6 +276,26 @@ class ScoringCore:
         X = np.hstack([stateless_features(batch, self.vocab), customer, terminal]).astype(np.float32)
         self.lap("stateless + assemble")
         return X
+
+    def _vocab(self, model: OnnxModel) -> dict[str, dict[str, int]]:
+        """`model`'s training vocabulary as codes (each model's own: a new model may know more values)."""
+        vocab = self.vocabs.get(model.label)
+        if vocab is None:
+            if len(self.vocabs) > 8:  # models of past deployments: a few dicts each, dropped now and then
+                self.vocabs.clear()
+            vocab = self.vocabs[model.label] = model.meta.feature_config.codes()
+        return vocab
+
+    def _challenger_features(self, serving: Serving, batch: TransactionBatch, X: F32) -> F32 | None:
+        """The challenger's features when its vocabulary differs from the champion's (None: the same X)."""
+        if serving.challenger is None:
+            return None
+        vocab = self._vocab(serving.challenger)
+        if vocab == self.vocab:
+            return None
+        theirs = X.copy()
+        theirs[:, CATEGORY_COLUMNS] = category_codes(batch, vocab)
+        return theirs
 
     def drift_records(self) -> list[Record]:
         """Per event hour, the binned counts gathered since the last call (for `scorer report`)."""

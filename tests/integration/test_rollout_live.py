@@ -10,9 +10,12 @@ import pytest
 
 from scorer.cli.main import main
 from scorer.config import Settings
+from scorer.kafka.control import publish
+from scorer.rollout.deployment import Deployment
 from tests.integration.conftest import Proc, consume, decisions, env_for, produce
 from tests.integration.test_control import registry_with
 from tests.integration.test_pipeline import metric
+from tests.variants import currency_aware, with_feature_config
 
 
 def batch(start: int, n: int) -> list[tuple[bytes | None, bytes | None]]:
@@ -131,3 +134,58 @@ def test_rollback_reaches_every_instance_of_the_group(
     assert main([*models, "rollback"]) == 0
     for scorer in group:
         wait_for_version(scorer, "tiny/1")
+
+
+def test_a_promoted_model_with_a_new_currency_scores_as_scorer_score_does_and_a_state_misfit_is_refused(
+    settings: Settings,
+    tiny_model: Path,
+    procs: list[Proc],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """tiny/4 knows USD (tiny/1 does not) and scores it 0.5 higher: after it is promoted, the stream's
+    decisions equal `scorer score --model tiny/4` on the same transactions. tiny/5 keeps another label delay
+    than the running scorers' state: the gate refuses it, and published anyway, the scorer keeps tiny/4."""
+    registry, champion = cli_environment(settings, tiny_model, tmp_path, monkeypatch)
+    currency_aware(tiny_model, registry / "tiny" / "4", "USD", "4")
+    with_feature_config(tiny_model, registry / "tiny" / "5", "5", label_delay_days=3)
+    scorer = Proc("run", settings, champion, tmp_path / "scorer.log", SCORER_REGISTRY=str(registry))
+    procs.append(scorer)
+    models = ["models", "--registry", str(registry)]
+    assert main([*models, "promote", "tiny/5", "--strategy", "direct"]) == 1
+    assert "label_delay_days 3 (the running scorers keep 7)" in capsys.readouterr().out
+    assert main([*models, "promote", "tiny/4", "--strategy", "direct"]) == 0
+    assert main([*models, "finish"]) == 0
+    wait_for_version(scorer, "tiny/4")
+
+    paid = []
+    for i, (key, value) in enumerate(batch(0, 40)):
+        doc = {**orjson.loads(value or b""), "currency": "USD" if i % 2 else "EUR"}
+        paid.append((key, orjson.dumps(doc)))
+    produce(settings, settings.input_topic, paid)
+    streamed = {
+        str(d["transaction_id"]): d for d in decisions(consume(settings, settings.decisions_topic, 40))
+    }
+    source = tmp_path / "paid.jsonl"
+    source.write_bytes(b"\n".join(v for _, v in paid if v) + b"\n")
+    scored = tmp_path / "scored.jsonl"
+    offline_command = ["score", "--input", str(source), "--output", str(scored)]
+    assert main([*offline_command, "--model", str(registry / "tiny" / "4")]) == 0
+    offline = {d["transaction_id"]: d for d in map(orjson.loads, scored.read_bytes().splitlines())}
+    assert set(streamed) == set(offline) and len(offline) == 40
+    for tid, doc in offline.items():
+        assert streamed[tid]["model_version"] == "tiny/4"
+        assert streamed[tid]["score"] == pytest.approx(doc["score"], abs=1e-9), tid
+    usd = [streamed[f"tx-{i}"]["score"] for i in range(1, 40, 2)]
+    assert min(usd) >= 0.5  # USD known: raised by 0.5 (as unseen it would score like EUR)
+
+    publish(settings, Deployment("tiny/5", None, "tiny/4", int(time.time() * 1000)))
+    deadline = time.monotonic() + 30
+    while (
+        metric(scorer.metrics(), "scorer_watcher_errors_total", 'reason="not_applied",topic_kind="control"')
+        != 1
+    ):
+        assert time.monotonic() < deadline, scorer.describe()
+        time.sleep(0.2)
+    wait_for_version(scorer, "tiny/4")

@@ -36,7 +36,7 @@ def test_a_good_model_passes_against_itself(tiny_model: Path, tmp_path: Path) ->
     path = variant(tiny_model, tmp_path, "1")
     checks = validate(path, champion=path)
     assert passed(checks), checks
-    assert [c.name for c in checks] == ["loads", "reference_scores", "model_card", "metrics"]
+    assert [c.name for c in checks] == ["loads", "reference_scores", "model_card", "metrics", "feature_state"]
 
 
 def test_an_onnx_file_that_does_not_load(tiny_model: Path, tmp_path: Path) -> None:
@@ -100,3 +100,20 @@ def test_cli_refuses_with_the_reason(
     assert "tiny/1" in capsys.readouterr().out
     assert main(["models", "--registry", str(tmp_path), "show", "nope/3"]) == 1
     assert "no model 'nope/3'" in capsys.readouterr().err
+
+
+def test_a_model_the_scorers_state_does_not_fit_is_refused_and_a_new_vocabulary_is_not(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Windows and label delay shape the state the running scorers keep; a vocabulary does not."""
+    champion = variant(tiny_model, tmp_path, "1")
+    delayed = variant(tiny_model, tmp_path, "7", lambda m: m["feature_config"].update(label_delay_days=3))
+    detail = failed(validate(delayed, champion))["feature_state"]
+    assert "label_delay_days 3 (the running scorers keep 7)" in detail
+    wider = variant(
+        tiny_model,
+        tmp_path,
+        "8",
+        lambda m: m["feature_config"]["categories"].update(currency=["EUR", "USD", "GBP"]),
+    )
+    assert passed(validate(wider, champion))

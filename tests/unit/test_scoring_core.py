@@ -30,6 +30,7 @@ from scorer.scoring.core import DEAD_LETTER_REASONS, ScoringCore, SystemicFailur
 from scorer.scoring.customers import CustomerStore
 from scorer.training.history import replay
 from scorer.training.simulate import SimulationParams, simulate, transaction_values
+from tests.variants import currency_aware
 
 NO_LABELS = LabelBatch([], [], [], np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
@@ -308,3 +309,47 @@ def test_one_pass_over_partitions_equals_a_store_per_partition() -> None:
     assert store.keys == sum(len(f.ring) for f in alone.values())
     none = np.zeros(0, dtype=np.int64)
     assert store.update_and_compute([], none, np.zeros(0), none).shape[0] == 0  # a batch of dead letters only
+
+
+def with_currency(values: list[bytes], currency: str) -> list[bytes]:
+    """The transactions, every other one paid in `currency`."""
+    docs = [orjson.loads(v) for v in values]
+    for doc in docs[::2]:
+        doc["currency"] = currency
+    return [orjson.dumps(d) for d in docs]
+
+
+def test_a_champion_adopted_with_a_new_currency_scores_it_with_its_own_vocabulary(tmp_path: Path) -> None:
+    """Before: the core kept the vocabulary of the model it started with, so the new champion saw USD as
+    unseen (its code -2) and scored it as if it did not know it."""
+    values, partitions = history()
+    variant = OnnxModel(currency_aware(Path(DEFAULT_MODEL), tmp_path / "default" / "usd", "USD", "usd"))
+    batch = with_currency(values[40:80], "USD")
+    adopted, _ = core()
+    adopted.score(values[:40], partitions[:40])
+    adopted.adopt(Serving(variant))
+    got = adopted.score(batch, partitions[40:80])
+    fresh, _ = core(variant)
+    fresh.score(values[:40], partitions[:40])
+    want = fresh.score(batch, partitions[40:80])
+    scores = [orjson.loads(r["value"])["score"] for r in got.decisions]
+    assert scores == [orjson.loads(r["value"])["score"] for r in want.decisions]
+    usd = FEATURE_NAMES.index("currency_code")
+    assert (got.features[::2, usd] == 1).all()  # USD is the variant's code 1, not unseen
+
+
+def test_a_shadow_challenger_with_another_vocabulary_scores_with_its_own(tmp_path: Path) -> None:
+    values, partitions = history()
+    variant = OnnxModel(currency_aware(Path(DEFAULT_MODEL), tmp_path / "default" / "usd", "USD", "usd"))
+    champion = OnnxModel(DEFAULT_MODEL)
+    batch = with_currency(values[:60], "USD")
+    scorer, _ = core(champion)
+    scorer.adopt(Serving(champion, variant, Plan("p", "shadow", champion.label, variant.label, 0)))
+    out = scorer.score(batch, partitions[:60])
+    alone, _ = core(variant)
+    want = alone.score(batch, partitions[:60])
+    shadow = [orjson.loads(r["value"])["score"] for r in out.shadow]
+    assert shadow == [orjson.loads(r["value"])["score"] for r in want.decisions]
+    mine = [orjson.loads(r["value"])["score"] for r in out.decisions]
+    assert shadow[0] == pytest.approx(min(mine[0] + 0.5, 1.0))  # a USD row: the variant's own code
+    assert out.features[0, FEATURE_NAMES.index("currency_code")] == -2.0  # the champion's: unseen

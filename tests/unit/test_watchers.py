@@ -26,6 +26,7 @@ from scorer.rollout.plans import Plan
 from scorer.rollout.serving import Serving
 from scorer.runtime.metrics import Metrics
 from tests.unit.fakes import FakeTopic
+from tests.variants import with_feature_config
 
 Table = dict[bytes, str]
 
@@ -212,3 +213,14 @@ def test_a_fault_of_our_own_in_build_is_counted_and_not_retried_on_the_same_reco
     assert not rules.load_current()  # no traceback out of the scorer's start
     assert errors(registry, "internal_error") == 1
     assert rules.turn() == 0 and rules.take() is None  # read again: the same records build nothing
+
+
+def test_the_loader_refuses_a_model_whose_windows_or_label_delay_the_scorers_state_does_not_fit(
+    tmp_path: Path,
+) -> None:
+    registry = registry_of(tmp_path, ["1"])
+    with_feature_config(Path(DEFAULT_MODEL), tmp_path / "default" / "9", "9", customer_ring_days=40)
+    loader = DeploymentLoader(registry, 1, Serving(OnnxModel(DEFAULT_MODEL)))
+    with pytest.raises(ScorerError, match=r"default/9 cannot be served .* customer_ring_days 40"):
+        loader.build(deploy("default/2", "default/9"))
+    assert loader.build(deploy("default/1")) is not None

@@ -47,20 +47,44 @@ class Delivery(Commits, Protocol):
         """Abort what is uncommitted (exactly-once) and flush the producer."""
 
 
-class AtLeastOnce:
+class _Forwarding:
+    """The Commits methods of a delivery, forwarded to the strategy that does them (`commits`)."""
+
+    commits: Commits
+
+    @property
+    def assigned(self) -> set[int]:
+        return self.commits.assigned
+
+    def assign(self, partitions: Sequence[int]) -> None:
+        self.commits.assign(partitions)
+
+    def processed(self, partition: int, next_offset: int) -> None:
+        self.commits.processed(partition, next_offset)
+
+    def begin(self) -> None:
+        self.commits.begin()
+
+    def advance(self, asynchronous: bool = True) -> None:
+        self.commits.advance(asynchronous)
+
+    def flush(self, timeout_s: float) -> bool:
+        return self.commits.flush(timeout_s)
+
+    def forget(self, partitions: Sequence[int], lost: bool = False) -> None:
+        self.commits.forget(partitions, lost)
+
+
+class AtLeastOnce(_Forwarding):
     """Outputs through the sink; offsets commit after their outputs and state snapshot (commits.py)."""
 
     def __init__(self, sink: Sink, tracker: CommitTracker) -> None:
         self.sink = sink
-        self.tracker = tracker
+        self.commits = tracker
 
     @property
     def failure(self) -> str | None:
         return self.sink.failure
-
-    @property
-    def assigned(self) -> set[int]:
-        return self.tracker.assigned
 
     def put(self, topic: str, records: Sequence[Record], sources: I64, out: int | None = None) -> None:
         self.sink.send(topic, records, partition=out)
@@ -71,42 +95,21 @@ class AtLeastOnce:
     def put_monitoring(self, topic: str, records: Sequence[Record]) -> None:
         self.sink.send(topic, records)
 
-    def assign(self, partitions: Sequence[int]) -> None:
-        self.tracker.assign(partitions)
-
-    def processed(self, partition: int, next_offset: int) -> None:
-        self.tracker.processed(partition, next_offset)
-
-    def begin(self) -> None:
-        self.tracker.begin()
-
-    def advance(self, asynchronous: bool = True) -> None:
-        self.tracker.advance(asynchronous)
-
-    def flush(self, timeout_s: float) -> bool:
-        return self.tracker.flush(timeout_s)
-
-    def forget(self, partitions: Sequence[int], lost: bool = False) -> None:
-        self.tracker.forget(partitions, lost)
-
     def close(self) -> None:
         self.sink.close()
 
 
-class ExactlyOnce:
+class ExactlyOnce(_Forwarding):
     """Outputs into their input partition's transaction; monitoring records through the sink."""
 
     def __init__(self, transactions: PartitionTransactions, sink: Sink) -> None:
         self.transactions = transactions
+        self.commits = transactions
         self.sink = sink
 
     @property
     def failure(self) -> str | None:
         return self.transactions.failure or self.sink.failure
-
-    @property
-    def assigned(self) -> set[int]:
-        return self.transactions.assigned
 
     def put(self, topic: str, records: Sequence[Record], sources: I64, out: int | None = None) -> None:
         if not len(records):
@@ -125,24 +128,6 @@ class ExactlyOnce:
 
     def put_monitoring(self, topic: str, records: Sequence[Record]) -> None:
         self.sink.send(topic, records)
-
-    def assign(self, partitions: Sequence[int]) -> None:
-        self.transactions.assign(partitions)
-
-    def processed(self, partition: int, next_offset: int) -> None:
-        self.transactions.processed(partition, next_offset)
-
-    def begin(self) -> None:
-        self.transactions.begin()
-
-    def advance(self, asynchronous: bool = True) -> None:
-        self.transactions.advance(asynchronous)
-
-    def flush(self, timeout_s: float) -> bool:
-        return self.transactions.flush(timeout_s)
-
-    def forget(self, partitions: Sequence[int], lost: bool = False) -> None:
-        self.transactions.forget(partitions, lost)
 
     def close(self) -> None:
         self.transactions.close()  # aborts what a failed run still holds

@@ -9,6 +9,7 @@ consumer is closed, the producer flushed, and the run ends with an exit code ins
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -309,3 +310,22 @@ def test_a_retried_request_and_new_records_in_one_batch_are_answered_and_scored_
     got = decisions(broker)
     assert set(got) == {tx_id(v) for v in values} and all(len(s) == 1 for s in got.values())
     assert committed(broker) == {0: len(values) + 1}
+
+
+def test_exactly_once_through_the_loop_makes_each_decision_visible_once_with_its_offsets() -> None:
+    from tests.unit.test_transactions import FakeTxnProducer, Ledger
+
+    ledger = Ledger()
+    settings = dataclasses.replace(SETTINGS, processing_guarantee="exactly_once")
+    io = FakeConnections(loaded_broker(), settings)
+    plain = io.producer  # the monitoring sink's producer stays an ordinary one
+
+    def producer(config: Any) -> Any:
+        return FakeTxnProducer(config, ledger) if "transactional.id" in config else plain(config)
+
+    io.producer = producer  # type: ignore[method-assign]
+    loop = ScorerLoop(settings, model(), io=io)
+    assert loop.run(io.idle) == 0
+    visible = [tx_id(v) for t, _, v in ledger.visible if t == settings.decisions_topic]
+    assert sorted(visible) == sorted(reference())
+    assert ledger.offsets == {p: len(inputs()[p]) for p in range(PARTITIONS)}

@@ -35,36 +35,38 @@ def produce_all(
     topic: str,
     messages: Sequence[Message],
     wait: Callable[[], None],
+    queued: Callable[[int], object] = lambda n: None,
     **kwargs: Any,
-) -> tuple[int, KafkaError | None]:
+) -> Any:
     """Queue `messages` with produce_batch, calling `wait` (which must poll the producer) while its queue
-    is full, and return how many were queued and the refusal that stopped it (None: all were queued).
+    is full; `queued(n)` is told how many each call queued before any wait (a poll may serve their delivery
+    reports). Returns the refusal that stopped it, a KafkaError (None: all were queued).
 
     Only a full queue is retried: any other error produce_batch reports for a message (its size, an
     unknown partition, a fatal producer state) or raises is returned at once, with the messages after it
     possibly unqueued, because retrying it would loop forever while the process still looks healthy.
     """
-    pending, queued = list(messages), 0
+    pending = list(messages)
     while pending:
         try:
-            queued += producer.produce_batch(topic, pending, **kwargs)
+            queued(producer.produce_batch(topic, pending, **kwargs))
         except BufferError:  # produce_batch reports a full queue per message; a raise means the same
             wait()
             continue
         except KafkaException as exc:
-            return queued, _kafka_error(exc)
+            return _kafka_error(exc)
         full: list[Message] = []
         for m in pending:
             err = m.pop("_error", None)
             if err is None:
                 continue
             if not _queue_full(err):
-                return queued, err
+                return err
             full.append(m)
         if full:
             wait()
         pending = full
-    return queued, None
+    return None
 
 
 class Sink:
@@ -112,10 +114,19 @@ class Sink:
         """
         epoch = self.epoch
         where = {} if partition is None else {"partition": partition}
-        queued, refused = produce_all(
-            self.producer, topic, messages, self._wait_for_room, on_delivery=self._callback(epoch), **where
+
+        def queued(n: int) -> None:  # counted before the next poll serves their delivery reports
+            self._in_flight[epoch] = self._in_flight.get(epoch, 0) + n
+
+        refused = produce_all(
+            self.producer,
+            topic,
+            messages,
+            self._wait_for_room,
+            queued,
+            on_delivery=self._callback(epoch),
+            **where,
         )
-        self._in_flight[epoch] = self._in_flight.get(epoch, 0) + queued
         if refused is not None:
             self._failed(refused, topic, epoch)
         self._poll(0)

@@ -88,8 +88,8 @@ class PartitionTransactions:
         if self.failure is not None:
             return
         producer = self.producers[partition]
-        where = {} if out is None else {"partition": out}
-        _, refused = produce_all(
+        where: dict[str, Any] = {} if out is None else {"partition": out}
+        refused = produce_all(
             producer, topic, records, functools.partial(self._poll, partition, producer), **where
         )
         if refused is not None:

@@ -112,6 +112,7 @@ class FakeProducer:
         self.broker = broker
         self.policy = policy
         self.full = 0
+        self.capacity: int | None = None  # messages it holds unanswered before its queue is full
         self.produce_calls = 0
         self.flushes = 0
         # (message, callback, the policy's verdict at produce time; None: ask it again when answering)
@@ -136,7 +137,7 @@ class FakeProducer:
         for m in messages:
             verdict = self.policy(topic, m.get("value"))  # asked once per message: policies may count
             refused = PRODUCE_ERRORS.get(verdict)
-            if full:
+            if full or self._at_capacity():
                 refused = (KafkaError._QUEUE_FULL, "Local: Queue full")
             if refused is not None:
                 m["_error"] = refusal(*refused)
@@ -147,6 +148,9 @@ class FakeProducer:
             self.queue.append((msg, on_delivery or (lambda err, msg: None), verdict))
             queued += 1
         return queued
+
+    def _at_capacity(self) -> bool:
+        return self.capacity is not None and len(self.queue) + len(self.sent) >= self.capacity
 
     def _take_full(self) -> bool:
         self.produce_calls += 1
@@ -164,7 +168,7 @@ class FakeProducer:
         headers: Any = None,
         partition: int | None = None,
     ) -> None:
-        if self._take_full():
+        if self._take_full() or self._at_capacity():
             raise BufferError("Local: Queue full")
         verdict = self.policy(topic, value)
         if verdict == "full_here":

@@ -79,6 +79,18 @@ def test_a_full_queue_is_waited_out_and_everything_delivered() -> None:
     assert registry.get_sample_value("scorer_producer_backpressure_total") == 3
 
 
+def test_a_queue_that_fills_midway_counts_what_it_took_before_serving_its_reports() -> None:
+    """The queue takes 10 of 250 messages, then the sink polls for room: the delivery reports of those 10
+    come back during that poll, so they must already be counted in flight (found on the real broker)."""
+    broker = FakeBroker()
+    producer = FakeProducer(broker)
+    producer.capacity = 10
+    sink = Sink({}, producer=producer)
+    sink.send("out", [{"key": b"k", "value": f"m{i}".encode()} for i in range(250)])
+    assert sink.wait(sink.seal(), 1.0) and sink.failure is None
+    assert sorted(v for _, v in broker.records("out")) == sorted(f"m{i}".encode() for i in range(250))
+
+
 def test_a_record_over_the_real_producers_size_limit_stops_the_send() -> None:
     """librdkafka's own Producer (no broker needed: it refuses the size locally) with message.max.bytes
     1000 and a 5 KB record: the send returns with the sink failed instead of looping."""

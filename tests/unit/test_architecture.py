@@ -123,3 +123,11 @@ def test_the_public_api_is_importable_from_the_package() -> None:
     for name in scorer.__all__:
         assert getattr(scorer, name) is not None
     assert importlib.import_module("scorer").__version__ == scorer.version.__version__
+
+
+def test_every_test_module_has_a_name_of_its_own() -> None:
+    """The test folders are no packages: pytest imports each test module by its file name, so two with one
+    name in different folders stop the whole run at collection."""
+    tests = ROOT.parent / "tests"
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert not {n for n in names if names.count(n) > 1}

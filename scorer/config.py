@@ -74,6 +74,7 @@ class Settings:
     terminal_wait_s: float = 0.0  # how long to wait for the aggregator's close of the previous day
     day_close_grace_s: float = 0.0  # aggregator: event-time slack before closing a day
     reply_window: int = 10_000  # serve requests remembered per partition: a retry gets the first decision
+    decision_features: bool = True  # each decision carries its feature vector as scored (`features`)
     http_host: str = "0.0.0.0"  # noqa: S104 - scorer serve: the scoring API listens here
     http_port: int = 8080  # scorer serve
     reply_topic: str = ""  # scorer serve: its reply topic (default: scorer-replies-<hostname>)
@@ -175,8 +176,10 @@ def coerce(name: str, raw: Any) -> Any:
             raise ConfigError("kafka must be a table of librdkafka properties")
         return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}
     try:
-        if kind is int and not isinstance(raw, bool):
-            value: Any = int(raw)
+        if kind is bool:
+            value: Any = _boolean(raw)
+        elif kind is int and not isinstance(raw, bool):
+            value = int(raw)
         elif kind is float and not isinstance(raw, bool):
             value = float(raw)
         elif kind is str and isinstance(raw, str | int | float) and not isinstance(raw, bool):
@@ -186,6 +189,18 @@ def coerce(name: str, raw: Any) -> Any:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: expected {getattr(kind, '__name__', kind)}, got {raw!r}") from exc
     return value
+
+
+def _boolean(raw: Any) -> bool:
+    """true/false (TOML), or the words an environment variable or a flag gives: true/false, 1/0, yes/no."""
+    if isinstance(raw, bool):
+        return raw
+    word = str(raw).strip().lower()
+    if word in ("true", "1", "yes", "on"):
+        return True
+    if word in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(raw)
 
 
 def from_toml(path: Path) -> dict[str, Any]:

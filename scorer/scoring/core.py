@@ -228,7 +228,7 @@ class ScoringCore:
         actions = decide(self.rules, ruled, outcome.scores, outcome.review, outcome.decline)
         scored = ScoredBatch(
             batch, X, outcome.scores, actions.flagged, serving.bands(champion)[0], champion.label, outcome.extra,
-            actions.codes, actions.sources,
+            actions.codes, actions.sources, self.settings.decision_features,
         )  # fmt: skip
         keys = list(map(str.encode, batch.customer_id))
         values = encode_decisions(scored, self.explainer, now_ms)

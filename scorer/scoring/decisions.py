@@ -67,6 +67,7 @@ class ScoredBatch:
     extra: RolloutFields | None = None  # per-row rollout fields (challenger, weight), as columns
     actions: npt.NDArray[np.int8] | None = None  # 0 approve, 1 review, 2 decline (None: from `flagged`)
     sources: list[bytes] | None = None  # each action's source as a JSON string: "model" or a rule's id
+    with_features: bool = False  # each decision carries its feature vector as scored (`features`)
 
 
 def encode_decisions(scored: ScoredBatch, explainer: Explainer, scored_at_ms: int) -> list[bytes]:
@@ -78,6 +79,8 @@ def encode_decisions(scored: ScoredBatch, explainer: Explainer, scored_at_ms: in
     always escaped; an array of numbers splits on commas), and each document is one bytes template filled
     with its row's pieces. Under a plan, the rollout fields (`extra`, columns) are serialised the same way:
     each row's threshold replaces the document's, the rest follow `scored_at`, as `dict.update` places them.
+    The feature vectors (`with_features`) are one orjson call over the float32 matrix (each value in its
+    shortest float32 form), split into rows, last in each document.
     """
     b = scored.batch
     if len(explainer.names) < N_REASONS:
@@ -89,6 +92,7 @@ def encode_decisions(scored: ScoredBatch, explainer: Explainer, scored_at_ms: in
     values = _numbers(np.take_along_axis(scored.features, top, axis=1).ravel().tolist())
     template = _template(scored.model_version, scored_at_ms)
     thresholds, tails = _rollout_fields(scored.extra, scored.threshold, len(b))
+    features = _feature_pieces(scored.features) if scored.with_features else [b""] * len(b)
     actions, sources = _actions(scored)
     rows = zip(
         _strings(b.transaction_id), _strings(b.customer_id), _strings(b.terminal_id),
@@ -96,7 +100,7 @@ def encode_decisions(scored: ScoredBatch, explainer: Explainer, scored_at_ms: in
         map(_BOOLEANS.__getitem__, scored.flagged.tolist()), map(_ACTIONS.__getitem__, actions), sources,
         thresholds,
         names[:, 0].tolist(), values[0::3], names[:, 1].tolist(), values[1::3], names[:, 2].tolist(), values[2::3],
-        tails, strict=True,
+        tails, features, strict=True,
     )  # fmt: skip
     return [template % row for row in rows]
 
@@ -130,6 +134,12 @@ def _rollout_fields(extra: RolloutFields | None, threshold: float, n: int) -> tu
     return _numbers(extra.threshold.tolist()), tails
 
 
+def _feature_pieces(features: F32) -> list[bytes]:
+    """Each row's `,"features":[...]` (FEATURE_NAMES order), from one orjson call over the matrix."""
+    rows = orjson.dumps(np.ascontiguousarray(features), option=orjson.OPT_SERIALIZE_NUMPY)[2:-2]
+    return [b',"features":[' + row + b"]" for row in rows.split(b"],[")]
+
+
 def _strings(values: Sequence[str]) -> list[bytes]:
     """The JSON-escaped content (without quotes) of each string, from one orjson call."""
     return orjson.dumps(values)[2:-2].split(b'","')
@@ -152,7 +162,7 @@ def _template(version: str, scored_at_ms: int) -> bytes:
         b'{"transaction_id":"%b","customer_id":"%b","terminal_id":"%b","amount":%b,"timestamp":"%b",'
         b'"score":%b,"flagged":%b,"action":"%b","action_source":%b,"threshold":%b,"model_version":'
         + constant(version)
-        + b',"reasons":[' + reasons + b'],"scored_at":' + constant(scored_at) + b"%b}"
+        + b',"reasons":[' + reasons + b'],"scored_at":' + constant(scored_at) + b"%b%b}"
     )  # fmt: skip
 
 
@@ -192,7 +202,10 @@ def encode_decisions_dicts(scored: ScoredBatch, explainer: Explainer, scored_at_
     if scored.extra is not None:
         for doc, extra in zip(docs, scored.extra.rows(), strict=True):
             doc.update(extra)
-    return list(map(orjson.dumps, docs))
+    if scored.with_features:
+        for doc, row in zip(docs, np.ascontiguousarray(scored.features), strict=True):
+            doc["features"] = row
+    return [orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY) for doc in docs]
 
 
 def _reasons(names: list[list[str]], values: list[list[float]]) -> list[list[dict[str, Any]]]:

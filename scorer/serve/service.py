@@ -151,9 +151,18 @@ class ScoringService:
         })  # fmt: skip
 
 
+FEATURES = b',"features":['
+
+
 def _sourced(decision: bytes, source: str) -> bytes:
-    """The decision's bytes with "decision_source" first (the rest is the decisions topic's record)."""
-    return b'{"decision_source":"' + source.encode() + b'",' + decision[1:]
+    """The decision's bytes with "decision_source" first: the decisions topic's record without its feature
+    vector. The vector tells a caller how the scorer sees the card and the terminal (a terminal's fraud
+    risk among them), which a caller probing the API must not learn; the reasons name the three that
+    counted. It is the record's last field, and the text `,"features":[` with an unescaped quote cannot
+    occur inside a JSON string, so cutting at its last occurrence is exact."""
+    cut = decision.rfind(FEATURES)
+    body = decision[1:cut] + b"}" if cut > 0 else decision[1:]
+    return b'{"decision_source":"' + source.encode() + b'",' + body
 
 
 def _failer(pending: Pending, request: Request) -> Callable[[str], object]:

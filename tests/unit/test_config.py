@@ -89,3 +89,13 @@ def test_cli_exits_2_on_invalid_config() -> None:
 def test_defaults_are_valid() -> None:
     s = load_settings(environ={})
     assert s == Settings(model=s.model)
+
+
+def test_a_boolean_setting_takes_toml_booleans_and_the_usual_words(tmp_path: Path) -> None:
+    toml = tmp_path / "s.toml"
+    toml.write_text("decision_features = false\n")
+    assert load_settings(str(toml)).decision_features is False
+    assert load_settings(environ={"SCORER_DECISION_FEATURES": "no"}).decision_features is False
+    assert load_settings(environ={"SCORER_DECISION_FEATURES": "1"}).decision_features is True
+    with pytest.raises(ConfigError, match="decision_features: expected bool, got 'maybe'"):
+        load_settings(environ={"SCORER_DECISION_FEATURES": "maybe"})

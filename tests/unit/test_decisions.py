@@ -48,6 +48,11 @@ def test_the_batch_encoder_equals_one_dumps_per_decision(
     assert fast == encode_decisions_dicts(scored, EXPLAINER, 1_767_225_700_123)
     for doc, tx in zip(fast, scored.batch.transaction_id, strict=True):
         assert orjson.loads(doc)["transaction_id"] == tx
+    scored.with_features = True
+    fast = encode_decisions(scored, EXPLAINER, 1_767_225_700_123)
+    assert fast == encode_decisions_dicts(scored, EXPLAINER, 1_767_225_700_123)
+    for doc, row in zip(fast, scored.features, strict=True):  # float32 round trip: the values as scored
+        assert np.array_equal(np.asarray(orjson.loads(doc)["features"], dtype=np.float32), row)
 
 
 @settings(max_examples=200, deadline=None)

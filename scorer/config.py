@@ -75,6 +75,10 @@ class Settings:
     day_close_grace_s: float = 0.0  # aggregator: event-time slack before closing a day
     reply_window: int = 10_000  # serve requests remembered per partition: a retry gets the first decision
     decision_features: bool = True  # each decision carries its feature vector as scored (`features`)
+    store_group: str = "fraud-scorer-store"  # scorer store: its consumer group
+    store_batch_max: int = 5000  # scorer store: records per database transaction at most
+    store_batch_wait_s: float = 0.2  # scorer store: how long a batch may wait to fill
+    store_retention_days: int = 0  # scorer store: event days kept behind the newest (0: all), whole partitions
     http_host: str = "0.0.0.0"  # noqa: S104 - scorer serve: the scoring API listens here
     http_port: int = 8080  # scorer serve
     reply_topic: str = ""  # scorer serve: its reply topic (default: scorer-replies-<hostname>)
@@ -291,6 +295,7 @@ def validate(s: Settings) -> None:
         "quality_max_decisions",
         "serve_deadline_ms",
         "serve_batch_max",
+        "store_batch_max",
     ):
         if getattr(s, name) < 1:
             problems.append(f"{name} must be at least 1")
@@ -309,6 +314,8 @@ def validate(s: Settings) -> None:
         "reply_window",
         "serve_cache_size",
         "serve_key_rate_per_s",
+        "store_batch_wait_s",
+        "store_retention_days",
     ):
         if getattr(s, name) < 0:
             problems.append(f"{name} must not be negative")

@@ -329,6 +329,9 @@ class FakeConsumer:
             self.idle.set()
         return out
 
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in self.positions]
+
     def position(self, partitions: Sequence[TopicPartition]) -> list[TopicPartition]:
         self._fail("position")
         return [

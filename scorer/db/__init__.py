@@ -1,0 +1,1 @@
+"""PostgreSQL: connections, migrations and the statements the store writes with: the only code that knows SQL."""

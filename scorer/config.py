@@ -78,7 +78,9 @@ class Settings:
     store_group: str = "fraud-scorer-store"  # scorer store: its consumer group
     store_batch_max: int = 5000  # scorer store: records per database transaction at most
     store_batch_wait_s: float = 0.2  # scorer store: how long a batch may wait to fill
-    store_retention_days: int = 0  # scorer store: event days kept behind the newest (0: all), whole partitions
+    store_retention_days: int = (
+        0  # scorer store: event days kept behind the newest (0: all), whole partitions
+    )
     http_host: str = "0.0.0.0"  # noqa: S104 - scorer serve: the scoring API listens here
     http_port: int = 8080  # scorer serve
     reply_topic: str = ""  # scorer serve: its reply topic (default: scorer-replies-<hostname>)

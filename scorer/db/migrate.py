@@ -15,8 +15,8 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
 from importlib import resources
+from typing import Any
 
 import psycopg
 

@@ -8,12 +8,14 @@ or `--kafka-opt key=value`), so SASL/SSL need no code. `SCORER_X_FILE=/path` rea
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from scorer.errors import ConfigError
 
@@ -25,6 +27,7 @@ SERVE_AUTH = ("keys", "none")
 ACTIONS = ("approve", "review", "decline")
 TERMINAL_EVENT_WRITERS = ("scorer", "aggregator")  # who writes transactions to terminal-events
 DEAD_LETTER_HEADROOM_BYTES = 65_536  # a dead letter's key and headers at most (kafka/deadletters.py)
+DATABASE_SCHEMES = ("postgresql", "postgres")
 SECRET_WORDS = ("password", "secret", "token", "key.pem", "keystore", "private", "credential", "jaas")
 
 
@@ -97,6 +100,9 @@ class Settings:
     serve_tls_cert_path: str = ""  # scorer serve: TLS on the API port with this PEM certificate (chain)
     serve_tls_key_path: str = ""  # ... and its PEM private key (unencrypted: a mounted secret)
     serve_tls_client_ca_path: str = ""  # mutual TLS: a client needs a certificate this CA signed
+    # scorer store: postgresql://USER:PASSWORD@HOST:PORT/DATABASE (the password is masked in the startup log)
+    database_url: str = ""
+    database_timeout_s: float = 10.0  # a connection attempt or a batch write that takes longer has failed
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped
     metrics_port: int = 9108  # 0 disables the endpoint
     log_level: str = "INFO"
@@ -152,6 +158,7 @@ class Settings:
         """The settings as a dict with every secret replaced, for the startup log."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["kafka"] = {k: ("***" if is_secret(k) else v) for k, v in self.kafka.items()}
+        out["database_url"] = mask_url(self.database_url)
         return out
 
 
@@ -168,6 +175,24 @@ def _consumer_only(key: str) -> bool:
 def is_secret(key: str) -> bool:
     lowered = key.lower()
     return any(word in lowered for word in SECRET_WORDS)
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password (user:PASSWORD@, a password= parameter) replaced by ***, for logs and messages.
+
+    A libpq key=value string (`host=h password=p`) is masked too: messages may quote one."""
+    if "://" not in url:
+        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", r"\1***", url)
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, hosts = netloc.rpartition("@")
+            netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    except ValueError:
+        return "***"  # not even a URL: it could be anything, a password included
+    query = re.sub(r"(^|&)((?:ssl)?password)=[^&]*", r"\1\2=***", parts.query)
+    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 def _field_types() -> dict[str, Any]:
@@ -343,6 +368,7 @@ def validate(s: Settings) -> None:
     if not 0 <= s.metrics_port <= 65535:
         problems.append(f"metrics_port {s.metrics_port} is not a TCP port")
     problems += _tls_problems(s)
+    problems += _database_problems(s)
     if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"log_level {s.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
     if not s.brokers.strip():
@@ -351,6 +377,23 @@ def validate(s: Settings) -> None:
     problems += [f"{t} must not be empty" for t in topics if not getattr(s, t).strip()]
     if problems:
         raise ConfigError("invalid settings: " + "; ".join(problems))
+
+
+def _database_problems(s: Settings) -> list[str]:
+    """database_url is a postgresql:// URL or empty (only scorer store needs one); the timeout is positive."""
+    problems = []
+    if not s.database_timeout_s > 0:
+        problems.append("database_timeout_s must be positive")
+    if s.database_url:
+        try:
+            scheme = urlsplit(s.database_url).scheme
+        except ValueError:
+            scheme = ""
+        if scheme not in DATABASE_SCHEMES:
+            problems.append(
+                f"database_url {mask_url(s.database_url)!r} is not a postgresql://USER:PASSWORD@HOST:PORT/DATABASE URL"
+            )
+    return problems
 
 
 def _tls_problems(s: Settings) -> list[str]:

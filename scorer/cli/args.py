@@ -118,6 +118,10 @@ KAFKA_FLAGS: dict[str, tuple[str, str]] = {
     ),
     "--reply-topic": ("reply_topic", "this instance's reply topic (empty: scorer-replies-<hostname>)"),
     "--deadline-ms": ("serve_deadline_ms", "default deadline of a scoring request"),
+    "--database-url": (
+        "database_url",
+        "PostgreSQL, postgresql://USER:PASSWORD@HOST:PORT/DATABASE (scorer postgres prints one)",
+    ),
 }
 # what each Kafka command reads: a flag it would ignore is not offered
 LONG_RUNNING = (
@@ -183,7 +187,7 @@ def add_kafka_args(p: argparse.ArgumentParser, command: str) -> None:
     for flag in COMMAND_FLAGS[command]:
         name, text = KAFKA_FLAGS[flag]
         default = getattr(defaults, name)
-        shown = "the shipped models/default/2" if name == "model" else default
+        shown = "the shipped models/default/2" if name == "model" else default if default != "" else "none"
         p.add_argument(
             flag, type=type(default), metavar=name.upper(), dest=name,
             help=f"{text} (default: {shown}; env SCORER_{name.upper()})",
@@ -221,6 +225,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "serve_tls_cert_path",
         "serve_tls_key_path",
         "serve_tls_client_ca_path",
+        "database_url",
     )
     overrides: dict[str, object] = {n: getattr(args, n, None) for n in names}
     if getattr(args, "no_auth", False):

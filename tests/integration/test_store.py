@@ -177,8 +177,17 @@ def test_the_store_writes_every_topic_once_and_sql_users_read_it(
     ann = "postgresql://analyst_ann:x@" + database_url.split("@", 1)[1]
     with psycopg.connect(ann) as conn:
         assert conn.execute("select count(*) from decisions_with_labels where is_fraud").fetchone() == (30,)
+        for query in documented_queries():  # docs/database.md's examples, as an analyst would paste them
+            assert conn.execute(query.encode()).fetchall(), query
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("delete from labels")
+
+
+def documented_queries() -> list[str]:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "database.md").read_text()
+    blocks = [part.split("```", 1)[0] for part in text.split("```sql\n")[1:]]
+    assert len(blocks) == 3
+    return blocks
 
 
 def test_kill_9_three_times_at_random_moments_then_the_database_equals_the_topics(
@@ -269,3 +278,67 @@ def test_an_unreachable_database_at_start_is_one_line_and_exit_1(settings: Setti
     err = done.stderr.decode()
     assert done.returncode == 1 and len(err.strip().splitlines()) == 1, err
     assert "127.0.0.1:9" in err and "secret" not in err
+
+
+def test_quality_by_day_gives_the_monitors_figures(database_url: str) -> None:
+    """The same decisions and labels through `scorer monitor`'s LiveQuality and into the database: the view
+    gives each day's precision, recall, Average Precision (ties grouped) and Card Precision@100 (cards
+    reported compromised before the day left out) as the monitor computes them."""
+    import numpy as np
+    from confluent_kafka import Message
+
+    from scorer.events.decode import decode_labels
+    from scorer.events.timestamps import MS_PER_DAY, rfc3339_ms
+    from scorer.monitoring.livequality import LiveQuality, decision_rows
+    from scorer.store.batch import read_batch
+    from scorer.store.database import PostgresTarget
+
+    s = Settings()
+    rng = np.random.default_rng(3)
+    n, first_day = 4000, 20_513
+    day = first_day + rng.integers(0, 5, n)
+    event_ms = day * MS_PER_DAY + rng.integers(0, MS_PER_DAY, n)
+    score = np.round(rng.random(n), 2)  # ties, which Average Precision groups
+    fraud = rng.random(n) < 0.02 + 0.2 * score
+    reported_ms = event_ms + rng.integers(3_600_000, 3 * MS_PER_DAY, n)  # some before a later day's decisions
+    stamps, reports = rfc3339_ms(event_ms), rfc3339_ms(reported_ms)
+    docs = [
+        {
+            "transaction_id": f"q{i}", "customer_id": f"C{rng.integers(0, 400)}", "terminal_id": "T1", "amount": 1.0,
+            "timestamp": stamps[i], "score": float(score[i]), "flagged": bool(score[i] >= 0.8),
+            "action": "review" if score[i] >= 0.8 else "approve", "action_source": "model", "threshold": 0.8,
+            "model_version": "m/1", "reasons": [], "scored_at": stamps[i],
+        }
+        for i in range(n)
+    ]  # fmt: skip
+    labels = [
+        orjson.dumps({k: docs[i][k] for k in ("transaction_id", "customer_id", "terminal_id")}
+                     | {"is_fraud": True, "reported_at": reports[i], "timestamp": stamps[i]})
+        for i in np.flatnonzero(fraud).tolist()
+    ]  # fmt: skip
+    msgs = [
+        Message(topic=s.decisions_topic, partition=0, offset=i, value=orjson.dumps(d))
+        for i, d in enumerate(docs)
+    ]
+    msgs += [Message(topic=s.labels_topic, partition=0, offset=i, value=v) for i, v in enumerate(labels)]
+    target = PostgresTarget(database_url, "quality", 30.0)
+    try:
+        target.migrate()
+        target.write(read_batch(msgs, s))
+    finally:
+        target.close()
+    live = LiveQuality(max_rows=10 * n, keep_days=365)
+    for rows in decision_rows(docs, event_ms):
+        live.add(rows)
+    live.add_labels(decode_labels(labels).batch)
+    with psycopg.connect(database_url) as conn:
+        view = conn.execute(
+            "select event_day - date '1970-01-01', decisions, frauds, flagged, precision, recall, "
+            "average_precision, card_precision_at_100 from quality_by_day where model_version = 'm/1'"
+        ).fetchall()
+    assert len(view) == 5
+    for d, decided, frauds, flagged, *figures in view:
+        want = live.figures("m/1", [d])
+        assert (decided, frauds, flagged) == (want["decisions"], want["frauds"], want["flagged"])
+        names = ("precision", "recall", "average_precision", "card_precision_at_100")
+        assert figures == pytest.approx([want[k] for k in names], abs=1e-12), d

@@ -7,7 +7,6 @@ Ctrl-C or SIGTERM. Its storage is in memory: the topics and records go with it.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import tempfile
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from scorer.cli.args import HelpFormatter
 from scorer.errors import ScorerError
+from scorer.runtime.ports import check_port_free
 
 DEFAULT_PORT = 9092  # the commands' default --brokers is localhost:9092: they find it without a flag
 POLL_S = 0.5  # how often the foreground loop checks that the broker still runs
@@ -53,7 +53,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     tansu_path()  # the `broker` extra, before anything is started
     if args.port:
-        check_port_free(args.port)
+        check_port_free(args.port, hint="another broker? Choose one with --port")
     stop = threading.Event()
     install_signal_handlers(stop)  # before the start: a SIGTERM then still stops tansu (in its own session)
     log = Path(tempfile.mkdtemp(prefix="scorer-broker-")) / "tansu.log"
@@ -66,16 +66,3 @@ def cmd_broker(args: argparse.Namespace) -> int:
                 raise ScorerError(f"the broker stopped by itself (exit code {broker.exit_code}; log {log})")
     print("broker stopped")
     return 0
-
-
-def check_port_free(port: int) -> None:
-    """ScorerError naming the port when something already listens there (another broker?)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the broker binds: TIME_WAIT is no owner
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError as exc:
-            raise ScorerError(
-                f"port {port} on 127.0.0.1 is taken ({exc.strerror}): another broker? Choose one with --port",
-                reason="port_taken",
-            ) from exc

@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -34,6 +33,8 @@ from scorer.db.processes import (
     wait_until_state,
 )
 from scorer.errors import ScorerError
+from scorer.runtime.ports import check_port_free as check_port_free
+from scorer.runtime.ports import free_port as free_port
 
 SUPERUSER = "postgres"
 PASSWORD_FILE = "scorer.password"  # noqa: S105 - a file name, in the data directory: kept ones restart with it
@@ -64,25 +65,6 @@ def postgres_bin() -> Path:
     if not (path / "postgres").is_file():
         raise ScorerError(f"the PostgreSQL server binaries are not in {path}", reason="postgres_missing")
     return path
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def check_port_free(port: int, hint: str = "another PostgreSQL?") -> None:
-    """ScorerError naming the port (and the hint) when something already listens on 127.0.0.1:port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as postgres binds: TIME_WAIT is no owner
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError as exc:
-            raise ScorerError(
-                f"port {port} on 127.0.0.1 is taken ({exc.strerror}): {hint}", reason="port_taken"
-            ) from exc
 
 
 class Identity(TypedDict):
@@ -160,7 +142,7 @@ class EmbeddedPostgres:
         ScorerError (one line) when the extra is missing, the port is taken, the directory cannot be used,
         initdb fails, or the server exits or is not ready within timeout_s (the log's last error quoted)."""
         bin_dir = postgres_bin()
-        check_port_free(self.port)
+        check_port_free(self.port, hint="another PostgreSQL?")
         user = server_user()
         if user is not None:
             self._check_reachable(bin_dir / "postgres", user)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import importlib.resources
 import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
 from types import TracebackType
 
 from scorer.errors import ScorerError
 from scorer.kafka.admin import wait_ready
+from scorer.runtime.ports import free_port as free_port
 
 
 def tansu_path() -> Path:
@@ -33,13 +33,6 @@ def tansu_path() -> Path:
     if not os.access(path, os.X_OK):
         path.chmod(path.stat().st_mode | 0o111)
     return path
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class EmbeddedBroker:

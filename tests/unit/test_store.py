@@ -1,5 +1,5 @@
 """`scorer store`'s loop on fakes: the topics on the fake broker, a database in memory that keys rows as the
-tables do and can be unavailable or refuse. The real PostgreSQL is in tests/integration/test_store.py."""
+tables do and can be unavailable or refuse. The real PostgreSQL is in tests/integration/test_store_live.py."""
 
 from __future__ import annotations
 

@@ -224,7 +224,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return run_offline_demo(params, Path(args.workdir))
     from scorer.demo.live import LiveDemo, run_live_demo
 
-    options = LiveDemo(params, args.model, args.brokers, args.rate, args.duration, args.metrics_port)
+    options = LiveDemo(
+        params, args.model, args.brokers, args.rate, args.duration, args.metrics_port, args.database_url
+    )
     return run_live_demo(options)
 
 
@@ -353,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the whole system live on an embedded broker (--offline: simulate/train/evaluate)",
     )  # fmt: skip
     p.add_argument("--brokers", help="use this Kafka instead of starting the embedded broker")
+    p.add_argument(
+        "--database-url",
+        help="scorer store writes into this PostgreSQL (postgresql://USER:PASSWORD@HOST:PORT/DATABASE) "
+        "instead of an embedded one that goes with the demo",
+    )
     p.add_argument("--rate", type=float, default=1000.0, help="transactions per second to stream")
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
     p.add_argument("--model", help="model artefact directory (default: models/default/2)")

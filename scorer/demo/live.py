@@ -12,15 +12,11 @@ the week the default model was tested on.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +28,9 @@ from confluent_kafka import Consumer
 
 from scorer.config import DEFAULT_MODEL, Settings
 from scorer.demo.broker import EmbeddedBroker, free_port
+from scorer.demo.children import Running, last_lines, port_free, stop_children, wait_ready
 from scorer.demo.database import (
     STORE_WAIT_S,
-    DemoDatabase,
     Stored,
     count_decisions,
     open_database,
@@ -95,33 +91,6 @@ class Tally:
         return self.flagged_fraud / self.frauds_decided if self.frauds_decided else None
 
 
-def child(
-    command: str, settings: Settings, model: str, metrics_port: int, log: Path, **extra: str
-) -> subprocess.Popen[bytes]:
-    """A `scorer run` / `aggregate` / `store` child process configured through SCORER_* variables (and `extra`)."""
-    env = {
-        **os.environ,
-        "SCORER_BROKERS": settings.brokers,
-        "SCORER_MODEL": model,
-        "SCORER_METRICS_PORT": str(metrics_port),
-        "SCORER_FETCH_WAIT_MAX_MS": "5",
-        "SCORER_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "SCORER_TERMINAL_WAIT_S": "2",
-        **extra,
-    }
-    with log.open("ab") as out:  # JSON logs go to a file so the live status line stays readable
-        # A process group of its own: the terminal's Ctrl-C reaches the demo alone, which first waits for
-        # the decisions in flight and then stops its children (a child stopped by the same Ctrl-C raced the
-        # demo's summary and could not decide what was in flight).
-        return subprocess.Popen(  # noqa: S603 - our own CLI
-            [sys.executable, "-m", "scorer", command],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            process_group=0,
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class LiveDemo:
     """What `scorer demo` was asked for."""
@@ -133,22 +102,6 @@ class LiveDemo:
     duration: float = 0.0  # seconds; 0: until Ctrl-C
     metrics_port: int = 9108
     database_url: str | None = None  # default: start the embedded PostgreSQL
-
-
-@dataclass(slots=True)
-class Running:
-    """What the demo has started: its children by command (run, aggregate, store) with their metrics ports,
-    where their logs go, and the database the store writes to."""
-
-    logs: Path
-    database: DemoDatabase
-    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    ports: dict[str, int] = field(default_factory=dict)
-
-    def start(self, command: str, settings: Settings, model: str, port: int, **extra: str) -> None:
-        log = self.logs / f"{'scorer' if command == 'run' else command}.log"
-        self.children[command] = child(command, settings, model, port, log, **extra)
-        self.ports[command] = port
 
 
 def run_live_demo(args: LiveDemo) -> int:
@@ -172,7 +125,7 @@ def run_live_demo(args: LiveDemo) -> int:
         index = {tx: i for i, tx in enumerate(data.transaction_id)}
         settings = _broker(args, logs, stack)
         running = Running(logs, database)
-        stack.callback(_stop_children, running.children.values())  # before the broker and the database stop
+        stack.callback(stop_children, running.children.values())  # before the broker and the database stop
         create_topics(settings, PARTITIONS)
         warm_days = int(data.event_ts_ms[start] - data.event_ts_ms[0]) // MS_PER_DAY + 1
         print(
@@ -181,7 +134,7 @@ def run_live_demo(args: LiveDemo) -> int:
         config = read_meta(resolve_artefact(Path(model))).feature_config
         warm_state(settings, data, start, config, PARTITIONS, ProgressBar("warming state", sys.stdout))
         metrics_port = (
-            args.metrics_port if args.metrics_port and _port_free(args.metrics_port) else free_port()
+            args.metrics_port if args.metrics_port and port_free(args.metrics_port) else free_port()
         )
         _start_store(settings, model, running)  # by now the embedded PostgreSQL has had seconds to start
         running.start("aggregate", settings, model, free_port())
@@ -190,10 +143,10 @@ def run_live_demo(args: LiveDemo) -> int:
         print(
             "starting the aggregator and the scorer (they join their groups and restore the warm state) ..."
         )
-        late = _wait_ready(running.ports, running.children)
+        late = wait_ready(running.ports, running.children)
         if late:
             names = " and ".join(f"scorer {command}" for command in late)
-            print(f"scorer demo: {names} did not get ready: {_last_lines(logs)}", file=sys.stderr)
+            print(f"scorer demo: {names} did not get ready: {last_lines(logs)}", file=sys.stderr)
             return 1
         print(f"query the database from another terminal:\n  {sql_command(database.url())}")
         print(f"streaming the last {LIVE_DAYS} days live at {args.rate:,.0f} transactions/s; Ctrl-C to stop")
@@ -280,9 +233,7 @@ def _stream(
         if any(c.poll() is not None for c in children):
             if stop.expected(STOP_GRACE_S):
                 break
-            print(
-                f"\nscorer demo: a child process stopped unexpectedly: {_last_lines(logs)}", file=sys.stderr
-            )
+            print(f"\nscorer demo: a child process stopped unexpectedly: {last_lines(logs)}", file=sys.stderr)
             return True
         streamer.pump()
         _read(reader, tally, index, streamer)
@@ -338,53 +289,6 @@ def _stored(streamer: Streamer, tally: Tally, running: Running, stop: StopReques
         return stored
 
     return wait_stored(count, tally.decided, _skip(stop), lambda: store.poll() is None)
-
-
-def _wait_ready(
-    ports: dict[str, int], children: dict[str, subprocess.Popen[bytes]], timeout_s: float = 90.0
-) -> list[str]:
-    """Until every child answers 200 on /readyz; the commands of those that did not (the ones that stopped,
-    or those still not ready when the time is up)."""
-    deadline = time.monotonic() + timeout_s
-    waiting = dict(ports)
-    while waiting and time.monotonic() < deadline:
-        stopped = [command for command, c in children.items() if c.poll() is not None]
-        if stopped:
-            return stopped
-        waiting = {command: port for command, port in waiting.items() if not _ready(port)}
-        time.sleep(0.2)
-    return list(waiting)
-
-
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:  # noqa: S310 - ours
-            return int(r.status) == 200
-    except OSError:
-        return False
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("0.0.0.0", port))  # noqa: S104 - the scorer binds the same address
-        except OSError:
-            return False
-    return True
-
-
-def _last_lines(logs: Path) -> str:
-    """The last line of each child's log: why it stopped."""
-    lines = []
-    for name in ("scorer.log", "aggregate.log", "store.log"):
-        text = (
-            (logs / name).read_text(errors="replace").strip().splitlines() if (logs / name).exists() else []
-        )
-        if text:
-            lines.append(f"{name}: {text[-1][:300]}")
-    return "; ".join(lines)
 
 
 def _read(reader: Consumer, tally: Tally, index: dict[str, int], streamer: Streamer) -> None:
@@ -463,14 +367,3 @@ def _summary(tally: Tally, streamer: Streamer, running: Running, stored: Stored)
             f"`{scorer_command()} postgres --dir DIR` in another terminal and give the demo the --database-url "
             "it prints"
         )
-
-
-def _stop_children(children: Iterable[subprocess.Popen[bytes]]) -> None:
-    for c in children:
-        if c.poll() is None:
-            c.send_signal(signal.SIGTERM)
-    for c in children:
-        try:
-            c.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            c.kill()

@@ -54,6 +54,14 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--card-testing", type=int, default=0, help="cards per day hit by a new fraud pattern")
 
 
+def check_rate(args: argparse.Namespace) -> None:
+    """--rate (and --duration, where there is one) as numbers a stream can use: one line, exit 2."""
+    if not 0 < args.rate < float("inf"):
+        raise ConfigError(f"--rate must be positive, got {args.rate}")
+    if not 0 <= getattr(args, "duration", 0.0) < float("inf"):
+        raise ConfigError(f"--duration must be 0 (until Ctrl-C) or more seconds, got {args.duration}")
+
+
 def simulation_params(args: argparse.Namespace) -> SimulationParams:
     """SimulationParams from the flags of add_simulation_args."""
     from scorer.training.simulate import Drift, SimulationParams

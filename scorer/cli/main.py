@@ -17,12 +17,14 @@ from scorer.cli.args import (
     HelpFormatter,
     add_kafka_args,
     add_simulation_args,
+    check_rate,
     date_arg,
     positive_int,
     settings_from,
     simulation_params,
 )
 from scorer.cli.broker import add_broker_parser
+from scorer.cli.demo import add_demo_parser
 from scorer.cli.models import add_models_parser
 from scorer.cli.postgres import add_postgres_parser
 from scorer.cli.rules import add_rules_parser
@@ -179,14 +181,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_rate(args: argparse.Namespace) -> None:
-    """--rate (and --duration, where there is one) as numbers a stream can use: one line, exit 2."""
-    if not 0 < args.rate < float("inf"):
-        raise ConfigError(f"--rate must be positive, got {args.rate}")
-    if not 0 <= getattr(args, "duration", 0.0) < float("inf"):
-        raise ConfigError(f"--duration must be 0 (until Ctrl-C) or more seconds, got {args.duration}")
-
-
 def cmd_stream(args: argparse.Namespace) -> int:
     import threading
 
@@ -195,7 +189,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from scorer.runtime.process import install_signal_handlers
     from scorer.training.simulate import simulate
 
-    _check_rate(args)
+    check_rate(args)
     settings = settings_from(args)
     logs.configure(settings.log_level)
     data = simulate(simulation_params(args))
@@ -212,20 +206,6 @@ def cmd_topics(args: argparse.Namespace) -> int:
     for spec in topic_specs(settings, args.partitions):
         print(f"{spec.name}: {spec.partitions} partition(s){' compacted' if spec.compacted else ''}")
     return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    params = simulation_params(args)
-    if not args.offline:
-        _check_rate(args)
-    if args.offline:
-        from scorer.demo.offline import run_offline_demo
-
-        return run_offline_demo(params, Path(args.workdir))
-    from scorer.demo.live import LiveDemo, run_live_demo
-
-    options = LiveDemo(params, args.model, args.brokers, args.rate, args.duration, args.metrics_port)
-    return run_live_demo(options)
 
 
 def _err(message: str) -> None:
@@ -348,22 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=positive_int, default=4, help="partitions of the keyed topics")
     p.set_defaults(func=cmd_topics)
 
-    p = sub.add_parser(
-        "demo", formatter_class=HELP,
-        help="the whole system live on an embedded broker (--offline: simulate/train/evaluate)",
-    )  # fmt: skip
-    p.add_argument("--brokers", help="use this Kafka instead of starting the embedded broker")
-    p.add_argument("--rate", type=float, default=1000.0, help="transactions per second to stream")
-    p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
-    p.add_argument("--model", help="model artefact directory (default: models/default/2)")
-    p.add_argument(
-        "--metrics-port", type=int, default=9108, help="the scorer's metrics port (taken if busy: another)"
-    )
-    p.add_argument("--offline", action="store_true", help="run simulate -> train -> evaluate instead")
-    p.add_argument("--workdir", default="demo-data", help="--offline: where data and the demo model go")
-    add_simulation_args(p)
-    p.set_defaults(func=cmd_demo)
-
+    add_demo_parser(sub)
     add_models_parser(sub)
     add_rules_parser(sub)
     add_broker_parser(sub)

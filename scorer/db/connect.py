@@ -134,7 +134,8 @@ def _invalid(url: str, exc: psycopg.ProgrammingError) -> ConfigError:
         password = urlsplit(url).password if "://" in url else None
     except ValueError:
         return ConfigError(f"database_url {mask_url(url)} is not a valid PostgreSQL URL")
-    text = str(exc).replace(password, "***") if password else mask_url(str(exc))
+    text = str(exc).strip()  # libpq's message ends in a newline: the error stays one line
+    text = text.replace(password, "***") if password else mask_url(text)
     return ConfigError(f"database_url {mask_url(url)} is not a valid PostgreSQL URL: {text}")
 
 

@@ -1,22 +1,22 @@
 """`scorer demo`: the whole system live on the embedded tansu broker (or `--brokers`), zero configuration.
 
-It starts the broker, creates the topics, warms the state on the history's first days (warm.py: as if
-the system had run through them), runs `scorer aggregate` and `scorer run` as child processes, streams
-the last LIVE_DAYS days of simulated transactions (in event-time order, with each fraud label released
-when the stream reaches its report time) at `--rate` events/s, and reads the decisions back to show
-events/s, p50/p99 end-to-end latency, lag, flag rate and the precision of the flags (the simulator knows
-the truth). With the default simulation, the live days are the week the default model was tested on.
+It starts the embedded PostgreSQL in the background (database.py; or uses `--database-url`), starts the broker,
+creates the topics, warms the state on the history's first days (warm.py: as if the system had run through
+them), runs `scorer store` (the topics into PostgreSQL), `scorer aggregate` and `scorer run` as child
+processes, streams the last LIVE_DAYS days of simulated transactions (in event-time order, with each fraud
+label released when the stream reaches its report time) at `--rate` events/s, and reads the decisions back to
+show events/s, p50/p99 end-to-end latency, lag, flag rate and the precision of the flags (the simulator knows
+the truth). At the end it counts the decisions the store wrote. With the default simulation, the live days are
+the week the default model was tested on.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,16 @@ from confluent_kafka import Consumer
 
 from scorer.config import DEFAULT_MODEL, Settings
 from scorer.demo.broker import EmbeddedBroker, free_port
+from scorer.demo.children import Running, last_lines, port_free, stop_children, wait_ready
+from scorer.demo.database import (
+    STORE_WAIT_S,
+    Stored,
+    count_decisions,
+    open_database,
+    scorer_command,
+    sql_command,
+    wait_stored,
+)
 from scorer.demo.stream import Streamer
 from scorer.demo.warm import live_start, warm_state
 from scorer.events.timestamps import MS_PER_DAY
@@ -81,32 +91,6 @@ class Tally:
         return self.flagged_fraud / self.frauds_decided if self.frauds_decided else None
 
 
-def child(
-    command: str, settings: Settings, model: str, metrics_port: int, log: Path
-) -> subprocess.Popen[bytes]:
-    """A `scorer run` / `scorer aggregate` child process configured through SCORER_* variables."""
-    env = {
-        **os.environ,
-        "SCORER_BROKERS": settings.brokers,
-        "SCORER_MODEL": model,
-        "SCORER_METRICS_PORT": str(metrics_port),
-        "SCORER_FETCH_WAIT_MAX_MS": "5",
-        "SCORER_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "SCORER_TERMINAL_WAIT_S": "2",
-    }
-    with log.open("ab") as out:  # JSON logs go to a file so the live status line stays readable
-        # A process group of its own: the terminal's Ctrl-C reaches the demo alone, which first waits for
-        # the decisions in flight and then stops its children (a child stopped by the same Ctrl-C raced the
-        # demo's summary and could not decide what was in flight).
-        return subprocess.Popen(  # noqa: S603 - our own CLI
-            [sys.executable, "-m", "scorer", command],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            process_group=0,
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class LiveDemo:
     """What `scorer demo` was asked for."""
@@ -117,26 +101,31 @@ class LiveDemo:
     rate: float = 1000.0  # transactions per second
     duration: float = 0.0  # seconds; 0: until Ctrl-C
     metrics_port: int = 9108
+    database_url: str | None = None  # default: start the embedded PostgreSQL
 
 
 def run_live_demo(args: LiveDemo) -> int:
     model = str(args.model or DEFAULT_MODEL)
-    params = args.params
-    print(
-        f"simulating {params.customers:,} customers / {params.terminals:,} terminals / {params.days} days ...",
-        flush=True,
-    )
-    data = simulate(params)
-    start = live_start(data, LIVE_DAYS)
-    index = {tx: i for i, tx in enumerate(data.transaction_id)}
     logs = Path(tempfile.mkdtemp(prefix="scorer-demo-"))
     with ExitStack() as stack:
-        brokers = args.brokers
-        if not brokers:
-            broker = stack.enter_context(EmbeddedBroker(log_path=logs / "tansu.log"))
-            brokers = broker.bootstrap
-            print(f"embedded tansu broker on {brokers} (pid {broker.pid})")
-        settings = Settings(brokers=brokers, kafka={"session.timeout.ms": "6000"} if not args.brokers else {})
+        # first: the embedded PostgreSQL starts in the background while the history is simulated
+        try:
+            database = open_database(args.database_url, logs / "postgres.log")
+        except BaseException:
+            logs.rmdir()  # refused before any work: an empty directory is not worth keeping
+            raise
+        stack.callback(database.close)  # last: after the children, the store among them, have stopped
+        params = args.params
+        print(
+            f"simulating {params.customers:,} customers / {params.terminals:,} terminals / {params.days} days ...",
+            flush=True,
+        )
+        data = simulate(params)
+        start = live_start(data, LIVE_DAYS)
+        index = {tx: i for i, tx in enumerate(data.transaction_id)}
+        settings = _broker(args, logs, stack)
+        running = Running(logs, database)
+        stack.callback(stop_children, running.children.values())  # before the broker and the database stop
         create_topics(settings, PARTITIONS)
         warm_days = int(data.event_ts_ms[start] - data.event_ts_ms[0]) // MS_PER_DAY + 1
         print(
@@ -145,21 +134,45 @@ def run_live_demo(args: LiveDemo) -> int:
         config = read_meta(resolve_artefact(Path(model))).feature_config
         warm_state(settings, data, start, config, PARTITIONS, ProgressBar("warming state", sys.stdout))
         metrics_port = (
-            args.metrics_port if args.metrics_port and _port_free(args.metrics_port) else free_port()
+            args.metrics_port if args.metrics_port and port_free(args.metrics_port) else free_port()
         )
-        agg_port = free_port()
-        agg = child("aggregate", settings, model, agg_port, logs / "aggregate.log")
-        scorer = child("run", settings, model, metrics_port, logs / "scorer.log")
-        stack.callback(_stop_children, [scorer, agg])
+        _start_store(settings, model, running)  # by now the embedded PostgreSQL has had seconds to start
+        running.start("aggregate", settings, model, free_port())
+        running.start("run", settings, model, metrics_port)
         print(f"scorer metrics: http://127.0.0.1:{metrics_port}/metrics  (/healthz, /readyz); logs in {logs}")
         print(
             "starting the aggregator and the scorer (they join their groups and restore the warm state) ..."
         )
-        if not _wait_ready([metrics_port, agg_port], [scorer, agg]):
-            print(f"scorer demo: the scorer did not get ready: {_last_lines(logs)}", file=sys.stderr)
+        late = wait_ready(running.ports, running.children)
+        if late:
+            names = " and ".join(f"scorer {command}" for command in late)
+            print(f"scorer demo: {names} did not get ready: {last_lines(logs)}", file=sys.stderr)
             return 1
+        print(f"query the database from another terminal:\n  {sql_command(database.url())}")
         print(f"streaming the last {LIVE_DAYS} days live at {args.rate:,.0f} transactions/s; Ctrl-C to stop")
-        return _loop(args, settings, data, start, index, metrics_port, [scorer, agg], logs)
+        return _loop(args, settings, data, start, index, running)
+
+
+def _broker(args: LiveDemo, logs: Path, stack: ExitStack) -> Settings:
+    """The user's Kafka (`--brokers`), or the embedded broker started on the stack.
+
+    The demo's reader, like its children, joins its group with the shortest session timeout Kafka allows:
+    tansu (also as `scorer broker` runs it) holds a new group's first member for the session timeout, which
+    at librdkafka's default (45 s) outlasted a short demo before a single decision was read."""
+    fast = {"session.timeout.ms": "6000"}
+    if args.brokers:
+        return Settings(brokers=args.brokers, kafka=fast)
+    broker = stack.enter_context(EmbeddedBroker(log_path=logs / "tansu.log"))
+    print(f"embedded tansu broker on {broker.bootstrap} (pid {broker.pid})")
+    return Settings(brokers=broker.bootstrap, kafka=fast)
+
+
+def _start_store(settings: Settings, model: str, running: Running) -> None:
+    """`scorer store` into the demo's database, once that accepts connections (the embedded one may still be
+    starting: ScorerError, one line, if it failed to)."""
+    url = running.database.url()
+    print(f"{running.database.describe()}: scorer store writes the topics into it")
+    running.start("store", settings, model, free_port(), SCORER_DATABASE_URL=url)
 
 
 def _loop(
@@ -168,14 +181,12 @@ def _loop(
     data: SimulatedData,
     start: int,
     index: dict[str, int],
-    port: int,
-    children: list[subprocess.Popen[bytes]],
-    logs: Path,
+    running: Running,
 ) -> int:
     """Stream and show until `--duration` or a stop signal, wait for the decisions in flight, summarise.
 
     Exit 0 when the user (or the duration) stopped the demo, 1 when a child stopped by itself; the
-    summary is printed either way.
+    summary, with the decisions the store wrote (waited for), is printed either way.
     """
     streamer = Streamer(settings, data, args.rate, start)
     reader = clients.consumer(
@@ -191,15 +202,17 @@ def _loop(
     tally = Tally(seen=np.zeros(len(data.transaction_id), dtype=bool))
     stop = StopRequest()
     restore = stop.install()  # a Ctrl-C sets a flag the loops check: never an exception inside a Kafka call
+    children = list(running.children.values())
     try:
-        failed = _stream(args, streamer, reader, tally, index, children, stop, logs)
+        failed = _stream(args, streamer, reader, tally, index, children, stop, running.logs)
         delivered = streamer.close()
         if not failed and delivered:
             _drain(streamer, reader, tally, index, children, stop)
+        stored = _stored(streamer, tally, running, stop)
     finally:
         restore()
         reader.close()
-    _summary(tally, streamer, port)
+    _summary(tally, streamer, running, stored)
     return 1 if failed else 0
 
 
@@ -220,9 +233,7 @@ def _stream(
         if any(c.poll() is not None for c in children):
             if stop.expected(STOP_GRACE_S):
                 break
-            print(
-                f"\nscorer demo: a child process stopped unexpectedly: {_last_lines(logs)}", file=sys.stderr
-            )
+            print(f"\nscorer demo: a child process stopped unexpectedly: {last_lines(logs)}", file=sys.stderr)
             return True
         streamer.pump()
         _read(reader, tally, index, streamer)
@@ -246,55 +257,38 @@ def _drain(
     if tally.decided >= sent:
         return
     print(f"\nstopped streaming; waiting up to {DRAIN_S:.0f} s for the decisions in flight (Ctrl-C: skip)")
-    deadline = time.monotonic() + DRAIN_S
-    while tally.decided < sent and time.monotonic() < deadline and not stop.hurry.is_set():
+    deadline, skip = time.monotonic() + DRAIN_S, _skip(stop)
+    while tally.decided < sent and time.monotonic() < deadline and not skip.is_set():
         if any(c.poll() is not None for c in children):
             return
         _read(reader, tally, index, streamer)
         _status(tally, streamer)
 
 
-def _wait_ready(ports: list[int], children: list[subprocess.Popen[bytes]], timeout_s: float = 90.0) -> bool:
-    """Until every child answers 200 on /readyz (False if one stops or the time is up)."""
-    deadline = time.monotonic() + timeout_s
-    waiting = list(ports)
-    while waiting and time.monotonic() < deadline:
-        if any(c.poll() is not None for c in children):
-            return False
-        waiting = [p for p in waiting if not _ready(p)]
-        time.sleep(0.2)
-    return not waiting
+def _skip(stop: StopRequest) -> threading.Event:
+    """What the next Ctrl-C sets, which skips a wait at the end: `hurry` once a stop was asked for, else
+    `requested` (the demo ended by its --duration)."""
+    return stop.hurry if stop.requested.is_set() else stop.requested
 
 
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:  # noqa: S310 - ours
-            return int(r.status) == 200
-    except OSError:
-        return False
+def _stored(streamer: Streamer, tally: Tally, running: Running, stop: StopRequest) -> Stored:
+    """The decisions of the transactions sent that the database holds, once the store has written every one
+    the demo saw decided (up to STORE_WAIT_S, a Ctrl-C skips the wait, or the store stops)."""
+    if streamer.next_tx <= streamer.start:
+        return Stored(tally.decided, 0)
+    times = streamer.data.event_ts_ms
+    first_ms, last_ms = int(times[streamer.start]), int(times[streamer.next_tx - 1])
+    url, store = running.database.url(), running.children["store"]
 
+    def count() -> int:
+        stored = count_decisions(url, first_ms, last_ms)
+        if stored < tally.decided:
+            _status_line(
+                f"the store has written {stored:,} of {tally.decided:,} decisions; waiting up to {STORE_WAIT_S:g} s (Ctrl-C: skip)"
+            )
+        return stored
 
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("0.0.0.0", port))  # noqa: S104 - the scorer binds the same address
-        except OSError:
-            return False
-    return True
-
-
-def _last_lines(logs: Path) -> str:
-    """The last line of each child's log: why it stopped."""
-    lines = []
-    for name in ("scorer.log", "aggregate.log"):
-        text = (
-            (logs / name).read_text(errors="replace").strip().splitlines() if (logs / name).exists() else []
-        )
-        if text:
-            lines.append(f"{name}: {text[-1][:300]}")
-    return "; ".join(lines)
+    return wait_stored(count, tally.decided, _skip(stop), lambda: store.poll() is None)
 
 
 def _read(reader: Consumer, tally: Tally, index: dict[str, int], streamer: Streamer) -> None:
@@ -330,6 +324,11 @@ def _status(tally: Tally, streamer: Streamer) -> None:
             f"p50 {_num(tally.percentile(50), '{:,.0f}')} ms  p99 {_num(tally.percentile(99), '{:,.0f}')} ms  "
             f"lag {sent - tally.decided:>7,}  flag rate {flag_rate:.2%}  flag precision {_num(tally.precision, '{:.0%}')}"
         )
+    _status_line(line)
+
+
+def _status_line(line: str) -> None:
+    """The one line that is rewritten in place."""
     print(f"\r{line:<140}", end="", flush=True)
 
 
@@ -338,7 +337,7 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def _summary(tally: Tally, streamer: Streamer, port: int) -> None:
+def _summary(tally: Tally, streamer: Streamer, running: Running, stored: Stored) -> None:
     sent = streamer.next_tx - streamer.start
     in_flight = (
         [("in flight", f"{sent - tally.decided:,} (sent, no decision yet)")] if tally.decided < sent else []
@@ -347,6 +346,7 @@ def _summary(tally: Tally, streamer: Streamer, port: int) -> None:
         ("transactions sent", f"{sent:,}"),
         ("decisions received", f"{tally.decided:,}"),
         *in_flight,
+        ("decisions in PostgreSQL", stored.cell()),
         ("flagged", f"{tally.flagged:,}"),
         ("precision of flags", _num(tally.precision, "{:.1%}")),
         ("recall of flags", _num(tally.recall, "{:.1%}")),
@@ -354,15 +354,16 @@ def _summary(tally: Tally, streamer: Streamer, port: int) -> None:
         ("latency p99", _num(tally.percentile(99), "{:,.1f} ms")),
     ]
     print("\n" + table(["summary", "value"], rows))
+    port = running.ports["run"]
     print(f"metrics were at http://127.0.0.1:{port}/metrics (the scorer has stopped with the demo)")
-
-
-def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
-    for c in children:
-        if c.poll() is None:
-            c.send_signal(signal.SIGTERM)
-    for c in children:
-        try:
-            c.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            c.kill()
+    database = running.database
+    if database.kept:
+        print(
+            f"the decisions stay in {database.describe()}; query them with:\n  {sql_command(database.url())}"
+        )
+    else:
+        print(
+            "PostgreSQL stops with the demo and its data goes with it; to keep the decisions, run "
+            f"`{scorer_command()} postgres --dir DIR` in another terminal and give the demo the --database-url "
+            "it prints"
+        )

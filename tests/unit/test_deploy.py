@@ -23,6 +23,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import kubernetes_validate
 import pytest
@@ -31,6 +32,7 @@ from packaging.requirements import Requirement
 from prometheus_client import CollectorRegistry
 
 from scorer import __version__
+from scorer.cli.main import build_parser
 from scorer.config import ENV_PREFIX, Settings, from_env, load_settings
 from scorer.model.onnx import OnnxModel
 from scorer.model.registry import Registry
@@ -42,7 +44,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S_VERSION = "1.31.0"
 LINTER = ROOT / ".tools" / "node_modules" / ".bin" / "dockerfilelint"
-LONG_RUNNING = {"scorer", "scorer-aggregator", "scorer-monitor", "scorer-serve"}
+LONG_RUNNING = {"scorer", "scorer-aggregator", "scorer-monitor", "scorer-serve", "scorer-store"}
+LOCAL_STACK_PASSWORD = "local-stack-only"  # noqa: S105 - compose.yaml's public default, marked as such there
+CHOSEN_PASSWORD = "chosen-elsewhere"  # noqa: S105 - a stand-in
 BUILTIN_GROUPS = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1"}
 
 
@@ -211,13 +215,23 @@ def test_the_image_is_slim_runs_as_the_user_it_creates_and_carries_the_package_v
 # -- compose -----------------------------------------------------------------------------------------------
 
 
-def test_compose_file_is_accepted_by_docker_compose() -> None:
+def compose_config(**environ: str) -> dict[str, Any]:
+    """The services as `docker-compose config` resolves them, with `environ` (and no POSTGRES_PASSWORD else)."""
     exe = tool("docker-compose", "apt-get install docker-compose")
+    env = {k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"} | environ
     done = subprocess.run(
-        [exe, "-f", str(DEPLOY / "compose.yaml"), "config"], capture_output=True, text=True, check=False
+        [exe, "-f", str(DEPLOY / "compose.yaml"), "config"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
-    resolved = yaml.safe_load(done.stdout)["services"]
+    return dict(yaml.safe_load(done.stdout)["services"])
+
+
+def test_compose_file_is_accepted_by_docker_compose() -> None:
+    resolved = compose_config()
     assert {
         "kafka",
         "topics",
@@ -226,6 +240,8 @@ def test_compose_file_is_accepted_by_docker_compose() -> None:
         "monitor",
         "serve",
         "simulator",
+        "postgres",
+        "store",
         "prometheus",
         "grafana",
     } <= set(resolved)
@@ -239,8 +255,34 @@ def test_compose_file_is_accepted_by_docker_compose() -> None:
     assert resolved["topics"]["command"] == ["topics", "--partitions", "4"]
     assert resolved["serve"]["command"] == ["serve"]
     assert resolved["serve"]["ports"][0]["target"] == 8080
-    for name in ("aggregator", "scorer", "monitor", "serve", "simulator"):
+    for name in ("aggregator", "scorer", "monitor", "serve", "simulator", "store"):
         assert resolved[name]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+
+
+def test_compose_runs_the_store_on_a_postgresql_of_its_own() -> None:
+    resolved = compose_config()
+    postgres, store = resolved["postgres"], resolved["store"]
+    image, _, version = postgres["image"].partition(":")
+    assert image == "postgres" and int(version.split(".")[0]) >= 14 and "." in version  # pinned to a minor
+    assert (
+        postgres["healthcheck"]["test"][0] == "CMD-SHELL"
+        and "pg_isready" in postgres["healthcheck"]["test"][1]
+    )
+    ((source, target, *_),) = [v.split(":") for v in postgres["volumes"]]  # docker-compose 1.29: short syntax
+    assert target == "/var/lib/postgresql/data"
+    assert source in yaml.safe_load((DEPLOY / "compose.yaml").read_text())["volumes"]  # a named volume
+    assert "ports" not in postgres  # the local stack's database is not on the host's network
+    assert store["command"] == ["store"]
+    assert store["depends_on"]["postgres"]["condition"] == "service_healthy"
+    url = urlsplit(store["environment"]["SCORER_DATABASE_URL"])
+    env = postgres["environment"]
+    assert (url.hostname, url.port, url.path) == ("postgres", 5432, f"/{env['POSTGRES_DB']}")
+    assert (url.username, url.password) == (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
+    assert env["POSTGRES_PASSWORD"] == LOCAL_STACK_PASSWORD  # the default, named for what it is
+    assert load_settings(environ={"SCORER_DATABASE_URL": url.geturl()}).database_url == url.geturl()
+    chosen = compose_config(POSTGRES_PASSWORD=CHOSEN_PASSWORD)  # the environment, or deploy/.env
+    assert chosen["postgres"]["environment"]["POSTGRES_PASSWORD"] == CHOSEN_PASSWORD
+    assert urlsplit(chosen["store"]["environment"]["SCORER_DATABASE_URL"]).password == CHOSEN_PASSWORD
 
 
 def test_prometheus_config_and_grafana_provisioning() -> None:
@@ -326,6 +368,55 @@ def test_metrics_services_pdb_and_servicemonitor(base: list[dict[str, Any]]) -> 
     )
 
 
+def test_the_store_reads_its_database_url_from_a_secret_it_may_read(base: list[dict[str, Any]]) -> None:
+    store = find(base, "Deployment", "scorer-store")
+    pod = store["spec"]["template"]["spec"]
+    (c,) = containers(store)
+    assert c["args"] == ["store"]
+    config = find(base, "ConfigMap", "scorer-config")["data"]
+    assert not [k for k in config if k.startswith("SCORER_DATABASE_URL")]  # the password is not configuration
+    path = Path({e["name"]: e["value"] for e in c["env"]}["SCORER_DATABASE_URL_FILE"])
+    mount = {m["mountPath"]: m for m in c["volumeMounts"]}[str(path.parent)]
+    assert mount["readOnly"] and "subPath" not in mount
+    secret = {v["name"]: v for v in pod["volumes"]}[mount["name"]]["secret"]
+    # a Secret's files belong to root: the store's user reads them as a member of the pod's fsGroup
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    assert secret["defaultMode"] & 0o040 and not secret["defaultMode"] & 0o007
+    example = yaml.safe_load((DEPLOY / "k8s" / "base" / "store-database.example.yaml").read_text())
+    assert example["metadata"]["name"] == secret["secretName"] and path.name in example["stringData"]
+    url = example["stringData"]["url"]
+    query = parse_qs(urlsplit(url).query)
+    root_cert = Path(query["sslrootcert"][0])  # the CA, from the same Secret
+    assert query["sslmode"] == ["verify-full"] and root_cert.parent == path.parent
+    assert root_cert.name in example["stringData"]
+    assert load_settings(environ={"SCORER_DATABASE_URL": url}).database_url == url
+
+
+def test_the_example_manifests_are_valid_and_the_migration_job_reads_the_stores_secret_path(
+    base: list[dict[str, Any]],
+) -> None:
+    examples = sorted((DEPLOY / "k8s").rglob("*.example.yaml"))
+    assert {p.name for p in examples} >= {"store-database.example.yaml", "store-migrate-job.example.yaml"}
+    for path in examples:
+        kustomization = yaml.safe_load((path.parent / "kustomization.yaml").read_text())
+        assert path.name not in kustomization["resources"]  # created apart, as each file says
+        for doc in yaml.safe_load_all(path.read_text()):
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    job = yaml.safe_load((DEPLOY / "k8s" / "base" / "store-migrate-job.example.yaml").read_text())
+    (c,) = containers(job)
+    assert build_parser().parse_args(c["args"]).migrate and c["image"] == f"scorer:{__version__}"
+    (store,) = containers(find(base, "Deployment", "scorer-store"))
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert (
+        env["SCORER_DATABASE_URL_FILE"]
+        == {e["name"]: e["value"] for e in store["env"]}["SCORER_DATABASE_URL_FILE"]
+    )
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {str(Path(env["SCORER_DATABASE_URL_FILE"]).parent)}
+    secrets = [v["secret"]["secretName"] for r in (job, find(base, "Deployment", "scorer-store"))
+               for v in r["spec"]["template"]["spec"]["volumes"] if "secret" in v]  # fmt: skip
+    assert secrets == ["scorer-database", "scorer-database"]  # the same user: the tables' owner
+
+
 def test_production_overlay_wires_sasl_ssl_from_a_secret(production: list[dict[str, Any]]) -> None:
     config = find(production, "ConfigMap", "scorer-config")["data"]
     assert config["SCORER_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
@@ -379,11 +470,14 @@ def _variables(node: Any) -> Iterator[tuple[str, str]]:
 def test_every_scorer_variable_in_deploy_is_a_setting(tmp_path: Path) -> None:
     found = list(scorer_variables())
     assert len({name for _, name, _ in found}) >= 15
-    secret = tmp_path / "password"
+    secret, url = tmp_path / "password", tmp_path / "url"
     secret.write_text("not-logged\n")
+    url.write_text(
+        "postgresql://scorer_store:not-logged@db.example.internal:5432/fraud?sslmode=verify-full\n"
+    )
     for _, name, value in found:
-        if name.endswith("_FILE"):
-            value = str(secret)  # the mounted path does not exist here
+        if name.endswith("_FILE"):  # the mounted path does not exist here: a file with a value of the kind
+            value = str(url if name == "SCORER_DATABASE_URL_FILE" else secret)
         from_env({name: value})  # raises ConfigError for an unknown name
         load_settings(environ={name: value})  # and for a value of the wrong type
     baked = re.findall(r"\b(SCORER_[A-Z_]+)=(\S+)", (DEPLOY / "Dockerfile").read_text())

@@ -22,6 +22,7 @@ from scorer.monitoring.livequality import LiveQuality
 from scorer.monitoring.monitor import Models, Monitor, families
 from scorer.runtime.metrics import AggregatorMetrics, Metrics
 from scorer.serve.metrics import ServeMetrics
+from scorer.store.metrics import StoreMetrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
@@ -32,7 +33,13 @@ SUFFIXES = {
     "info": ("_info",),
     "gauge": ("",),
 }
-GRAFANA_VARS = {"$__rate_interval": "5m", "$job": ".*", "$instance": ".*", "$monitor_job": ".*"}
+GRAFANA_VARS = {
+    "$__rate_interval": "5m",
+    "$job": ".*",
+    "$instance": ".*",
+    "$monitor_job": ".*",
+    "$store_job": ".*",
+}
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -42,10 +49,11 @@ def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 
 
 def exported() -> set[str]:
-    """Every sample name the scorer, the aggregator, the monitor and serve can expose."""
-    registries = [CollectorRegistry() for _ in range(4)]
+    """Every sample name the scorer, the aggregator, the monitor, serve and the store can expose."""
+    registries = [CollectorRegistry() for _ in range(5)]
     Metrics(registries[0])
     ServeMetrics(registries[3])
+    StoreMetrics(registries[4])
     AggregatorMetrics(registries[1])
     Monitor(Settings(brokers="127.0.0.1:1"), registries[2])
     fams = [f for r in registries for f in r.collect()]
@@ -113,4 +121,25 @@ def test_dashboard_layout() -> None:
     titles = " ".join(p["title"] for p in doc["panels"]).lower()
     for topic in ("scored per second", "latency", "lag", "flag rate", "dead letters", "psi", "quality"):
         assert topic in titles, topic
-    assert {v["name"] for v in doc["templating"]["list"]} == {"datasource", "job", "instance", "monitor_job"}
+    assert {v["name"] for v in doc["templating"]["list"]} == {
+        "datasource",
+        "job",
+        "instance",
+        "monitor_job",
+        "store_job",
+    }
+    # no two panels share a cell of the grid (a new row placed over an old one hides it)
+    cells = {(x, y) for p in doc["panels"] for x in range(p["gridPos"]["x"], p["gridPos"]["x"] + p["gridPos"]["w"])
+             for y in range(p["gridPos"]["y"], p["gridPos"]["y"] + p["gridPos"]["h"])}  # fmt: skip
+    assert len(cells) == sum(p["gridPos"]["w"] * p["gridPos"]["h"] for p in doc["panels"])
+
+
+def test_the_dashboard_shows_the_stores_lag_and_write_rate_per_table() -> None:
+    queries: dict[str, list[str]] = {}
+    for title, expr in dashboard_queries():
+        queries.setdefault(title, []).append(expr)
+    lag = queries["Store lag: records not yet in PostgreSQL"]
+    rows = queries["Rows written to PostgreSQL per second, by table"]
+    assert any(q.startswith("sum by (topic) (scorer_store_lag_records{") for q in lag)
+    assert any(q.startswith("sum by (table) (rate(scorer_store_rows_total{") for q in rows)
+    assert all('job=~"$store_job"' in q for q in lag + rows)

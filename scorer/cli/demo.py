@@ -1,0 +1,50 @@
+"""`scorer demo`: the whole system live on the embedded broker and PostgreSQL (or the user's own), or with
+--offline the pipeline simulate -> train -> evaluate."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scorer.cli.args import HelpFormatter, add_simulation_args, check_rate, simulation_params
+
+
+def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo",
+        formatter_class=HelpFormatter,
+        help="the whole system live on an embedded broker (--offline: simulate/train/evaluate)",
+    )
+    p.add_argument("--brokers", help="use this Kafka instead of starting the embedded broker")
+    p.add_argument(
+        "--database-url",
+        help="scorer store writes into this PostgreSQL (postgresql://USER:PASSWORD@HOST:PORT/DATABASE) "
+        "instead of an embedded one that goes with the demo",
+    )
+    p.add_argument("--rate", type=float, default=1000.0, help="transactions per second to stream")
+    p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until Ctrl-C)")
+    p.add_argument("--model", help="model artefact directory (default: models/default/2)")
+    p.add_argument(
+        "--metrics-port", type=int, default=9108, help="the scorer's metrics port (taken if busy: another)"
+    )
+    p.add_argument("--offline", action="store_true", help="run simulate -> train -> evaluate instead")
+    p.add_argument("--workdir", default="demo-data", help="--offline: where data and the demo model go")
+    add_simulation_args(p)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The live demo (exit 1 when a child stops by itself), or the offline one. A --rate or --duration it
+    cannot use is refused in one line (exit 2), as is a --database-url that does not parse."""
+    params = simulation_params(args)
+    if args.offline:
+        from scorer.demo.offline import run_offline_demo
+
+        return run_offline_demo(params, Path(args.workdir))
+    check_rate(args)
+    from scorer.demo.live import LiveDemo, run_live_demo
+
+    options = LiveDemo(
+        params, args.model, args.brokers, args.rate, args.duration, args.metrics_port, args.database_url
+    )
+    return run_live_demo(options)

@@ -8,7 +8,6 @@ or `--kafka-opt key=value`), so SASL/SSL need no code. `SCORER_X_FILE=/path` rea
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from scorer.errors import ConfigError
+from scorer.masking import is_secret, mask_url
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default" / "2"
 ENV_PREFIX = "SCORER_"
@@ -28,7 +28,6 @@ ACTIONS = ("approve", "review", "decline")
 TERMINAL_EVENT_WRITERS = ("scorer", "aggregator")  # who writes transactions to terminal-events
 DEAD_LETTER_HEADROOM_BYTES = 65_536  # a dead letter's key and headers at most (kafka/deadletters.py)
 DATABASE_SCHEMES = ("postgresql", "postgres")
-SECRET_WORDS = ("password", "secret", "token", "key.pem", "keystore", "private", "credential", "jaas")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,29 +169,6 @@ def _consumer_only(key: str) -> bool:
         "group.id",
         "max.poll.interval.ms",
     }
-
-
-def is_secret(key: str) -> bool:
-    lowered = key.lower()
-    return any(word in lowered for word in SECRET_WORDS)
-
-
-def mask_url(url: str) -> str:
-    """`url` with its password (user:PASSWORD@, a password= parameter) replaced by ***, for logs and messages.
-
-    A libpq key=value string (`host=h password=p`) is masked too: messages may quote one."""
-    if "://" not in url:
-        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", r"\1***", url)
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            userinfo, _, hosts = netloc.rpartition("@")
-            netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
-    except ValueError:
-        return "***"  # not even a URL: it could be anything, a password included
-    query = re.sub(r"(^|&)((?:ssl)?password)=[^&]*", r"\1\2=***", parts.query)
-    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 def _field_types() -> dict[str, Any]:

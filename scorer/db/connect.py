@@ -18,9 +18,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
-from scorer.config import mask_url
 from scorer.db.deadline import DeadlineExceeded
 from scorer.errors import ConfigError, ScorerError
+from scorer.masking import mask_url
 
 # Errors at connection time carry no SQLSTATE in libpq, only text: libpq's own (English) and the server's
 # FATAL line (in the server's lc_messages). Unmatched text still reads well as database_connect_failed.

@@ -18,7 +18,7 @@ KAFKA_FREE = (  # the scoring core and everything it stands on; tests and other 
     "scorer.events", "scorer.features", "scorer.model", "scorer.rollout", "scorer.training",
     "scorer.scoring.core", "scorer.scoring.scored", "scorer.scoring.commits", "scorer.scoring.customers", "scorer.scoring.decisions",
     "scorer.aggregate.table", "scorer.aggregate.partition", "scorer.monitoring.inputs",
-    "scorer.monitoring.drift", "scorer.monitoring.livequality", "scorer.config", "scorer.errors",
+    "scorer.monitoring.drift", "scorer.monitoring.livequality", "scorer.config", "scorer.masking", "scorer.errors",
 )  # fmt: skip
 
 

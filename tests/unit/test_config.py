@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from scorer.config import Settings, load_settings, mask_url
+from scorer.config import Settings, load_settings
 from scorer.errors import ConfigError
+from scorer.masking import mask_url
 
 
 def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from scorer.aggregate.partition import (
     EventRecord,
     PartitionAgg,
+    fence_record,
     label_record,
     transaction_records,
     watermark_record,
@@ -92,10 +93,11 @@ class Aggregator:
         self.writers = self._writers(writers)
         self.progress = WriterProgress(
             {"t": (settings.input_topic, self.writers), "l": (settings.labels_topic, self.rekey)},
-            settings.terminal_events_topic,
             self.consumer,
         )
-        self.idle = IdleSources(self.progress, idle_check_interval_s, clock, self._on_snapshot)
+        self.idle = IdleSources(
+            self.progress, idle_check_interval_s, clock, self._send_fences, self._on_snapshot
+        )
         self.sources: frozenset[str] = frozenset()  # every input partition that feeds terminal-events
         self.events_partitions = 0  # of terminal-events, all of which get each source's new-day watermark
         self.rekey_days: dict[str, int] = {}  # newest event day per source the re-key stage has announced
@@ -163,6 +165,7 @@ class Aggregator:
         self._aggregate(self.consumer.consume(self.settings.batch_max, self.settings.batch_wait_s))
         self.running = True
         self._maybe_close()
+        self.sink.poll(0)  # delivery reports every turn, not only when something waits on them
         if self.sink.failure is None:
             self._commit_acknowledged()
 
@@ -267,7 +270,7 @@ class Aggregator:
         grace_ms = int(self.settings.day_close_grace_s * 1000)
         day = closable_day(reached, self.sources.union(*reached), grace_ms)
         if day <= self.closed_day < closable_day(reached, (), grace_ms):  # a source holds it: drained?
-            snapshot = self.idle.verified(self._positions, self.parts.keys())
+            snapshot = self.idle.verified(self._fenced, self.parts.keys())
             if snapshot is not None:
                 self.sources = snapshot.sources
                 day = closable_day(reached, snapshot.sources.union(*reached) - snapshot.drained, grace_ms)
@@ -276,12 +279,13 @@ class Aggregator:
         if day > self.closed_day:
             self._close(day)
 
-    def _positions(self) -> dict[int, int]:
-        """Next terminal-events offset per owned partition: past the last record folded, or past the
-        transaction markers after it, which the consumer steps over without returning them."""
-        asked = [TopicPartition(self.settings.terminal_events_topic, p) for p in self.parts]
-        at = {tp.partition: tp.offset for tp in self.consumer.position(asked)}
-        return {p: max(part.position, at.get(p, 0)) for p, part in self.parts.items()}
+    def _send_fences(self, owned: Collection[int], nonce: int) -> None:
+        """A fence to each owned terminal-events partition (watermark.py): behind every record written so far."""
+        for p in owned:
+            self.sink.send(self.settings.terminal_events_topic, [fence_record(nonce)], partition=p)
+
+    def _fenced(self, nonce: int) -> bool:
+        return all(part.fence >= nonce for part in self.parts.values())
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
         for (topic, p), behind in snapshot.lag.items():

@@ -33,6 +33,7 @@ from scorer.features.rows import MARKER_KEY, PartitionDump, RowCodec, encode_mar
 TX = struct.Struct("<cqiq")  # b"T", event_ts_ms, source partition, source offset
 LABEL = struct.Struct("<cqq?iq")  # b"L", reported_ts_ms, tx_ts_ms, is_fraud, source partition, source offset
 WATERMARK = struct.Struct("<cqci")  # b"W", event time a source reached, its kind (b"t"/b"l") and partition
+FENCE = struct.Struct("<cq")  # b"F", a nonce: the aggregator's own mark that it has read this far
 Record = dict[str, Any]  # {"key": bytes, "value": bytes | None}
 EventRecord = tuple[int, bytes, bytes]  # terminal-events offset, key (terminal_id), value
 
@@ -59,6 +60,11 @@ def transaction_records(
 def watermark_record(ts_ms: int, source: str) -> Record:
     """Source ("t3": transactions partition 3, "l0": labels partition 0) has reached event time `ts_ms`."""
     return {"key": b"", "value": WATERMARK.pack(b"W", ts_ms, source[:1].encode(), int(source[1:]))}
+
+
+def fence_record(nonce: int) -> Record:
+    """A fence the aggregator appends to a partition; folding it means everything before it is folded."""
+    return {"key": b"", "value": FENCE.pack(b"F", nonce)}
 
 
 def label_record(
@@ -94,6 +100,7 @@ class PartitionAgg:
     # a re-key stage that crashed re-sends a suffix of each source, and those repeats must count once
     sources: dict[str, int] = field(default_factory=dict)
     replayed: set[tuple[int, int]] = field(default_factory=set)  # pending labels met again since restore
+    fence: int = -1  # the newest fence folded (aggregate/watermark.py)
 
     @classmethod
     def restore(cls, config: FeatureConfig, codec: RowCodec, dump: PartitionDump) -> PartitionAgg:
@@ -128,6 +135,8 @@ class PartitionAgg:
                     tx_ids.append(terminal)
                     tx_ts.append(ts)
                     late += ts // MS_PER_DAY <= closed_day
+            elif value[:1] == b"F" and len(value) == FENCE.size:
+                self.fence = max(self.fence, FENCE.unpack(value)[1])
             elif value[:1] == b"W" and len(value) == WATERMARK.size:  # (an older 9-byte one names no source)
                 _, ts, kind, src_partition = WATERMARK.unpack(value)
                 self._reach(f"{kind.decode('ascii', 'replace')}{src_partition}", ts)

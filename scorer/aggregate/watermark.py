@@ -11,12 +11,16 @@ partition with no input does not hold it, and a stream that stops still closes i
 
 Whether a source is drained costs a few broker requests, so they are made only while a close waits on
 some source, at most once per `interval_s`, and each answer is used for one decision: records that arrive
-after it are judged by the next one.
+after it are judged by the next one. That the aggregator "has read terminal-events past them" is known
+from a fence it appends to each of its partitions right after the snapshot: once it has folded the fence,
+it has folded everything written before (the end offsets the broker reports cannot say it: tansu's fall
+short of the real end).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Protocol
 
@@ -26,6 +30,7 @@ from scorer.events.timestamps import MS_PER_DAY, NEVER
 from scorer.kafka.progress import Snapshot
 
 logger = logging.getLogger(__name__)
+FRESH_S = 1.0  # a snapshot speaks for its sources this long at least: time for its fence to come back
 
 
 def closable_day(reached: Iterable[Mapping[str, int]], waiting: Collection[str], grace_ms: int) -> int:
@@ -43,54 +48,61 @@ def closable_day(reached: Iterable[Mapping[str, int]], waiting: Collection[str],
 class Progress(Protocol):
     """The writers' progress (kafka/progress.py's WriterProgress)."""
 
-    def snapshot(self, owned: Collection[int]) -> Snapshot: ...
+    def snapshot(self) -> Snapshot: ...
 
 
 class IdleSources:
-    """Snapshots of the writers' progress, taken only when asked and at most once per `interval_s`; a
-    snapshot is handed out once this aggregator's terminal-events positions have reached its end offsets,
-    once, and only while it is fresh (no older than `interval_s`)."""
+    """Snapshots of the writers' progress, taken only when asked and at most once per `interval_s`. With each
+    one a fence (a nonce) is appended to every owned terminal-events partition (`send_fence`); the snapshot
+    is handed out once every owned partition has folded its fence (`fenced`), so every record its drained
+    sources wrote is folded, once, and only while it is fresh (no older than `interval_s`, and at least
+    FRESH_S: the fence needs a produce and a fetch to come back)."""
 
     def __init__(
         self,
         progress: Progress,
         interval_s: float,
         clock: Callable[[], float],
+        send_fence: Callable[[Collection[int], int], None],
         on_snapshot: Callable[[Snapshot], None] = lambda snapshot: None,
     ) -> None:
         self.progress = progress
         self.interval_s = interval_s
         self.clock = clock
+        self.send_fence = send_fence
         self.on_snapshot = on_snapshot
-        self.pending: Snapshot | None = None
+        self.pending: tuple[Snapshot, int, frozenset[int]] | None = None  # snapshot, its fence, for whom
         self.taken_at = float("-inf")
+        self.nonce = time.time_ns()  # above any fence an earlier aggregator left in the topic
 
-    def verified(self, positions: Callable[[], Mapping[int, int]], owned: Collection[int]) -> Snapshot | None:
+    def verified(self, fenced: Callable[[int], bool], owned: Collection[int]) -> Snapshot | None:
         """A snapshot whose drained sources may be left out of the next close, or None (too soon for a new
-        one, the broker did not answer, or terminal-events not read to its ends yet)."""
+        one, the broker did not answer, or a fence not folded yet). `fenced(nonce)`: every owned partition
+        has folded the fence `nonce` (or a later one)."""
         now = self.clock()
-        if self.pending is not None and self._outdated(self.pending, now, owned):
+        if self.pending is not None and self._outdated(now, owned):
             self.pending = None
         if self.pending is None and now - self.taken_at >= self.interval_s:
             self.taken_at = now
             self.pending = self._take(owned)
-        if self.pending is None:
+        if self.pending is None or not fenced(self.pending[1]):
             return None
-        at = positions()
-        if any(at.get(p, 0) < end for p, end in self.pending.ends.items()):
-            return None
-        snapshot, self.pending = self.pending, None
+        snapshot, self.pending = self.pending[0], None
         return snapshot
 
-    def _outdated(self, snapshot: Snapshot, now: float, owned: Collection[int]) -> bool:
+    def _outdated(self, now: float, owned: Collection[int]) -> bool:
         """Too old to speak for records that arrived since, or taken before a rebalance."""
-        return now - self.taken_at > self.interval_s or set(snapshot.ends) != set(owned)
+        assert self.pending is not None  # noqa: S101 - only asked of a pending snapshot
+        too_old = now - self.taken_at > max(self.interval_s, FRESH_S)
+        return too_old or self.pending[2] != frozenset(owned)
 
-    def _take(self, owned: Collection[int]) -> Snapshot | None:
+    def _take(self, owned: Collection[int]) -> tuple[Snapshot, int, frozenset[int]] | None:
         try:
-            snapshot = self.progress.snapshot(owned)
+            snapshot = self.progress.snapshot()
         except KafkaException as exc:  # no answer is no evidence: the close keeps waiting on every source
             logger.warning("writer_progress_unknown", extra={"error": str(exc)})
             return None
         self.on_snapshot(snapshot)
-        return snapshot
+        self.nonce = max(self.nonce + 1, time.time_ns())
+        self.send_fence(owned, self.nonce)  # after the snapshot: behind every record it counts as written
+        return snapshot, self.nonce, frozenset(owned)

@@ -6,12 +6,15 @@ transactions topic (written by the scorers' group, or by the aggregator's re-key
 terminal_events_from = "aggregator"), "l0" partition 0 of the labels topic (the re-key group). A source is
 drained when its writers' group has committed every record of it. A writer commits an input offset only
 once the terminal events of the records before it are acknowledged, so every terminal event of a drained
-source lies below the terminal-events end offsets read after its committed offset.
+source is in terminal-events before anything appended after the snapshot: the aggregator appends a fence
+there and waits until it has folded it (aggregate/watermark.py). Not the partitions' end offsets: tansu
+reports the last record batch's base offset + 1, short of the real end, and a close that trusted it folded
+the last batch's labels a day late.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -24,7 +27,6 @@ class Snapshot:
     sources: frozenset[str]  # every source, from the input topics' metadata
     drained: frozenset[str]  # sources whose writers had committed all of their records
     lag: Mapping[tuple[str, int], int]  # records not committed yet, per (topic, partition)
-    ends: Mapping[int, int]  # terminal-events end offsets, read after the committed offsets
 
 
 class WriterProgress:
@@ -33,14 +35,12 @@ class WriterProgress:
     def __init__(
         self,
         inputs: Mapping[str, tuple[str, Consumer]],
-        events_topic: str,
         events: Consumer,
         timeout_s: float = 5.0,
     ) -> None:
         """`inputs`: source kind ("t", "l") -> (its topic, a consumer in the group that writes its terminal
-        events; it is only asked for committed offsets). `events` reads terminal-events' end offsets."""
+        events; it is only asked for committed offsets). `events` reads the inputs' metadata and end offsets."""
         self.inputs = dict(inputs)
-        self.events_topic = events_topic
         self.events = events
         self.timeout_s = timeout_s
 
@@ -56,9 +56,8 @@ class WriterProgress:
             f"{kind}{p}" for kind, (topic, _) in self.inputs.items() for p in self.partitions(topic)
         )
 
-    def snapshot(self, owned: Collection[int]) -> Snapshot:
-        """Every source's progress, then the end offsets of the `owned` terminal-events partitions (in this
-        order: see the module docstring). Raises KafkaException when the broker does not answer."""
+    def snapshot(self) -> Snapshot:
+        """Every source's progress. Raises KafkaException when the broker does not answer."""
         sources: set[str] = set()
         drained: set[str] = set()
         lag: dict[tuple[str, int], int] = {}
@@ -74,10 +73,4 @@ class WriterProgress:
                 lag[(topic, tp.partition)] = behind
                 if behind == 0:
                     drained.add(source)
-        ends = {
-            p: self.events.get_watermark_offsets(
-                TopicPartition(self.events_topic, p), timeout=self.timeout_s, cached=False
-            )[1]
-            for p in owned
-        }
-        return Snapshot(frozenset(sources), frozenset(drained), lag, ends)
+        return Snapshot(frozenset(sources), frozenset(drained), lag)

@@ -55,8 +55,10 @@ class IdleSources:
     """Snapshots of the writers' progress, taken only when asked and at most once per `interval_s`. With each
     one a fence (a nonce) is appended to every owned terminal-events partition (`send_fence`); the snapshot
     is handed out once every owned partition has folded its fence (`fenced`), so every record its drained
-    sources wrote is folded, once, and only while it is fresh (no older than `interval_s`, and at least
-    FRESH_S: the fence needs a produce and a fetch to come back)."""
+    sources wrote is folded, once, and only while it is fresh: its fence sent no more than `interval_s` ago
+    (at least FRESH_S: the fence needs a produce and a fetch to come back). Fresh from the fence, not from
+    the snapshot's start: reading the committed offsets takes a round trip per partition, a second or so on
+    tansu, and what its writers write before the fence is folded before it anyway."""
 
     def __init__(
         self,
@@ -72,7 +74,8 @@ class IdleSources:
         self.send_fence = send_fence
         self.on_snapshot = on_snapshot
         self.pending: tuple[Snapshot, int, frozenset[int]] | None = None  # snapshot, its fence, for whom
-        self.taken_at = float("-inf")
+        self.taken_at = float("-inf")  # when the last snapshot was asked for
+        self.fenced_at = float("-inf")  # when its fence was sent
         self.nonce = time.time_ns()  # above any fence an earlier aggregator left in the topic
 
     def verified(self, fenced: Callable[[int], bool], owned: Collection[int]) -> Snapshot | None:
@@ -93,7 +96,7 @@ class IdleSources:
     def _outdated(self, now: float, owned: Collection[int]) -> bool:
         """Too old to speak for records that arrived since, or taken before a rebalance."""
         assert self.pending is not None  # noqa: S101 - only asked of a pending snapshot
-        too_old = now - self.taken_at > max(self.interval_s, FRESH_S)
+        too_old = now - self.fenced_at > max(self.interval_s, FRESH_S)
         return too_old or self.pending[2] != frozenset(owned)
 
     def _take(self, owned: Collection[int]) -> tuple[Snapshot, int, frozenset[int]] | None:
@@ -105,4 +108,5 @@ class IdleSources:
         self.on_snapshot(snapshot)
         self.nonce = max(self.nonce + 1, time.time_ns())
         self.send_fence(owned, self.nonce)  # after the snapshot: behind every record it counts as written
+        self.fenced_at = self.clock()
         return snapshot, self.nonce, frozenset(owned)

@@ -495,3 +495,22 @@ def test_drained_sources_count_once_the_aggregator_has_folded_its_fence_and_only
     assert answers.calls == 4 and fences.sent[-1][0] == {0, 1, 2}
     answers.down, clock.now = True, 5.0
     assert idle.verified(fences.fenced, [0, 1, 2]) is None  # no answer: every source keeps the close waiting
+
+
+def test_a_snapshot_that_took_its_time_is_fresh_from_its_fence() -> None:
+    """Reading the writers' committed offsets takes a second or so on tansu: the snapshot's age counts from
+    its fence (everything written before the fence is folded before it), else it was always stale by the time
+    its fence came back and no drained source ever counted (every close then waited for them)."""
+    answers, clock, fences = Answers(), Clock(), Fences()
+    plain = answers.snapshot
+
+    def slow() -> Snapshot:
+        clock.now += 0.9  # the broker's answers take this long
+        return plain()
+
+    answers.snapshot = slow  # type: ignore[method-assign]
+    idle = IdleSources(answers, interval_s=1.0, clock=clock, send_fence=fences.send)
+    assert idle.verified(fences.fenced, [0]) is None
+    clock.now += 0.5  # 1.4 s after the snapshot was asked for, 0.5 s after its fence
+    fences.fold_all()
+    assert idle.verified(fences.fenced, [0]) is not None

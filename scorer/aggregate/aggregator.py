@@ -71,12 +71,14 @@ class Aggregator:
         rekey: Consumer | None = None,
         consumer: Consumer | None = None,
         writers: Consumer | None = None,
+        peek: Consumer | None = None,
         read: ReadPartition = read_partition,
         clock: Callable[[], float] = time.monotonic,
         idle_check_interval_s: float = IDLE_CHECK_INTERVAL_S,
     ) -> None:
         """`writers`: a consumer in the scorers' group, asked only for its committed offsets (made here when
-        the scorers write the transactions to terminal-events)."""
+        the scorers write the transactions to terminal-events); `peek`: one that reads a lagging input's next
+        record (kafka/progress.py)."""
         self.settings = settings
         self.config = config
         self.codec = terminal_codec(config)
@@ -91,9 +93,14 @@ class Aggregator:
         self.reader_config = settings.consumer_config(group=f"{group}-reader", background=True)
         self.read = read
         self.writers = self._writers(writers)
+        self.peek = peek or clients.consumer(
+            {**settings.consumer_config(group=f"{group}-peek", background=True), "enable.auto.commit": False}
+        )
         self.progress = WriterProgress(
             {"t": (settings.input_topic, self.writers), "l": (settings.labels_topic, self.rekey)},
             self.consumer,
+            peek=self.peek,
+            event_ms=source_event_ms,
         )
         self.idle = IdleSources(
             self.progress, idle_check_interval_s, clock, self._send_fences, self._on_snapshot
@@ -155,6 +162,7 @@ class Aggregator:
         self.consumer.close()
         if self.writers is not self.rekey:
             self.writers.close()
+        self.peek.close()
         self.sink.close()
 
     def ready(self) -> bool:
@@ -273,6 +281,7 @@ class Aggregator:
             snapshot = self.idle.verified(self._fenced, self.parts.keys())
             if snapshot is not None:
                 self.sources = snapshot.sources
+                reached = [_with_upcoming(seen, snapshot.next_event_ms) for seen in reached]
                 day = closable_day(reached, snapshot.sources.union(*reached) - snapshot.drained, grace_ms)
                 if day <= self.closed_day:
                     self._log_waiting(reached, snapshot, grace_ms)
@@ -369,3 +378,20 @@ def _note_newest(
     for p in np.unique(partitions).tolist():
         source = f"{kind}{p}"
         newest[source] = max(newest.get(source, NEVER), int(ts_ms[partitions == p].max()))
+
+
+def _with_upcoming(seen: Mapping[str, int], upcoming: Mapping[str, int]) -> dict[str, int]:
+    """A partition's event time per source, moved up to each lagging source's next unread record: its
+    writers committed everything before that record (so it is folded, behind the fence), and a source's
+    records come in event-time order. A scorer stopped after its day D was done holds no close of D."""
+    return {**seen, **{s: max(seen.get(s, NEVER), ms) for s, ms in upcoming.items()}}
+
+
+def source_event_ms(kind: str, value: bytes | None) -> int | None:
+    """The event time a source's record counts at (a transaction's, a label's report time); None for a
+    record the decoders refuse (it makes no terminal event)."""
+    if kind == "t":
+        decoded = decode_transactions([value])
+        return int(decoded.batch.event_ts_ms[0]) if len(decoded.batch) else None
+    labels = decode_labels([value])
+    return int(labels.batch.reported_ts_ms[0]) if len(labels.batch) else None

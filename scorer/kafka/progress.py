@@ -14,10 +14,13 @@ the last batch's labels a day late.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+EventTime = Callable[[str, bytes | None], int | None]  # (source kind, record value) -> event time, ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,9 @@ class Snapshot:
     sources: frozenset[str]  # every source, from the input topics' metadata
     drained: frozenset[str]  # sources whose writers had committed all of their records
     lag: Mapping[tuple[str, int], int]  # records not committed yet, per (topic, partition)
+    # per source with records not committed: the event time of the first of them (its writers have done
+    # everything before it, so the source has in effect reached that time); left out when unreadable
+    next_event_ms: Mapping[str, int] = field(default_factory=dict)
 
 
 class WriterProgress:
@@ -37,11 +43,17 @@ class WriterProgress:
         inputs: Mapping[str, tuple[str, Consumer]],
         events: Consumer,
         timeout_s: float = 5.0,
+        peek: Consumer | None = None,
+        event_ms: EventTime = lambda kind, value: None,
     ) -> None:
         """`inputs`: source kind ("t", "l") -> (its topic, a consumer in the group that writes its terminal
-        events; it is only asked for committed offsets). `events` reads the inputs' metadata and end offsets."""
+        events; it is only asked for committed offsets). `events` reads the inputs' metadata and end offsets.
+        `peek` (no group of its own to commit) reads a lagging source's first uncommitted record, whose
+        event time `event_ms` tells."""
         self.inputs = dict(inputs)
         self.events = events
+        self.peek = peek
+        self.event_ms = event_ms
         self.timeout_s = timeout_s
 
     def partitions(self, topic: str) -> list[int]:
@@ -61,6 +73,7 @@ class WriterProgress:
         sources: set[str] = set()
         drained: set[str] = set()
         lag: dict[tuple[str, int], int] = {}
+        upcoming: dict[str, int] = {}
         for kind, (topic, group) in self.inputs.items():
             asked = [TopicPartition(topic, p) for p in self.partitions(topic)]
             for tp in group.committed(asked, timeout=self.timeout_s):
@@ -73,4 +86,19 @@ class WriterProgress:
                 lag[(topic, tp.partition)] = behind
                 if behind == 0:
                     drained.add(source)
-        return Snapshot(frozenset(sources), frozenset(drained), lag)
+                elif (ms := self._next_event_ms(kind, tp)) is not None:
+                    upcoming[source] = ms
+        return Snapshot(frozenset(sources), frozenset(drained), lag, upcoming)
+
+    def _next_event_ms(self, kind: str, committed: TopicPartition) -> int | None:
+        """The event time of the first record the writers have not committed (None: not read in time)."""
+        if self.peek is None:
+            return None
+        start = committed.offset if committed.offset >= 0 else OFFSET_BEGINNING
+        self.peek.assign([TopicPartition(committed.topic, committed.partition, start)])
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            for msg in self.peek.consume(1, 0.2):
+                if msg.error() is None:
+                    return self.event_ms(kind, msg.value())
+        return None

@@ -285,6 +285,8 @@ class FakeConsumer:
         self.rebalances.append((kind, [TopicPartition(topic, p) for p in partitions]))
 
     def assign(self, partitions: Sequence[Any]) -> None:
+        """The assignment becomes `partitions` (what was assigned before is dropped, as confluent-kafka does)."""
+        self.positions = {}
         for tp in partitions:
             committed = self.broker.group_offsets.get((self.group, tp.topic, tp.partition), 0)
             self.positions[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else committed

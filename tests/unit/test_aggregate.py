@@ -87,7 +87,8 @@ def start(
     consumer = FakeConsumer(broker, "agg", COUNTS)
     agg = Aggregator(
         settings, CONFIG, sink=Sink({}, producer=FakeProducer(broker, policy)), rekey=rekey, consumer=consumer,  # type: ignore[arg-type]
-        writers=FakeConsumer(broker, "scorer", COUNTS), read=lambda config, topic, p: broker.dump(topic, p),  # type: ignore[arg-type]
+        writers=FakeConsumer(broker, "scorer", COUNTS), peek=FakeConsumer(broker, "peek", COUNTS),  # type: ignore[arg-type]
+        read=lambda config, topic, p: broker.dump(topic, p),
         clock=clock, idle_check_interval_s=0.0,
     )  # fmt: skip
     agg.subscribe()
@@ -514,3 +515,25 @@ def test_a_snapshot_that_took_its_time_is_fresh_from_its_fence() -> None:
     clock.now += 0.5  # 1.4 s after the snapshot was asked for, 0.5 s after its fence
     fences.fold_all()
     assert idle.verified(fences.fenced, [0]) is not None
+
+
+def test_a_scorer_stopped_after_its_day_was_done_does_not_hold_that_days_close() -> None:
+    """Partition 1's scorer stops at midnight with every record of day D done and committed (a clean
+    hand-over, before another scorer takes its partition): its unread records are of day D+1, so the close of
+    D goes on without it (before, the other scorer waited for that close, and a scorer waiting cannot take the
+    partition over: the close came only after its wait ran out). Its events still count in later closes."""
+    broker, clock = FakeBroker(counts=dict(COUNTS)), Clock()
+    agg = start(broker, settings=SCORERS, clock=clock)
+    stream = Stream(agg, broker, clock)
+    day = first_day() + 6
+    stream.until((day + 1) * MS_PER_DAY)  # every record of day D in, and every scorer caught up
+    del stream.scorers[1]
+    stream.until((day + 1) * MS_PER_DAY + 12 * 3_600_000, seconds_per_chunk=15.0)
+    assert agg.closed_day == day
+    stream.scorers[1] = FakeScorer(broker, 1)
+    stream.until()
+    drain(agg)
+    assert late_transactions(agg) == 0
+    seen, clean = seen_by_scorers(broker), clean_scorer_run()
+    for d, (got, want) in enumerate(zip(seen, clean, strict=True)):
+        assert np.array_equal(got, want), f"day {d}: the terminal features differ from a run without the stop"

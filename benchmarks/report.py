@@ -171,7 +171,13 @@ def _store(r: dict[str, Any]) -> list[str]:
             f"{x['database_cores']:.2f} | {x['us_per_row_database']:.1f} | {x['machine_busy_share']:.0%} | {once} | "
             f"{'yes' if x['keeps_up'] else 'no'} |"
         )
-    out += ["", *(f"- {x['phase']}: {x['description']}" for x in st["phases"])]
+    out += [
+        "",
+        *(
+            f"- {x['phase']}: {x['description']} (1-minute load average before it: {x['load_average_1m_before']})"
+            for x in st["phases"]
+        ),
+    ]
     return out
 
 

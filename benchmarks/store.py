@@ -16,6 +16,7 @@ its own. A phase with the transactions also stores every input event (2 rows per
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -135,6 +136,7 @@ def _phase(
     expected = len(ids) * (2 if phase.transactions else 1)
     result: dict[str, Any] = {"phase": phase.name, "description": phase.description}
     result["transactions"] = phase.transactions
+    result["load_average_1m_before"] = round(os.getloadavg()[0], 2)  # what else the machine was doing
     # a temporary data directory of its own (under /tmp: the server's user must reach it), removed at the end
     server = EmbeddedPostgres(
         durable=phase.durable, settings=phase.database, log_path=directory / "postgres.log"

@@ -156,7 +156,7 @@ def _store(r: dict[str, Any]) -> list[str]:
         "committed batch to its last. Store CPU: its process; database CPU: the postmaster and every backend "
         "and worker. Keeps up: events/s at least the scorer's decisions/s, on at most one core of its own.",
         "",
-        "| phase | rows | rows/s | events/s | vs scorer | store cores | store us/row | database cores | "
+        "| phase | rows | rows/s | events/s | vs scorer | store cores (all processes) | store us/row | database cores | "
         "database us/row | machine busy | exactly once | keeps up |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]

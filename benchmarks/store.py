@@ -10,7 +10,7 @@ meanwhile, which the postmaster's children's CPU counts), the broker's and the m
 table is read back: each decision once, no other. Every process is stopped by its PID.
 
 The store keeps up when it writes rows at least as fast as the scorer made them, using at most one core of
-its own. A phase with the transactions also stores every input event (2 rows per event, as in production).
+its own (per process, in the phase with two). A phase with the transactions also stores every input event (2 rows per event, as in production).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class Phase:
     database: Mapping[str, str] = field(default_factory=dict)
     transactions: bool = False
     durable: bool = True
+    instances: int = 1  # store processes in the group (they split the partitions)
 
 
 PHASES = {
@@ -121,7 +122,8 @@ def _keeps_up(run: dict[str, Any], scorer: dict[str, Any]) -> bool:
     """Stores events at least as fast as the scorer decided them, on at most one core of its own."""
     if "error" in run:
         return False
-    return bool(run["events_per_s"] >= scorer["events_per_s"] and run["store_cores"] <= 1.0)
+    per_process = run["store_cores"] / run["instances"]
+    return bool(run["events_per_s"] >= scorer["events_per_s"] and per_process <= 1.0)
 
 
 def _phase(
@@ -136,6 +138,7 @@ def _phase(
     expected = len(ids) * (2 if phase.transactions else 1)
     result: dict[str, Any] = {"phase": phase.name, "description": phase.description}
     result["transactions"] = phase.transactions
+    result["instances"] = phase.instances
     result["load_average_1m_before"] = round(os.getloadavg()[0], 2)  # what else the machine was doing
     # a temporary data directory of its own (under /tmp: the server's user must reach it), removed at the end
     server = EmbeddedPostgres(
@@ -143,9 +146,9 @@ def _phase(
     )
     with (
         _running(server),
-        _store(launcher, phase, topics, server.uri, directory / "store.log") as (port, proc),
+        _stores(launcher, phase, topics, server.uri, directory / "store.log") as stores,
     ):
-        start, end = _watch(port, proc, server.pid, expected, timeout_s)
+        start, end = _watch(stores, server.pid, expected, timeout_s)
         if start is None or end is None or end["rows"] < expected:
             got = end["rows"] if end else 0
             return {
@@ -166,33 +169,40 @@ def _running(server: EmbeddedPostgres) -> Iterator[EmbeddedPostgres]:
         server.close()  # by its PID, SIGKILL to every server process if it does not stop in time
 
 
+Stores = list[tuple[int, subprocess.Popen[bytes]]]  # each process with its metrics port
+
+
 @contextlib.contextmanager
-def _store(
+def _stores(
     launcher: Launcher, phase: Phase, topics: Mapping[str, str], url: str, log: Path
-) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    port = free_port()
+) -> Iterator[Stores]:
     env = {
         "SCORER_BROKERS": launcher.brokers,
         "SCORER_DATABASE_URL": url,
         "SCORER_STORE_GROUP": f"r{launcher.runs}-store",
-        "SCORER_METRICS_PORT": str(port),
         "SCORER_FETCH_WAIT_MAX_MS": str(launcher.fetch_wait_ms),
         "SCORER_KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
         "SCORER_LOG_LEVEL": "WARNING",
         **topics,
         **phase.env,
     }
-    proc = _spawn([sys.executable, "-m", "scorer", "store"], log, env)
+    stores: Stores = []
     try:
-        yield port, proc
+        for _ in range(phase.instances):
+            port = free_port()
+            command = [sys.executable, "-m", "scorer", "store"]
+            stores.append((port, _spawn(command, log, {**env, "SCORER_METRICS_PORT": str(port)})))
+        yield stores
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        for _, proc in stores:
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc in stores:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
 
 
 def _last_line(log: Path) -> str:
@@ -201,16 +211,16 @@ def _last_line(log: Path) -> str:
 
 
 def _watch(
-    port: int, proc: subprocess.Popen[bytes], postmaster: int, expected: int, timeout_s: float
+    stores: Stores, postmaster: int, expected: int, timeout_s: float
 ) -> tuple[dict[str, float] | None, dict[str, float] | None]:
     """Samples at the first committed rows and when `expected` rows are in (or at the deadline)."""
     start: dict[str, float] | None = None
     last: dict[str, float] | None = None
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        rows = _rows_stored(port)
+    while time.monotonic() < deadline and all(proc.poll() is None for _, proc in stores):
+        rows = sum(_rows_stored(port) for port, _ in stores)
         if rows > 0:
-            last = _sample(rows, proc.pid, postmaster)
+            last = _sample(rows, [proc.pid for _, proc in stores], postmaster)
             if start is None:
                 start = last
             if rows >= expected:
@@ -235,12 +245,12 @@ def _rows_stored(port: int) -> int:
     )
 
 
-def _sample(rows: int, store_pid: int, postmaster: int) -> dict[str, float]:
+def _sample(rows: int, store_pids: list[int], postmaster: int) -> dict[str, float]:
     busy, total = machine_busy_s()
     return {
         "t": time.monotonic(),
         "rows": rows,
-        "store": cpu_seconds(store_pid),
+        "store": sum(map(cpu_seconds, store_pids)),
         "database": database_cpu_seconds(postmaster),
         "busy": busy,
         "total": total,

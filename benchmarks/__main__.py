@@ -27,6 +27,7 @@ from benchmarks.harness import Launcher, Profile
 from benchmarks.paced import Events, paced
 from benchmarks.serve import serve_workload
 from benchmarks.soak import soak
+from benchmarks.store import DEFAULT_PHASES, PHASES, store_workload
 from scorer.config import DEFAULT_MODEL
 from scorer.demo.broker import EmbeddedBroker
 from scorer.training.simulate import SimulatedData, SimulationParams, simulate
@@ -74,8 +75,10 @@ PROFILES = {
         description="scorer-solo in exactly_once mode: a Kafka transaction per input partition per second",
     ),
 }
-WORKLOADS = ("drain", "scaleout", "paced", "state", "memory", "stages", "serve", "soak")
-DEFAULT_WORKLOADS = "drain,scaleout,paced,state,memory,stages,serve"  # soak: tansu cannot sustain it (README)
+WORKLOADS = ("drain", "scaleout", "paced", "state", "memory", "stages", "serve", "store", "soak")
+DEFAULT_WORKLOADS = (
+    "drain,scaleout,paced,state,memory,stages,serve,store"  # soak: tansu cannot sustain it (README)
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -93,6 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--soak-rate", type=float, default=500.0, help="soak: events/s")
     p.add_argument("--serve-rates", default="200,1000", help="serve: HTTP requests/s, comma separated")
     p.add_argument("--serve-seconds", type=float, default=15.0, help="serve: seconds per rate")
+    p.add_argument(
+        "--store-phases", default=DEFAULT_PHASES, help=f"store: any of {', '.join(PHASES)}, comma separated"
+    )
     p.add_argument("--workloads", default=DEFAULT_WORKLOADS, help=f"any of {', '.join(WORKLOADS)}")
     p.add_argument(
         "--profiles",
@@ -138,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         sys.stderr.write(f"unknown workloads {unknown}; choose from {WORKLOADS}\n")
+        return 2
+    unknown = [p for p in args.store_phases.split(",") if p and p not in PHASES]
+    if unknown:
+        sys.stderr.write(f"unknown store phases {unknown}; choose from {tuple(PHASES)}\n")
         return 2
     paced_events = int(sum(rates) * args.paced_seconds * 1.2) + 1000
     data = history(max(args.events, paced_events))
@@ -210,6 +220,14 @@ def run_workloads(
         brokers = functools.partial(fresh_broker, args, workdir)
         results["serve"] = serve_workload(brokers, events, serve_rates, args.serve_seconds)
         _progress("serve", results["serve"])
+    if "store" in workloads:  # the scorer's drain, then `scorer store` over its decisions into PostgreSQL
+        phases = [PHASES[p] for p in args.store_phases.split(",") if p]
+        with fresh_broker(args, workdir, "store") as (launcher, broker_pid):
+            ids = preload(launcher.brokers, "store-transactions", data, args.events)
+            results["store"] = store_workload(
+                launcher, broker_pid, "store-transactions", ids, phases, workdir, args.timeout
+            )
+        _progress("store", results["store"])
     if "soak" in workloads:  # each profile on its own broker: is a stall the profile's or the broker's?
         results["soak"] = {"runs": []}
         for profile in (p for p in profiles if p.kind in ("passthrough", "scorer") and p.scorers == 1):
@@ -274,6 +292,8 @@ def ok(results: dict[str, Any]) -> bool:
     """Every run finished and every drain output was exactly once."""
     runs = results.get("drain", {}).get("runs", []) + results.get("paced", {}).get("runs", [])
     runs += results.get("serve", {}).get("runs", [])
+    store = results.get("store", {})
+    runs += ([store["scorer"]] if "scorer" in store else []) + store.get("phases", [])
     return all("error" not in r and r.get("exactly_once", True) for r in runs) and "error" not in results.get(
         "soak", {}
     )

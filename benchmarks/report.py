@@ -29,7 +29,7 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     sections = (
         ("Drain", _drain), ("Paced latency", _paced), ("State", _state), ("Memory over a stream", _memory),
-        ("Stages", _stages), ("Serve", _serve), ("Soak", _soak),
+        ("Stages", _stages), ("Serve", _serve), ("Store", _store), ("Soak", _soak),
     )  # fmt: skip
     for title, render in sections:
         if r.get(title.split()[0].lower()):
@@ -140,6 +140,44 @@ def _serve(r: dict[str, Any]) -> list[str]:
                 f"{ph['p99_ms']:.1f} | {ph['p999_ms']:.1f} | {ph['added_p99_ms']:+.1f} | {ph['lost']:,} | "
                 f"{ph.get('unequal', '-')} | {cpu['system']:.1f} | {cpu['serve']:.1f} | {cpu['broker']:.1f} |"
             )
+    return out
+
+
+def _store(r: dict[str, Any]) -> list[str]:
+    st = r["store"]
+    sc = st["scorer"]
+    if "error" in sc:
+        return [f"The scorer's drain failed: {sc['error']}"]
+    out = [
+        f"{st['events']:,} events: the scorer (`scorer run` + `scorer aggregate`) drained them at "
+        f"**{sc['events_per_s']:,} decisions/s** ({sc['cpu_s']:.1f} CPU-s, broker {sc['broker_cpu_s']:.1f} CPU-s, "
+        f"machine {sc['machine_busy_share']:.0%} busy; exactly once: {'yes' if sc['exactly_once'] else _faults(sc)}). "
+        "Then, per phase, `scorer store` over that decisions topic into a fresh embedded PostgreSQL, from its first "
+        "committed batch to its last. Store CPU: its process; database CPU: the postmaster and every backend "
+        "and worker. Keeps up: events/s at least the scorer's decisions/s, on at most one core of its own.",
+        "",
+        "| phase | rows | rows/s | events/s | vs scorer | store cores (all processes) | store us/row | database cores | "
+        "database us/row | machine busy | exactly once | keeps up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for x in st["phases"]:
+        if "error" in x:
+            out.append(f"| {x['phase']} | {x['error']} |||||||||||")
+            continue
+        once = "yes" if x["exactly_once"] else "NO: " + orjson.dumps(x["tables"]).decode()
+        out.append(
+            f"| {x['phase']} | {x['rows']:,} | {x['rows_per_s']:,} | {x['events_per_s']:,} | "
+            f"{x['events_per_s'] / sc['events_per_s']:.0%} | {x['store_cores']:.2f} | {x['us_per_row_store']:.1f} | "
+            f"{x['database_cores']:.2f} | {x['us_per_row_database']:.1f} | {x['machine_busy_share']:.0%} | {once} | "
+            f"{'yes' if x['keeps_up'] else 'no'} |"
+        )
+    out += [
+        "",
+        *(
+            f"- {x['phase']}: {x['description']} (1-minute load average before it: {x['load_average_1m_before']})"
+            for x in st["phases"]
+        ),
+    ]
     return out
 
 

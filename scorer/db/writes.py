@@ -1,49 +1,97 @@
 """The statements `scorer store` writes a batch with: one upsert per table from column arrays, and the offsets.
 
 Each table's rows go in as one `INSERT ... SELECT ... FROM unnest(arrays)` (one round trip whatever the batch
-size; psycopg sends the arrays in binary), upserted on the table's key. A row replaces the one stored only
-if it comes from a later record of the same partition (`source_offset`), so replaying a batch (after a
-crash, or by a zombie instance whose partitions moved) changes nothing, and a newer record wins. The
-offsets are upserted the same way: they never move back. The caller runs all of it in one transaction.
+size), upserted on the table's key. A row replaces the one stored only if it comes from a later record of
+the same partition (`source_offset`), so replaying a batch (after a crash, or by a zombie instance whose
+partitions moved) changes nothing, and a newer record wins. The offsets are upserted the same way: they
+never move back. The caller runs all of it in one transaction.
+
+The tables that get a row per event (transactions, decisions) go in faster by a binary COPY (binary.py:
+the server parses no text) when none of the batch's rows is stored yet, which is every batch but a replay:
+the COPY runs under a savepoint, and a row already stored (a unique violation) rolls it back and sends the
+batch through the upsert above, which then decides row by row as always. So both routes leave the same rows;
+benchmarks/README.md has what each costs.
 
 Times arrive as ms since the epoch and days as days since 1970-01-01, converted here (exact, no float).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import psycopg
-from psycopg import sql
+from psycopg import errors, sql
+
+from scorer.db import binary
 
 EPOCH_DAY = "date '1970-01-01' + "
 MS = "timestamptz 'epoch' + interval '1 millisecond' * "
+NONE = type(None)
+
+
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """How a column's values travel in a binary COPY: the type psycopg sends them as, the Python types they
+    may have (exactly: a bool is no int), and the conversion to PostgreSQL's binary form (binary.py; it
+    returns None for a batch that must go the upsert's way). No conversion: the values as they are."""
+
+    sent_as: str
+    types: frozenset[type]
+    convert: Callable[[Sequence[Any]], Sequence[Any] | None] | None = None
+
+
+WIRES = {  # each array type's own binary form
+    "text": Wire("text", frozenset({str, NONE})),
+    "integer": Wire("int4", frozenset({int})),
+    "bigint": Wire("int8", frozenset({int})),
+    "float8": Wire("float8", frozenset({float, NONE})),
+    "boolean": Wire("bool", frozenset({bool, NONE})),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Column:
     """One column of an upsert: its name in the table, the array type it arrives as, and the SQL that
-    turns the array element (`u.<input>`) into the stored value."""
+    turns the array element (`u.<input>`) into the stored value; `wire`, how a COPY sends it instead."""
 
     name: str
     array_type: str
     value: str = ""  # SQL over u.<input>; empty: the element as it is
     source: str = ""  # the input column's name in the rows (default: `name`)
+    wire: Wire | None = None  # default: WIRES[array_type]
 
     @property
     def input(self) -> str:
         return self.source or self.name
 
+    def binary(self, values: Sequence[Any]) -> Sequence[Any] | None:
+        """The values in the form the COPY sends, or None when one has none (a type not expected here)."""
+        wire = self.wire or WIRES[self.array_type]
+        if not set(map(type, values)) <= wire.types:
+            return None
+        return wire.convert(values) if wire.convert is not None else values
+
 
 @dataclass(frozen=True, slots=True)
 class Table:
-    """An upsert target: its columns and its key."""
+    """An upsert target: its columns and its key; `copy`: a row per event, worth a binary COPY."""
 
     name: str
     columns: tuple[Column, ...]
     key: tuple[str, ...]
+    copy: bool = False
+
+    def copy_statement(self) -> sql.Composed:
+        return sql.SQL("copy {table} ({names}) from stdin (format binary)").format(
+            table=sql.Identifier(self.name),
+            names=sql.SQL(", ").join(sql.Identifier(c.name) for c in self.columns),
+        )
+
+    def copy_types(self) -> list[str]:
+        return [(c.wire or WIRES[c.array_type]).sent_as for c in self.columns]
 
     def statement(self) -> sql.Composed:
         inputs = [c.input for c in self.columns]
@@ -77,11 +125,11 @@ class Table:
 
 
 def _day(name: str) -> Column:
-    return Column(name, "integer", EPOCH_DAY + "$", "day")
+    return Column(name, "integer", EPOCH_DAY + "$", "day", Wire("int4", frozenset({int}), binary.dates))
 
 
 def _ms(name: str, source: str) -> Column:
-    return Column(name, "bigint", MS + "$", source)
+    return Column(name, "bigint", MS + "$", source, Wire("int8", frozenset({int, NONE}), binary.times))
 
 
 def _origin() -> tuple[Column, ...]:
@@ -98,6 +146,7 @@ TABLES = {
             *_origin(),
         ),
         ("event_day", "transaction_id"),
+        copy=True,
     ),
     "decisions": Table(
         "decisions",
@@ -106,12 +155,15 @@ TABLES = {
             Column("customer_id", "text"), Column("terminal_id", "text"), Column("amount", "float8"),
             Column("score", "float8"), Column("flagged", "boolean"), Column("action", "text"),
             Column("action_source", "text"), Column("threshold", "float8"), Column("model_version", "text"),
-            Column("reasons", "text", "$::jsonb"), Column("challenger_version", "text"),
-            Column("challenger_score", "float8"), Column("blend_weight", "float8"),
-            Column("challenger_fallback", "boolean"), _ms("scored_at", "scored_ms"),
-            Column("features", "text", "$::real[]"), *_origin(),
+            Column("reasons", "text", "$::jsonb", wire=Wire("bytea", frozenset({str}), binary.jsonb)),
+            Column("challenger_version", "text"), Column("challenger_score", "float8"),
+            Column("blend_weight", "float8"), Column("challenger_fallback", "boolean"),
+            _ms("scored_at", "scored_ms"),
+            Column("features", "text", "$::real[]", wire=Wire("bytea", frozenset({list, NONE}), binary.real_arrays)),
+            *_origin(),
         ),
         ("event_day", "transaction_id"),
+        copy=True,
     ),
     "labels": Table(
         "labels",
@@ -138,6 +190,7 @@ TABLES = {
 }  # fmt: skip
 PARTITIONED = {"transactions": "event_day", "decisions": "event_day", "dead_letters": "day"}
 _STATEMENTS = {name: table.statement() for name, table in TABLES.items()}
+_COPIES = {name: table.copy_statement() for name, table in TABLES.items()}
 OFFSETS = (
     "insert into store_offsets (consumer_group, topic, partition, next_offset) "
     "select %(group)s, u.topic, u.partition, u.next_offset "
@@ -150,18 +203,51 @@ OFFSETS = (
 
 
 def upsert(conn: psycopg.Connection[Any], table: str, columns: Mapping[str, Sequence[Any]]) -> None:
-    """Write one table's rows (column name -> values, every column of TABLES[table]); no commit."""
+    """Write one table's rows (column name -> values, every column of TABLES[table]); no commit.
+
+    By a binary COPY when the table has one and it meets no stored row, else by `upsert_statement`."""
+    target = TABLES[table]
+    if not (target.copy and copy_new(conn, table, columns)):
+        upsert_statement(conn, table, columns)
+
+
+def upsert_statement(conn: psycopg.Connection[Any], table: str, columns: Mapping[str, Sequence[Any]]) -> None:
+    """The rows by the table's upsert statement (the reference: every row decided by its key and offset)."""
     params = {c.input: _array(c, columns[c.input]) for c in TABLES[table].columns}
     conn.execute(_STATEMENTS[table], params)
 
 
+def copy_new(conn: psycopg.Connection[Any], table: str, columns: Mapping[str, Sequence[Any]]) -> bool:
+    """The rows by a binary COPY under a savepoint, if every value has a binary form and no row is stored
+    yet; False (nothing written) otherwise."""
+    target = TABLES[table]
+    values = [c.binary(columns[c.input]) for c in target.columns]
+    ready = [v for v in values if v is not None]
+    if len(ready) < len(values):
+        return False
+    conn.execute("savepoint store_copy")
+    try:
+        with conn.cursor() as cursor, cursor.copy(_COPIES[table]) as copy:
+            copy.set_types(target.copy_types())
+            for row in zip(*ready, strict=True):
+                copy.write_row(row)
+    except errors.UniqueViolation:
+        conn.execute("rollback to savepoint store_copy")
+        return False
+    conn.execute("release savepoint store_copy")
+    return True
+
+
 def _array(column: Column, values: Sequence[Any]) -> list[Any]:
     """Values as the statement's arrays take them: a row's own list (header names and values) travels as
-    one array literal in a text element, since rows of different lengths make no 2-D PostgreSQL array."""
+    one array literal in a text element, since rows of different lengths make no 2-D PostgreSQL array;
+    a feature vector as real[]'s literal."""
     if column.name == "header_names":
         return [_literal(map(_quoted, names)) for names in values]
     if column.name == "header_values":
         return [_literal(map(_hex, items)) for items in values]
+    if column.name == "features":
+        return [None if v is None else "{" + orjson.dumps(v).decode()[1:-1] + "}" for v in values]
     return list(values)
 
 

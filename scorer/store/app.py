@@ -24,11 +24,13 @@ from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
 from prometheus_client import CollectorRegistry
+from threadpoolctl import threadpool_limits
 
 from scorer.config import Settings
 from scorer.errors import ScorerError
 from scorer.kafka import clients
 from scorer.runtime.health import HealthServer, serve_health
+from scorer.runtime.process import tune_gc
 from scorer.store.batch import StoreBatch, read_batch, topics
 from scorer.store.metrics import StoreMetrics
 from scorer.store.target import DatabaseUnavailable, StoreTarget
@@ -81,6 +83,10 @@ class Store:
                 topics(s), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
             )
             logger.info("store_started", extra={"group": s.store_group, "settings": s.masked()})
+            tune_gc()  # a batch of decisions is thousands of parsed documents: see tune_gc
+            # numpy's BLAS (one matrix product per batch, in the timestamp parser) would otherwise keep a
+            # worker thread per core spinning after each product, ~1/3 of the store's CPU between batches
+            threadpool_limits(limits=1, user_api="blas")
             while not stop.is_set() and self.fatal is None:
                 self.step()
         finally:

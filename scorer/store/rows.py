@@ -13,16 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 from confluent_kafka import Message
 
+from scorer.events.columns import DICT, NUMBER, STR
 from scorer.events.decode import decode_labels, decode_transactions
 from scorer.events.timestamps import MS_PER_DAY, stamps_ms
 
 ACTIONS = ("approve", "review", "decline")
+ACTION_SET = frozenset(ACTIONS)
 LABEL_SOURCES = ("chargeback", "analyst")
 
 
@@ -45,16 +50,19 @@ class Rows:
 def _last_per_key(keys: Sequence[Any]) -> list[int]:
     """Positions of the last record of each key, in input order."""
     last = {key: i for i, key in enumerate(keys)}
+    if len(last) == len(keys):  # every key once: all of them
+        return list(range(len(keys)))
     return sorted(last.values())
 
 
 def _storable(columns: dict[str, list[Any]], texts: Sequence[str]) -> list[int]:
     """Positions of the rows whose text columns hold no NUL character, which PostgreSQL's text cannot:
     such a record (the stream accepts it) is skipped and counted, never changed to fit."""
-    bad: set[int] = set()
-    for name in texts:
-        bad.update(i for i, v in enumerate(columns[name]) if v is not None and "\x00" in v)
     n = len(next(iter(columns.values()), []))
+    suspect = [name for name in texts if "\x00" in "".join(filter(None, columns[name]))]  # one scan each
+    bad: set[int] = set()
+    for name in suspect:
+        bad.update(i for i, v in enumerate(columns[name]) if v is not None and "\x00" in v)
     return [i for i in range(n) if i not in bad] if bad else list(range(n))
 
 
@@ -105,22 +113,17 @@ def transaction_rows(msgs: Sequence[Message], max_value_bytes: int) -> Rows:
 
 def decision_rows(msgs: Sequence[Message]) -> Rows:
     """The scorer's decisions; a record that is not one (not JSON, a field missing) is skipped."""
-    docs: list[dict[str, Any]] = []
-    where: list[Message] = []
-    skipped = 0
-    for msg in msgs:
-        doc = _decision(msg.value())
-        if doc is None:
-            skipped += 1
-            continue
-        docs.append(doc)
-        where.append(msg)
-    event_ms, bad_event = stamps_ms([d["timestamp"] for d in docs])
-    scored_ms, bad_scored = stamps_ms([d["scored_at"] for d in docs])
-    good = np.flatnonzero(~(bad_event | bad_scored)).tolist()
-    skipped += len(docs) - len(good)
-    docs, where = [docs[i] for i in good], [where[i] for i in good]
-    columns = _decision_columns(docs, event_ms[good].tolist(), scored_ms[good].tolist(), where)
+    docs, kept, fields = _decisions([m.value() for m in msgs])
+    where = list(msgs) if len(kept) == len(msgs) else [msgs[i] for i in kept]
+    event_ms, bad_event = stamps_ms(fields["timestamp"])
+    scored_ms, bad_scored = stamps_ms(fields["scored_at"])
+    good = np.flatnonzero(~(bad_event | bad_scored))
+    skipped = len(msgs) - len(good)
+    if len(good) < len(docs):
+        keep = good.tolist()
+        docs, where = [docs[i] for i in keep], [where[i] for i in keep]
+        fields = {name: [values[i] for i in keep] for name, values in fields.items()}
+    columns = _decision_columns(docs, fields, event_ms[good], scored_ms[good], where)
     texts = ("transaction_id", "customer_id", "terminal_id", "action_source", "model_version")
     rows = _keep("decisions", columns, (*texts, "challenger_version"), ("day", "transaction_id"))
     rows.skip("invalid_decision", skipped)
@@ -142,58 +145,117 @@ _DECISION_TYPES: dict[str, Callable[[Any], bool]] = {
     "reasons": lambda v: isinstance(v, list),
     "scored_at": lambda v: isinstance(v, str),
 }
+# The same checks a whole column at a time (JSON gives exact types: no subclass of these ever appears);
+# tests/unit/test_store_rows.py checks that both say the same of every document.
+_DECISION_COLUMN_TYPES: dict[str, set[type]] = {
+    "transaction_id": STR, "customer_id": STR, "terminal_id": STR, "amount": NUMBER, "timestamp": STR,
+    "score": NUMBER, "flagged": {bool}, "action": STR, "action_source": STR, "threshold": NUMBER,
+    "model_version": STR, "reasons": {list}, "scored_at": STR,
+}  # fmt: skip
+_REQUIRED = tuple(_DECISION_TYPES)
+_required = itemgetter(*_REQUIRED)
+
+
+def _decisions(values: list[bytes | None]) -> tuple[list[dict[str, Any]], list[int], dict[str, list[Any]]]:
+    """The decision documents among `values`, their positions, and their required fields as columns.
+
+    A whole batch is parsed and checked a column at a time; only a batch where a check fails is looked at
+    one document at a time (`_decision`, the reference, which alone says which documents are decisions)."""
+    try:
+        parsed: list[Any] = list(map(orjson.loads, values))  # type: ignore[arg-type]  # None: raises
+    except (orjson.JSONDecodeError, TypeError):
+        parsed = [_loads(v) for v in values]
+    fields = _columns_if_all_decisions(parsed)
+    if fields is not None:
+        return parsed, list(range(len(parsed))), fields
+    kept = [i for i, doc in enumerate(parsed) if _is_decision(doc)]
+    docs = [parsed[i] for i in kept]
+    return docs, kept, _required_columns(docs)
+
+
+def _columns_if_all_decisions(docs: list[Any]) -> dict[str, list[Any]] | None:
+    """The required fields as columns when every document is a decision; None when any is not."""
+    if not docs:
+        return _required_columns(docs)
+    if set(map(type, docs)) != DICT:
+        return None
+    try:
+        fields = _required_columns(docs)
+    except KeyError:
+        return None
+    for name, types in _DECISION_COLUMN_TYPES.items():
+        if not set(map(type, fields[name])) <= types:
+            return None
+    return fields if set(fields["action"]) <= ACTION_SET else None
+
+
+def _required_columns(docs: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    if not docs:
+        return {name: [] for name in _REQUIRED}
+    columns = zip(*map(_required, docs), strict=True)
+    return {name: list(values) for name, values in zip(_REQUIRED, columns, strict=True)}
+
+
+def _loads(raw: bytes | None) -> Any:
+    try:
+        return orjson.loads(raw or b"")
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _decision(raw: bytes | None) -> dict[str, Any] | None:
-    """A decision document with every required field of its type, or None."""
-    try:
-        doc = orjson.loads(raw or b"")
-    except orjson.JSONDecodeError:
-        return None
+    """A decision document with every required field of its type, or None (the per-record reference)."""
+    doc = _loads(raw)
+    return doc if _is_decision(doc) else None
+
+
+def _is_decision(doc: Any) -> bool:
     if not isinstance(doc, dict):
-        return None
-    if all(name in doc and ok(doc[name]) for name, ok in _DECISION_TYPES.items()):
-        return doc
-    return None
+        return False
+    return all(name in doc and ok(doc[name]) for name, ok in _DECISION_TYPES.items())
 
 
 def _decision_columns(
-    docs: list[dict[str, Any]], event_ms: list[int], scored_ms: list[int], msgs: list[Message]
+    docs: list[dict[str, Any]],
+    fields: dict[str, list[Any]],
+    event_ms: npt.NDArray[np.int64],
+    scored_ms: npt.NDArray[np.int64],
+    msgs: list[Message],
 ) -> dict[str, list[Any]]:
     def col(name: str) -> list[Any]:
         return [d.get(name) for d in docs]
 
     partition, offset = _origin(msgs)
     return {
-        "day": [ms // MS_PER_DAY for ms in event_ms],
-        "transaction_id": col("transaction_id"),
-        "event_ms": event_ms,
-        "customer_id": col("customer_id"),
-        "terminal_id": col("terminal_id"),
-        "amount": [float(v) for v in col("amount")],
-        "score": [float(v) for v in col("score")],
-        "flagged": col("flagged"),
-        "action": col("action"),
-        "action_source": col("action_source"),
-        "threshold": [float(v) for v in col("threshold")],
-        "model_version": col("model_version"),
-        "reasons": [orjson.dumps(r).decode() for r in col("reasons")],
+        "day": (event_ms // MS_PER_DAY).tolist(),
+        "transaction_id": fields["transaction_id"],
+        "event_ms": event_ms.tolist(),
+        "customer_id": fields["customer_id"],
+        "terminal_id": fields["terminal_id"],
+        "amount": list(map(float, fields["amount"])),
+        "score": list(map(float, fields["score"])),
+        "flagged": fields["flagged"],
+        "action": fields["action"],
+        "action_source": fields["action_source"],
+        "threshold": list(map(float, fields["threshold"])),
+        "model_version": fields["model_version"],
+        "reasons": [orjson.dumps(r).decode() for r in fields["reasons"]],
         "challenger_version": col("challenger_version"),
         "challenger_score": col("challenger_score"),
         "blend_weight": col("blend_weight"),
         "challenger_fallback": col("challenger_fallback"),
-        "scored_ms": scored_ms,
-        "features": [_array_literal(f) for f in col("features")],
+        "scored_ms": scored_ms.tolist(),
+        "features": _vectors(col("features")),
         "source_partition": partition,
         "source_offset": offset,
     }
 
 
-def _array_literal(features: Any) -> str | None:
-    """A JSON array of numbers as PostgreSQL's array literal ({...}); None for anything else."""
-    if not isinstance(features, list) or not all(type(v) in (int, float) for v in features):
-        return None
-    return "{" + orjson.dumps(features).decode()[1:-1] + "}"
+def _vectors(values: list[Any]) -> list[list[int | float] | None]:
+    """Each feature vector: a JSON array of numbers as it is, None for anything else."""
+    if set(map(type, values)) == {list} and set(map(type, chain.from_iterable(values))) <= NUMBER:
+        return values
+    return [v if isinstance(v, list) and all(type(x) in (int, float) for x in v) else None for v in values]
 
 
 def label_rows(msgs: Sequence[Message], max_value_bytes: int) -> Rows:

@@ -7,6 +7,10 @@ those offsets and starts there, whatever the group committed in Kafka (it commit
 database, only so that Kafka's tools show its lag). So a crash at any moment leaves the database at a
 batch boundary, the next run starts at that boundary, and a replayed record changes nothing.
 
+Writing a batch overlaps reading the next (writer.py: one batch in flight at most, written in order), so the
+store keeps up with the scorer on about one core; a rebalance waits for the batch in flight first, so the
+partitions go with their rows written.
+
 When the database cannot be reached (lost, paused, restarting) the batch in hand is kept: `/readyz` says
 503, the store tries again with a growing wait, and writes it once the database answers; the consumer is
 not polled meanwhile (librdkafka keeps the group session alive; past `max.poll.interval.ms` it rejoins,
@@ -34,6 +38,7 @@ from scorer.runtime.process import tune_gc
 from scorer.store.batch import StoreBatch, read_batch, topics
 from scorer.store.metrics import StoreMetrics
 from scorer.store.target import DatabaseUnavailable, StoreTarget
+from scorer.store.writer import BatchWriter, Written
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,8 +57,10 @@ class Store:
         consumer: Any | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
+        threaded: bool = True,
     ) -> None:
-        """`consumer`: tests pass a fake with confluent-kafka's Consumer methods; else one is made."""
+        """`consumer`: tests pass a fake with confluent-kafka's Consumer methods; else one is made.
+        `threaded`: write on a thread of its own while the next batch is read (False: one after the other)."""
         self.settings = settings
         self.target = target
         self.registry = registry or CollectorRegistry()
@@ -69,6 +76,7 @@ class Store:
         self.lag_series: set[tuple[str, int]] = set()  # the lag gauge's series, removed on revocation
         self.first_wait_s, self.max_wait_s = FIRST_WAIT_S, MAX_WAIT_S
         self.metrics.database_up.set(1)
+        self.writer = BatchWriter(self._store_rows, clock, threaded)
 
     def ready(self) -> bool:
         return self.database_up and self.fatal is None
@@ -90,6 +98,7 @@ class Store:
             while not stop.is_set() and self.fatal is None:
                 self.step()
         finally:
+            self.flush()
             self._close()
             if server is not None:
                 server.stop()
@@ -100,16 +109,29 @@ class Store:
         return 0
 
     def step(self) -> None:
-        """One batch (if any) into the database; the lag and the retention now and then. Never raises:
-        a failure sets `fatal`."""
+        """Read a batch (if any) while the previous one is written, wait for that write, maintain (the
+        lag, the retention now and then), then hand the new batch to the writer. Never raises: a failure
+        sets `fatal`, and no batch is handed over after it."""
         try:
             msgs = self._consume()
-            if msgs:
-                self.write(read_batch(msgs, self.settings))
+            batch = read_batch(msgs, self.settings) if msgs else None
+            self._finish()
             self._maintain()
+            if batch is not None and self.fatal is None:
+                self.writer.submit(batch)
         except ScorerError as exc:
             self._fail(str(exc))
         except Exception as exc:  # ours, not the data's: stop in order, one line
+            logger.exception("store_failed")
+            self._fail(f"{type(exc).__name__}: {exc}")
+
+    def flush(self) -> None:
+        """Wait for the batch in flight (if any) and acknowledge it; never raises: a failure sets `fatal`."""
+        try:
+            self._finish()
+        except ScorerError as exc:
+            self._fail(str(exc))
+        except Exception as exc:
             logger.exception("store_failed")
             self._fail(f"{type(exc).__name__}: {exc}")
 
@@ -136,10 +158,26 @@ class Store:
         return False
 
     def write(self, batch: StoreBatch) -> None:
-        """The batch into the database (waiting for it while unavailable), then counted and acknowledged."""
+        """The batch into the database now (waiting for it while unavailable), counted and acknowledged."""
+        self._finish()
         started = self.clock()
+        self._store_rows(batch)
+        self._account(Written(batch, started))
+
+    def _store_rows(self, batch: StoreBatch) -> None:
+        """The writer's work: the batch in one transaction, waiting for the database while unavailable."""
         self._with_database(lambda: self.target.write(batch))
-        self.metrics.batch_seconds.observe(self.clock() - started)
+
+    def _finish(self) -> None:
+        """Wait for the batch in flight; count and acknowledge it. Its write's error is raised here."""
+        written = self.writer.finish()
+        if written is not None:
+            self._account(written)
+
+    def _account(self, written: Written) -> None:
+        """A batch the database holds: its metrics, the newest day (retention), Kafka's commit."""
+        batch = written.batch
+        self.metrics.batch_seconds.observe(self.clock() - written.started)
         self.metrics.batch_records.observe(batch.records)
         for rows in batch.tables:
             self.metrics.rows.labels(rows.table).inc(len(rows))
@@ -198,7 +236,9 @@ class Store:
     # -- rebalance -------------------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        """Start each partition where the database says the store got to (from the beginning if nowhere)."""
+        """Start each partition where the database says the store got to (from the beginning if nowhere),
+        once the batch in flight is written."""
+        self._finish()
         wanted = [(tp.topic, tp.partition) for tp in partitions]
         stored = self._with_database(lambda: self.target.offsets(wanted))
         for tp in partitions:
@@ -207,7 +247,8 @@ class Store:
         logger.info("partitions_assigned", extra={"partitions": sorted(wanted)})
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        """Nothing to finish: every batch is in the database before the next is consumed."""
+        """The batch in flight written before the partitions go, so the next owner starts after it."""
+        self._finish()
         gone = [(tp.topic, tp.partition) for tp in partitions]
         for topic, partition in gone:
             if (topic, partition) in self.lag_series:
@@ -240,7 +281,7 @@ class Store:
                 self.lag_series.add((tp.topic, tp.partition))
 
     def _close(self) -> None:
-        for close in (self.consumer.close, self.target.close):
+        for close in (self.writer.close, self.consumer.close, self.target.close):
             try:
                 close()
             except Exception as exc:

@@ -114,10 +114,13 @@ def consumer(broker: FakeBroker) -> FakeConsumer:
     return FakeConsumer(broker, S.store_group, counts)
 
 
-def drain(broker: FakeBroker, db: MemoryDatabase, stop_after: int | None = None) -> tuple[Store, int]:
-    """A store over the fakes until it has read everything (or `stop_after` steps)."""
+def drain(
+    broker: FakeBroker, db: MemoryDatabase, stop_after: int | None = None, threaded: bool = True
+) -> tuple[Store, int]:
+    """A store over the fakes until it has read everything (or `stop_after` steps), its last batch finished
+    (or, with `stop_after`, left as a crash leaves it)."""
     c = consumer(broker)
-    store = Store(S, db, consumer=c)
+    store = Store(S, db, consumer=c, threaded=threaded)
     stop = threading.Event()
     store.stop = stop
     c.subscribe(
@@ -128,6 +131,10 @@ def drain(broker: FakeBroker, db: MemoryDatabase, stop_after: int | None = None)
     while not c.idle.is_set() and store.fatal is None and (stop_after is None or steps < stop_after):
         store.step()
         steps += 1
+    if stop_after is None:
+        store.flush()
+    else:
+        store.writer.close()  # the batch in flight ends as it would; the process then dies
     return store, steps
 
 
@@ -141,9 +148,10 @@ def assert_equals_the_topics(db: MemoryDatabase, broker: FakeBroker, n: int = 30
     assert db.stored == ends
 
 
-def test_a_run_stores_every_record_once_with_the_offsets_it_read_to() -> None:
+@pytest.mark.parametrize("threaded", [True, False])
+def test_a_run_stores_every_record_once_with_the_offsets_it_read_to(threaded: bool) -> None:
     broker, db = loaded(), MemoryDatabase()
-    store, _ = drain(broker, db)
+    store, _ = drain(broker, db, threaded=threaded)
     assert store.fatal is None
     assert_equals_the_topics(db, broker)
     assert (
@@ -154,9 +162,12 @@ def test_a_run_stores_every_record_once_with_the_offsets_it_read_to() -> None:
     )
 
 
-def test_a_crash_between_batches_and_a_restart_stores_everything_once() -> None:
+@pytest.mark.parametrize("threaded", [True, False])
+def test_a_crash_between_batches_and_a_restart_stores_everything_once(threaded: bool) -> None:
     broker, db = loaded(), MemoryDatabase()
-    drain(broker, db, stop_after=3)  # the process dies here: nothing of it survives but the database
+    drain(
+        broker, db, stop_after=3, threaded=threaded
+    )  # the process dies here: nothing of it survives but the database
     assert 0 < sum(db.written.values()) < 60
     store, _ = drain(broker, db)
     assert store.fatal is None
@@ -182,6 +193,7 @@ def test_a_database_that_goes_away_is_waited_for_and_the_batch_written_once_it_i
     store.first_wait_s = store.max_wait_s = 0.001  # no real waiting in a unit test
     while not c.idle.is_set() and store.fatal is None:
         store.step()
+    store.flush()
     assert states and not any(states)  # /readyz 503 all the while
     assert store.ready() and store.fatal is None and db.reconnects == 3  # two failed, the third took
     assert_equals_the_topics(db, broker)
@@ -194,13 +206,14 @@ def test_a_database_that_goes_away_is_waited_for_and_the_batch_written_once_it_i
 def test_a_database_that_refuses_stops_the_store_with_nothing_written_past_it() -> None:
     broker, db = loaded(), MemoryDatabase()
     c = consumer(broker)
-    store = Store(S, db, consumer=c)
+    store = Store(S, db, consumer=c, threaded=False)
     store.stop = threading.Event()
     c.subscribe([S.input_topic, S.decisions_topic, S.labels_topic, S.dlq_topic], on_assign=store._on_assign)
     store.step()
     before = dict(db.stored)
     db.refuse = "could not extend file: No space left on device"
-    store.step()
+    store.step()  # the next batch handed to the writer, which fails
+    store.step()  # its end seen: the store stops, this step's batch not handed over
     assert store.fatal == "could not extend file: No space left on device"
     assert db.stored == before
 
@@ -210,7 +223,7 @@ def test_stopping_while_the_database_is_away_ends_the_run_without_the_batch() ->
     stop = threading.Event()
     stop.set()
     c = consumer(broker)
-    store = Store(S, db, consumer=c)
+    store = Store(S, db, consumer=c, threaded=False)
     store.stop = stop
     db.unavailable = 1
     c.subscribe([S.input_topic, S.decisions_topic, S.labels_topic, S.dlq_topic], on_assign=store._on_assign)
@@ -227,3 +240,100 @@ def test_a_partition_starts_where_the_database_says(stored: int) -> None:
     store, _ = drain(broker, db)
     first = min(k[1] for k in db.tables["transactions"] if int(k[1][1:]) % 2 == 0)
     assert store.fatal is None and (first == "t0") == (stored == 0)
+
+
+class GatedDatabase(MemoryDatabase):
+    """A database whose writes wait at a gate: the test decides when the batch in flight lands."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def write(self, batch: StoreBatch) -> None:
+        self.entered.set()
+        assert self.gate.wait(10), "the test never opened the gate"
+        super().write(batch)
+
+
+def gated_store(broker: FakeBroker) -> tuple[Store, FakeConsumer, GatedDatabase]:
+    """A threaded store whose first batch is in flight, held at the gate."""
+    db = GatedDatabase()
+    c = consumer(broker)
+    store = Store(S, db, consumer=c, threaded=True)
+    store.stop = threading.Event()
+    c.subscribe(
+        [S.input_topic, S.decisions_topic, S.labels_topic, S.dlq_topic],
+        on_assign=store._on_assign, on_revoke=store._on_revoke,
+    )  # fmt: skip
+    store.step()
+    assert db.entered.wait(5) and store.writer.busy
+    return store, c, db
+
+
+def step_in_background(store: Store) -> threading.Thread:
+    worker = threading.Thread(target=store.step, daemon=True)
+    worker.start()
+    return worker
+
+
+def test_the_next_batch_is_read_while_the_one_before_is_written_and_handed_over_only_after_it() -> None:
+    broker = loaded()
+    store, c, db = gated_store(broker)
+    read_before = sum(c.positions.values())
+    worker = step_in_background(store)
+    worker.join(0.5)
+    assert worker.is_alive()  # waiting for the write at the gate ...
+    assert sum(c.positions.values()) > read_before  # ... with the next batch already read
+    assert db.stored == {}  # nothing lands before the gate opens
+    db.gate.set()
+    worker.join(5)
+    assert not worker.is_alive()
+    while not c.idle.is_set() and store.fatal is None:
+        store.step()
+    store.flush()
+    assert store.fatal is None
+    assert_equals_the_topics(db, broker)
+
+
+def test_a_revocation_waits_for_the_batch_in_flight_so_its_rows_go_with_the_partitions() -> None:
+    broker = loaded()
+    store, c, db = gated_store(broker)
+    seen_at_revoke_end: list[dict[tuple[str, int], int]] = []
+
+    def on_revoke(consumer: Any, partitions: list[Any]) -> None:
+        store._on_revoke(consumer, partitions)
+        seen_at_revoke_end.append(dict(db.stored))
+
+    c.callbacks["revoke"] = on_revoke
+    c.rebalance("revoke", S.input_topic, [0, 1])
+    worker = step_in_background(store)
+    worker.join(0.5)
+    assert worker.is_alive() and not seen_at_revoke_end  # the revocation waits at the gate ...
+    assert any(t == S.input_topic for t, _ in c.positions)  # ... the partitions still the store's
+    db.gate.set()
+    worker.join(5)
+    assert store.fatal is None and not any(t == S.input_topic for t, _ in c.positions)
+    (at_end,) = seen_at_revoke_end
+    assert {tp for tp in at_end if tp[0] == S.input_topic}  # the batch's rows landed before they went
+
+
+def test_a_write_refused_in_flight_stops_the_store_and_nothing_after_it_is_written() -> None:
+    broker = loaded()
+    store, _, db = gated_store(broker)
+    db.refuse = "permission denied for table decisions"
+    db.gate.set()
+    store.step()  # the refusal is seen; the batch this step read is not handed over
+    assert store.fatal == "permission denied for table decisions"
+    assert db.stored == {} and not store.writer.busy
+
+
+def test_stopping_while_the_batch_in_flight_waits_for_the_database_ends_the_run_without_it() -> None:
+    broker = loaded()
+    store, _, db = gated_store(broker)
+    db.unavailable = 1_000
+    store.stop.set()
+    db.gate.set()
+    store.flush()
+    assert store.fatal is not None and "stopped while the database was unavailable" in store.fatal
+    assert db.stored == {}

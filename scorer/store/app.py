@@ -162,7 +162,7 @@ class Store:
         self._finish()
         started = self.clock()
         self._store_rows(batch)
-        self._account(Written(batch, started))
+        self._account(Written(batch, self.clock() - started))
 
     def _store_rows(self, batch: StoreBatch) -> None:
         """The writer's work: the batch in one transaction, waiting for the database while unavailable."""
@@ -177,7 +177,7 @@ class Store:
     def _account(self, written: Written) -> None:
         """A batch the database holds: its metrics, the newest day (retention), Kafka's commit."""
         batch = written.batch
-        self.metrics.batch_seconds.observe(self.clock() - written.started)
+        self.metrics.batch_seconds.observe(written.seconds)
         self.metrics.batch_records.observe(batch.records)
         for rows in batch.tables:
             self.metrics.rows.labels(rows.table).inc(len(rows))

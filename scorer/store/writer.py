@@ -21,10 +21,10 @@ from scorer.store.batch import StoreBatch
 
 @dataclass(frozen=True, slots=True)
 class Written:
-    """A batch the database took, and when its write was handed over (the store's clock)."""
+    """A batch the database took, and how long its write took (waits for the database included)."""
 
     batch: StoreBatch
-    started: float
+    seconds: float
 
 
 class BatchWriter:
@@ -38,7 +38,7 @@ class BatchWriter:
         self._write = write
         self._clock = clock
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="store-writer") if threaded else None
-        self._pending: tuple[StoreBatch, float, Future[None]] | None = None
+        self._pending: tuple[StoreBatch, Future[float]] | None = None
         self._lock = threading.Lock()  # finish() runs from the loop and from rebalance callbacks within it
 
     @property
@@ -51,8 +51,7 @@ class BatchWriter:
         with self._lock:
             if self._pending is not None:
                 raise ValueError("a batch is already being written: finish() it first")
-            started = self._clock()
-            self._pending = (batch, started, self._start(batch))
+            self._pending = (batch, self._start(batch))
 
     def finish(self) -> Written | None:
         """Wait for the batch in flight; what was written (None if nothing was in flight). The write's
@@ -61,23 +60,25 @@ class BatchWriter:
             pending, self._pending = self._pending, None
         if pending is None:
             return None
-        batch, started, future = pending
-        future.result()
-        return Written(batch, started)
+        batch, future = pending
+        return Written(batch, future.result())
 
     def close(self) -> None:
         """Stop the worker thread (a batch in flight is waited for; call finish() first to see its end)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-    def _start(self, batch: StoreBatch) -> Future[None]:
+    def _start(self, batch: StoreBatch) -> Future[float]:
         if self._pool is not None:
-            return self._pool.submit(self._write, batch)
-        done: Future[None] = Future()
+            return self._pool.submit(self._timed, batch)
+        done: Future[float] = Future()
         try:
-            self._write(batch)
+            done.set_result(self._timed(batch))
         except BaseException as exc:  # handed to finish(), as the thread's future would
             done.set_exception(exc)
-        else:
-            done.set_result(None)
         return done
+
+    def _timed(self, batch: StoreBatch) -> float:
+        started = self._clock()
+        self._write(batch)
+        return self._clock() - started

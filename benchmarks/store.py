@@ -80,6 +80,20 @@ PHASES = {
         Phase(
             "with-transactions", "the transactions and decisions topics: 2 rows per event", transactions=True
         ),
+        Phase(
+            "decisions-serial",
+            "the decisions topic, each batch written before the next is read (store_overlap = false)",
+            {"SCORER_STORE_OVERLAP": "false"},
+        ),
+        Phase(
+            "decisions-2", "the decisions topic, two store processes splitting its partitions", instances=2
+        ),
+        Phase(
+            "with-transactions-2",
+            "the transactions and decisions topics, two store processes splitting the partitions",
+            transactions=True,
+            instances=2,
+        ),
     )
 }
 DEFAULT_PHASES = "decisions,with-transactions"

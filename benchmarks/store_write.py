@@ -5,8 +5,10 @@
 Replay) to get real decision records, then writes them in batches into a fresh embedded PostgreSQL (fsync on)
 per route and repetition, each in a process of its own, interleaved: microseconds per row of the rows step
 (this thread's CPU), of the write (this thread's CPU and the database's: every server process, exited ones
-included) and rows/s end to end (one after the other, as `scorer store` does them). Routes: `auto` (what the store does), `statement` (every
-table through the upsert statement). `--against COMMIT` adds `scorer/` as of that commit (route `auto`: it
+included) and rows/s end to end. Routes: `overlapped` (what the store does: a batch written on the writer's
+thread while the next is read, scorer/store/writer.py), `auto` (the same writes one after the other, so the
+rows and write steps can be timed apart), `statement` (one after the other, every table through the upsert
+statement). Every route also gives the store process's CPU per row (all its threads). `--against COMMIT` adds `scorer/` as of that commit (route `auto`: it
 uses only read_batch and PostgresTarget.write), for a before/after in one run. Prints JSON.
 """
 
@@ -36,6 +38,7 @@ from scorer.db.embedded import EmbeddedPostgres
 from scorer.runtime.process import tune_gc
 from scorer.store.batch import read_batch
 from scorer.store.database import PostgresTarget
+from scorer.store.writer import BatchWriter
 from scorer.training.simulate import SimulationParams, simulate, transaction_values
 
 RECORD = struct.Struct(">BiqI")  # topic index, partition, offset, value length
@@ -71,23 +74,27 @@ def measure(msgs: list[Message], batch: int, route: str) -> dict[str, Any]:
     if route == "statement":
         forced["upsert"] = writes.upsert_statement
     original = {name: getattr(writes, name) for name in forced}
-    rows_cpu = write_cpu = wall = 0.0
+    rows_cpu = write_cpu = wall = process_cpu = 0.0
     with EmbeddedPostgres(durable=True) as server:
         target = PostgresTarget(server.uri, s.store_group, 120.0)
         try:
             target.migrate()
             for name, fn in forced.items():
                 setattr(writes, name, fn)
-            database_before = database_cpu_seconds(server.pid)
-            for start in range(0, len(msgs), batch):
-                t0, c0 = time.perf_counter(), time.thread_time()
-                rows = read_batch(msgs[start : start + batch], s)
-                c1 = time.thread_time()
-                target.write(rows)
-                rows_cpu += c1 - c0
-                write_cpu += time.thread_time() - c1
-                wall += time.perf_counter() - t0
+            database_before, process_before = database_cpu_seconds(server.pid), time.process_time()
+            if route == "overlapped":
+                wall = overlapped(msgs, batch, s, target)
+            else:
+                for start in range(0, len(msgs), batch):
+                    t0, c0 = time.perf_counter(), time.thread_time()
+                    rows = read_batch(msgs[start : start + batch], s)
+                    c1 = time.thread_time()
+                    target.write(rows)
+                    rows_cpu += c1 - c0
+                    write_cpu += time.thread_time() - c1
+                    wall += time.perf_counter() - t0
             database = database_cpu_seconds(server.pid) - database_before
+            process_cpu = time.process_time() - process_before
             stored = target.conn.execute("select count(*) from decisions").fetchone() if target.conn else None
         finally:
             for name, fn in original.items():
@@ -100,11 +107,27 @@ def measure(msgs: list[Message], batch: int, route: str) -> dict[str, Any]:
         "decisions_stored": stored[0] if stored else 0,
         "rows_per_s": round(n / wall),
         "us_per_row": {
-            "rows": round(rows_cpu / n * 1e6, 2),
-            "write (store)": round(write_cpu / n * 1e6, 2),
+            **({} if route == "overlapped" else {"rows": round(rows_cpu / n * 1e6, 2)}),
+            **({} if route == "overlapped" else {"write (store)": round(write_cpu / n * 1e6, 2)}),
+            "store (process)": round(process_cpu / n * 1e6, 2),
             "write (database)": round(database / n * 1e6, 2),
         },
     }
+
+
+def overlapped(msgs: list[Message], batch: int, s: Settings, target: PostgresTarget) -> float:
+    """Every batch through the store's writer (read the next while the last is written); the wall time."""
+    writer = BatchWriter(target.write, time.perf_counter, threaded=True)
+    t0 = time.perf_counter()
+    try:
+        for start in range(0, len(msgs), batch):
+            rows = read_batch(msgs[start : start + batch], s)
+            writer.finish()
+            writer.submit(rows)
+        writer.finish()
+    finally:
+        writer.close()
+    return time.perf_counter() - t0
 
 
 def save(msgs: list[Message], path: Path) -> None:
@@ -156,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.store_write", description=__doc__)
     p.add_argument("--events", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=5000, help="records per batch (the store's store_batch_max)")
-    p.add_argument("--routes", default="auto,statement", help="auto, statement: comma separated")
+    p.add_argument("--routes", default="overlapped,auto", help="overlapped, auto, statement: comma separated")
     p.add_argument("--repeat", type=int, default=2, help="rounds over the variants, interleaved")
     p.add_argument("--transactions", action="store_true", help="each event's transaction record too")
     p.add_argument("--against", metavar="COMMIT", help="also route auto of scorer/ as of this commit")

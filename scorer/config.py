@@ -80,6 +80,7 @@ class Settings:
     store_group: str = "fraud-scorer-store"  # scorer store: its consumer group
     store_batch_max: int = 5000  # scorer store: records per database transaction at most
     store_batch_wait_s: float = 0.2  # scorer store: how long a batch may wait to fill
+    store_overlap: bool = True  # scorer store: write a batch on a thread of its own while reading the next
     store_retention_days: int = (
         0  # scorer store: event days kept behind the newest (0: all), whole partitions
     )

@@ -1,8 +1,12 @@
-"""Shared fixtures: a tiny simulated history and a model trained on it (built once per session)."""
+"""Shared fixtures: a tiny simulated history and a model trained on it (built once per session), and a
+directory the embedded PostgreSQL's user may enter."""
 
 from __future__ import annotations
 
 import datetime
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,3 +34,12 @@ def tiny_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     )
     result = train(load_history(tiny_data), tiny_data, params, say=lambda _: None)
     return write_artefact(out, result)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory the server's user may enter when the tests run as root (pytest's tmp_path is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="scorer-test-"))
+    path.chmod(0o755)  # noqa: S103 - a test directory, removed below
+    yield path
+    shutil.rmtree(path)

@@ -57,10 +57,11 @@ class Store:
         consumer: Any | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
-        threaded: bool = True,
+        threaded: bool | None = None,
     ) -> None:
         """`consumer`: tests pass a fake with confluent-kafka's Consumer methods; else one is made.
-        `threaded`: write on a thread of its own while the next batch is read (False: one after the other)."""
+        `threaded`: write on a thread of its own while the next batch is read (False: one after the other);
+        default: the `store_overlap` setting."""
         self.settings = settings
         self.target = target
         self.registry = registry or CollectorRegistry()
@@ -76,7 +77,8 @@ class Store:
         self.lag_series: set[tuple[str, int]] = set()  # the lag gauge's series, removed on revocation
         self.first_wait_s, self.max_wait_s = FIRST_WAIT_S, MAX_WAIT_S
         self.metrics.database_up.set(1)
-        self.writer = BatchWriter(self._store_rows, clock, threaded)
+        overlap = settings.store_overlap if threaded is None else threaded
+        self.writer = BatchWriter(self._store_rows, clock, overlap)
 
     def ready(self) -> bool:
         return self.database_up and self.fatal is None

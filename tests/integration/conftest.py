@@ -137,6 +137,18 @@ class Proc:
         return state + "; log tail:\n" + "\n".join(tail)
 
 
+def stop_gracefully(proc: subprocess.Popen[str], timeout_s: float) -> None:
+    """SIGTERM first (a command that started a server stops it too), SIGKILL if it is not gone in time;
+    for a test's `finally` (nothing when it has exited)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture
 def procs(tmp_path: Path) -> Iterator[list[Proc]]:
     started: list[Proc] = []

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from scorer.config import Settings
-from tests.integration.conftest import consume, produce
+from tests.integration.conftest import consume, produce, stop_gracefully
 
 
 def test_scorer_broker_serves_the_commands_until_sigterm() -> None:
@@ -42,13 +42,7 @@ def test_scorer_broker_serves_the_commands_until_sigterm() -> None:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:  # the test failed: SIGTERM first, so that tansu is stopped too
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_gracefully(proc, 30)  # the test failed: SIGTERM first, so that the server is stopped too
     assert proc.returncode == 0 and out == "broker stopped\n" and err == "", (out, err)
     with pytest.raises(ProcessLookupError):  # tansu stopped with it, not left behind
         os.kill(tansu, 0)

@@ -4,8 +4,6 @@ deadline, restart and kill -9 with the data kept."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -57,15 +55,6 @@ def own() -> Iterator[EmbeddedPostgres]:
     """A server of the test's own, for what would disturb the session's (pause, kill, restart)."""
     with EmbeddedPostgres() as server:
         yield server
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory the server's user may enter when the tests run as root (pytest's tmp_path is 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="scorer-test-"))
-    path.chmod(0o755)  # noqa: S103 - a test directory, removed below
-    yield path
-    shutil.rmtree(path)
 
 
 def test_each_test_gets_a_fresh_empty_database(postgres: EmbeddedPostgres, database_url: str) -> None:

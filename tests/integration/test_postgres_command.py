@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from scorer.db.connect import connect
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory the server's user may enter when the tests run as root (pytest's tmp_path is 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="scorer-test-"))
-    path.chmod(0o755)  # noqa: S103 - a test directory, removed below
-    yield path
-    shutil.rmtree(path)
+from tests.integration.conftest import stop_gracefully
 
 
 def run_until_sigterm(*args: str, work: str) -> tuple[str, Path]:
@@ -48,13 +37,7 @@ def run_until_sigterm(*args: str, work: str) -> tuple[str, Path]:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:  # the test failed: SIGTERM first, so that postgres is stopped too
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_gracefully(proc, 60)  # the test failed: SIGTERM first, so that the server is stopped too
     assert proc.returncode == 0 and out == "postgres stopped\n" and err == "", (out, err)
     with pytest.raises(ProcessLookupError):  # postgres stopped with it, not left behind
         os.kill(pid, 0)

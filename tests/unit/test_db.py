@@ -4,11 +4,9 @@ password, the transient/fatal table, and the deadline's watchdog on a socket tha
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,15 +71,6 @@ def test_a_taken_port_is_refused_before_anything_is_made() -> None:
         assert server.directory is None and server.pid == -1  # no directory made, nothing started
         with pytest.raises(ScorerError, match="Choose"):
             check_port_free(port, hint="another PostgreSQL? Choose a port with --port")
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory the server's user may enter when the tests run as root (pytest's tmp_path is 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="scorer-test-"))
-    path.chmod(0o755)  # noqa: S103 - a test directory, removed below
-    yield path
-    shutil.rmtree(path)
 
 
 def test_a_directory_postgres_cannot_use_is_refused_in_one_line(open_dir: Path) -> None:

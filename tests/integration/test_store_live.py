@@ -342,3 +342,40 @@ def test_quality_by_day_gives_the_monitors_figures(database_url: str) -> None:
         assert (decided, frauds, flagged) == (want["decisions"], want["frauds"], want["flagged"])
         names = ("precision", "recall", "average_precision", "card_precision_at_100")
         assert figures == pytest.approx([want[k] for k in names], abs=1e-12), d
+
+
+def test_two_stores_meeting_the_same_new_day_both_go_on(database_url: str) -> None:
+    """Two instances create the same day's partition at once: the second waits for the first's lock, then
+    finds the partition made (before 0002_partition_race its create failed with "already exists", which
+    stopped it: seen with two stores in the benchmark)."""
+    import threading
+
+    from scorer.db.migrate import migrate
+
+    with psycopg.connect(database_url, autocommit=True) as setup:
+        migrate(setup)
+    first = psycopg.connect(database_url)
+    errors: list[BaseException] = []
+    try:
+        first.execute("select store_ensure_partition('decisions', date '2026-05-01')")  # made, not committed
+
+        def second() -> None:
+            try:
+                with psycopg.connect(database_url) as conn:
+                    conn.execute("select store_ensure_partition('decisions', date '2026-05-01')")
+                    conn.commit()
+            except BaseException as exc:  # reported to the test below
+                errors.append(exc)
+
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive()  # waiting for the first instance's lock
+        first.commit()
+        waiter.join(30)
+        assert not waiter.is_alive() and errors == []
+    finally:
+        first.close()
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("select to_regclass('decisions_20260501') is not null").fetchone()
+    assert row == (True,)

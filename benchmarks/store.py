@@ -169,8 +169,10 @@ def _phase(
                 **result,
                 "error": f"{got:,} of {expected:,} rows stored; {_last_line(directory / 'store.log')}",
             }
-        result.update(_rates(start, end, len(ids)))
         result.update(_check(server.uri, ids, phase.transactions))
+        if end["rows"] <= start["rows"] or end["t"] <= start["t"]:  # all of it in the first committed batch
+            return {**result, "error": "stored in one go: too few events to time (raise --events)"}
+        result.update(_rates(start, end, len(ids)))
     return result
 
 

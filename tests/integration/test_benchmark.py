@@ -40,3 +40,37 @@ def test_benchmark_runs_every_workload_and_checks_exactly_once(tmp_path: Path, t
     table = (tmp_path / "tiny.md").read_text()
     assert "| scorer |" in table and "| naive |" in table and "exactly once" in table
     assert (tmp_path / "tiny.png").stat().st_size > 10_000
+
+
+def test_the_store_and_database_benchmarks_run_and_check_what_they_stored(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """The store workload (one store process, and two splitting the partitions) and the database benchmark
+    at a tiny size: every decision read back once, the queries timed and explained."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--events", "30000", "--workloads", "store",
+         "--store-phases", "decisions,decisions-2", "--profiles", "scorer", "--model", str(tiny_model),
+         "--out", str(tmp_path), "--stem", "store", "--timeout", "240"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = orjson.loads((tmp_path / "store.json").read_bytes())["store"]
+    assert results["scorer"]["events_per_s"] > 0
+    phases = {p["phase"]: p for p in results["phases"]}
+    assert set(phases) == {"decisions", "decisions-2"}
+    for phase in phases.values():
+        assert "error" not in phase, phase
+        assert phase["rows"] == 30000 and phase["exactly_once"] and phase["store_cores"] > 0, phase
+    assert phases["decisions-2"]["instances"] == 2
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.database", "--decisions", "20000", "--days", "40", "--customers", "300",
+         "--repetitions", "30", "--warmup", "3", "--out", str(tmp_path), "--stem", "database"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    database = orjson.loads((tmp_path / "database.json").read_bytes())
+    assert database["sizes"]["rows"] == 20000
+    for name in ("card", "alerts"):
+        latency = database["latency"][name]
+        assert latency["n"] == 30 and 0 < latency["p50_ms"] <= latency["p99_ms"], latency
+        assert "Index" in database["plans"][name]  # the console's queries use the indexes made for them

@@ -21,6 +21,7 @@ refused leaves the case as it was).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -199,3 +200,29 @@ class CaseStore(Protocol):
     ) -> Verdict:
         """Close with an outcome (a reversal when already closed); the labels it publishes."""
         ...
+
+
+RULE_ACTIONS = ("block_customer", "allow_customer_past_rule")
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRequest:
+    """A rule a verdict asks for: block the card (after fraud), or let it past one rule (after genuine),
+    until `expires_at` in event time (the rules machinery masks a rule out by each transaction's own time;
+    the console sets it from the card's newest transaction plus the days asked for)."""
+
+    kind: str  # one of RULE_ACTIONS
+    customer_id: str
+    expires_at: datetime
+    case_id: str
+    analyst_id: str
+    past_rule_id: str | None = None  # for allow_customer_past_rule: the rule the card may pass
+    note: str = ""
+
+
+class VerdictPublisher(Protocol):
+    """Publishes what a verdict decided: its labels to the labels topic and its rules to the rules topic.
+    Returns once the broker acknowledged every record; raises ScorerError (one line) if any was refused or
+    not acknowledged in time, so the caller rolls the verdict back."""
+
+    def publish(self, labels: Sequence[LabelOut], rules: Sequence[RuleRequest]) -> None: ...

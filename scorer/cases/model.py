@@ -14,9 +14,9 @@ card from that one on (a card is compromised from a moment on); genuine labels t
 not fraud; inconclusive labels nothing, except that it withdraws an earlier fraud verdict (is_fraud false
 for what that verdict labelled, since an unlabelled transaction counts as genuine everywhere).
 
-The interface works inside the caller's database transaction: the caller records the audit entry,
-publishes the labels and rules, and commits only when all of that succeeded (so a verdict the broker
-refused leaves the case as it was).
+The interface works inside the caller's database transaction: a change writes its own audit entry, the
+caller publishes the labels and rules, and commits only when all of that succeeded (so a verdict the
+broker refused leaves the case as it was).
 """
 
 from __future__ import annotations
@@ -175,30 +175,48 @@ class Verdict:
     reversal: bool  # the case was closed already: the labels correct an earlier verdict
 
 
-class CaseStore(Protocol):
-    """Cases where they live. Reads never change anything; changes happen in the caller's transaction and
-    raise CaseError with the reason when refused (nothing changed then)."""
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asks for a change, and from where (the audit log records both)."""
 
-    def queue(self, flt: QueueFilter, now: datetime, sla_hours: float) -> list[CaseSummary]:
+    name: str
+    role: str  # analyst or lead
+    remote_addr: str | None = None
+
+
+class CaseStore(Protocol):
+    """Cases where they live. Reads never change anything. A change happens in the caller's open database
+    transaction (the caller commits, or rolls back when publishing what it decided fails), writes its own
+    audit entry, and raises CaseError with the reason when refused (nothing changed then). Times come from
+    the database's clock; the SLA is the store's setting."""
+
+    def queue(self, flt: QueueFilter) -> list[CaseSummary]:
         """Cases matching `flt`, highest priority first (ties: oldest first)."""
         ...
 
-    def capacity(self, now: datetime, daily_capacity: int) -> Capacity: ...
+    def capacity(self, daily_capacity: int) -> Capacity: ...
 
-    def case(self, case_id: str, now: datetime, sla_hours: float, days: int = 30) -> CaseDetail | None:
+    def case(self, case_id: str, days: int = 30) -> CaseDetail | None:
         """The case page's content, or None for an unknown case."""
         ...
 
-    def assign(self, case_id: str, assignee: str | None, actor: str) -> CaseSummary:
-        """Assign (None: unassign). An open or reopened case becomes in_review."""
+    def assign(self, case_id: str, assignee: str | None, actor: Actor) -> CaseSummary:
+        """Assign (None: unassign). An open or reopened case becomes in_review; a closed one is refused."""
         ...
 
-    def note(self, case_id: str, author: str, text: str) -> None: ...
+    def note(self, case_id: str, text: str, actor: Actor) -> None: ...
 
     def close(
-        self, case_id: str, outcome: str, actor: str, from_transaction_id: str | None = None
+        self, case_id: str, outcome: str, actor: Actor, from_transaction_id: str | None = None
     ) -> Verdict:
-        """Close with an outcome (a reversal when already closed); the labels it publishes."""
+        """Close with an outcome (a reversal when already closed); the labels it publishes. The same
+        verdict twice is refused."""
+        ...
+
+    def audit(
+        self, actor: Actor, action: str, case_id: str | None, rule_id: str | None, detail: dict[str, object]
+    ) -> None:
+        """Append an entry to the audit log (in the caller's transaction)."""
         ...
 
 

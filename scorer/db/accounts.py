@@ -88,8 +88,7 @@ def throttled(conn: Conn, name: str, remote_addr: str | None) -> bool:
           and (user_name = %(u)s or remote_addr = %(a)s)
         """,  # noqa: S608 (a constant)
         {"u": name, "a": remote_addr},
-    ).fetchone()
-    assert row is not None  # an aggregate always returns a row
+    ).fetchone() or (0, 0)  # an aggregate always returns a row
     return int(row[0]) >= THROTTLE_PER_USER or int(row[1]) >= THROTTLE_PER_ADDRESS
 
 

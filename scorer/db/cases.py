@@ -94,8 +94,7 @@ class PostgresCases:
             where status <> 'closed' or closed_at >= date_trunc('day', now())
                or opened_at >= date_trunc('day', now())
             """
-        ).fetchone()
-        assert row is not None  # an aggregate always returns a row
+        ).fetchone() or (0, 0, 0, 0)  # an aggregate always returns a row
         return Capacity(int(row[0]), int(row[1]), int(row[2]), int(row[3]), daily_capacity)
 
     def summary(self, case_id: str) -> CaseSummary | None:
@@ -139,9 +138,7 @@ class PostgresCases:
             {"who": assignee, "case": case_id},
         )
         self.audit(actor, "assigned" if assignee else "unassigned", case_id, None, {"assignee": assignee})
-        summary = self.summary(case_id)
-        assert summary is not None  # locked above
-        return summary
+        return self._locked_summary(case_id)
 
     def note(self, case_id: str, text: str, actor: Actor) -> None:
         text = text.strip()
@@ -189,9 +186,7 @@ class PostgresCases:
         reversal = status == "closed"
         detail = {"outcome": outcome, "labels": len(labels), "from_transaction_id": from_transaction_id}
         self.audit(actor, "reversed" if reversal else "closed", case_id, None, detail)
-        summary = self.summary(case_id)
-        assert summary is not None  # locked above
-        return Verdict(summary=summary, labels=tuple(labels), reversal=reversal)
+        return Verdict(summary=self._locked_summary(case_id), labels=tuple(labels), reversal=reversal)
 
     def audit(
         self, actor: Actor, action: str, case_id: str | None, rule_id: str | None, detail: dict[str, object]
@@ -212,6 +207,12 @@ class PostgresCases:
         if row is None:
             raise CaseError(f"no case {case_id!r}")
         return str(row[0]), int(row[1]), str(row[2])
+
+    def _locked_summary(self, case_id: str) -> CaseSummary:
+        summary = self.summary(case_id)
+        if summary is None:  # cannot happen while the row is locked; said, not assumed
+            raise CaseError(f"no case {case_id!r}")
+        return summary
 
     def _last_verdict(
         self, case_id: str, episode: int
@@ -373,10 +374,9 @@ def _queue_where(flt: QueueFilter) -> tuple[str, dict[str, Any]]:
     episode_filters = {"action": flt.action, "rule_id": flt.rule_id, "model_version": flt.model_version}
     for column, value in episode_filters.items():
         if value is not None:
-            clauses.append(
-                f"exists (select 1 from case_alerts a where a.case_id = c.case_id and a.episode = c.episode "
-                f"and a.{column} = %({column})s)"
-            )
+            # column is one of the three fixed names above, never input
+            exists = f"exists (select 1 from case_alerts a where a.case_id = c.case_id and a.episode = c.episode and a.{column} = %({column})s)"  # noqa: S608
+            clauses.append(exists)
             params[column] = value
     return " and ".join(clauses), params
 

@@ -103,6 +103,11 @@ class Settings:
     # scorer store: postgresql://USER:PASSWORD@HOST:PORT/DATABASE (the password is masked in the startup log)
     database_url: str = ""
     database_timeout_s: float = 10.0  # a connection attempt or a batch write that takes longer has failed
+    console_port: int = 8090  # scorer console: the analysts' pages and API (binds http_host)
+    console_sla_hours: float = 4.0  # scorer console: an alert waiting longer for a verdict is over SLA
+    console_daily_capacity: int = 100  # scorer console: cards the team can answer in a day
+    # scorer console: mark cookies Secure (set it behind a TLS-terminating proxy; on with --tls-cert anyway)
+    console_secure_cookies: bool = False
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped
     metrics_port: int = 9108  # 0 disables the endpoint
     log_level: str = "INFO"
@@ -300,6 +305,7 @@ def validate(s: Settings) -> None:
         "serve_deadline_ms",
         "serve_batch_max",
         "store_batch_max",
+        "console_daily_capacity",
     ):
         if getattr(s, name) < 1:
             problems.append(f"{name} must be at least 1")
@@ -342,6 +348,10 @@ def validate(s: Settings) -> None:
         )
     if not 0 <= s.http_port <= 65535:
         problems.append(f"http_port {s.http_port} is not a TCP port")
+    if not 0 <= s.console_port <= 65535:
+        problems.append(f"console_port {s.console_port} is not a TCP port")
+    if not s.console_sla_hours > 0:
+        problems.append("console_sla_hours must be positive")
     if not 0 <= s.metrics_port <= 65535:
         problems.append(f"metrics_port {s.metrics_port} is not a TCP port")
     problems += _tls_problems(s)

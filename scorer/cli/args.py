@@ -131,6 +131,10 @@ KAFKA_FLAGS: dict[str, tuple[str, str]] = {
         "PostgreSQL, postgresql://USER:PASSWORD@HOST:PORT/DATABASE (scorer postgres prints one)",
     ),
 }
+# a flag that sets another setting for one command: the console's --http-port is its own port
+COMMAND_FLAG_SETTINGS: dict[tuple[str, str], tuple[str, str]] = {
+    ("console", "--http-port"): ("console_port", "port of the analysts' console (its pages and /api/v1)"),
+}
 # what each Kafka command reads: a flag it would ignore is not offered
 LONG_RUNNING = (
     "--brokers",
@@ -177,6 +181,18 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
         "--log-level",
     ),
     "sql": ("--database-url",),
+    "console": (
+        "--brokers",
+        "--database-url",
+        "--http-host",
+        "--http-port",
+        "--tls-cert",
+        "--tls-key",
+        "--metrics-host",
+        "--metrics-port",
+        "--log-level",
+    ),
+    "console-admin": ("--database-url",),
     "serve": (
         "--brokers",
         "--group",
@@ -203,7 +219,7 @@ def add_kafka_args(p: argparse.ArgumentParser, command: str) -> None:
     defaults = Settings()
     p.add_argument("--config", metavar="FILE", help="TOML settings file (also SCORER_CONFIG)")
     for flag in COMMAND_FLAGS[command]:
-        name, text = KAFKA_FLAGS[flag]
+        name, text = COMMAND_FLAG_SETTINGS.get((command, flag), KAFKA_FLAGS[flag])
         default = getattr(defaults, name)
         shown = "the shipped models/default/2" if name == "model" else default if default != "" else "none"
         p.add_argument(
@@ -244,6 +260,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "serve_tls_key_path",
         "serve_tls_client_ca_path",
         "database_url",
+        "console_port",
     )
     overrides: dict[str, object] = {n: getattr(args, n, None) for n in names}
     if getattr(args, "no_auth", False):

@@ -24,6 +24,7 @@ from scorer.cli.args import (
     simulation_params,
 )
 from scorer.cli.broker import add_broker_parser
+from scorer.cli.console import add_console_parser
 from scorer.cli.demo import add_demo_parser
 from scorer.cli.models import add_models_parser
 from scorer.cli.postgres import add_postgres_parser
@@ -334,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_broker_parser(sub)
     add_postgres_parser(sub)
     add_store_parser(sub)
+    add_console_parser(sub)
     add_api_keys_parser(sub)
     return parser
 

@@ -1,0 +1,131 @@
+"""`scorer console`: the analysts' console on uvicorn, over the store's PostgreSQL and the broker.
+
+At start: the database is migrated (the console's tables come with the store's schema, under the same
+lock), the port bound (a port in use is one line, exit 1), the verdict publisher connected. Until a signal
+it serves; then it finishes the requests in flight, closes the pool and flushes the publisher.
+/readyz (on the console's port and the metrics port) is 200 while the database answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import ExitStack
+
+import psycopg
+import uvicorn
+from prometheus_client import CollectorRegistry
+from psycopg_pool import ConnectionPool
+
+from scorer.config import Settings
+from scorer.console.app import ConsoleApp
+from scorer.console.service import ConsoleMetrics, ConsoleService
+from scorer.db.connect import connect
+from scorer.db.migrate import migrate
+from scorer.errors import ScorerError
+from scorer.runtime.health import serve_health
+from scorer.runtime.process import install_signal_handlers
+from scorer.serve.server import listen
+from scorer.serve.tls import server_context
+
+logger = logging.getLogger(__name__)
+POOL_SIZE = 8  # connections: pages are short queries, verdicts hold one while the broker acknowledges
+
+
+def migrate_database(settings: Settings) -> None:
+    """Apply the schema's migrations (one line, exit 1, when the database cannot be reached or refuses)."""
+    conn = connect(
+        settings.database_url,
+        application_name="scorer-console",
+        connect_timeout_s=settings.database_timeout_s,
+    )
+    try:
+        migrate(conn)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def open_pool(settings: Settings) -> ConnectionPool[psycopg.Connection[psycopg.rows.TupleRow]]:
+    """The console's connections: each checked before use, a request waits at most database_timeout_s."""
+    pool: ConnectionPool[psycopg.Connection[psycopg.rows.TupleRow]] = ConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=POOL_SIZE,
+        timeout=settings.database_timeout_s,
+        kwargs={
+            "application_name": "scorer-console",
+            "connect_timeout": max(2, int(settings.database_timeout_s)),
+        },
+        check=ConnectionPool.check_connection,
+        open=False,
+    )
+    pool.open(wait=False)
+    return pool
+
+
+def run_console(settings: Settings) -> int:
+    """Serve until a signal; returns the exit code."""
+    from scorer.kafka.verdicts import KafkaVerdictPublisher  # librdkafka only where a verdict is published
+
+    if not settings.database_url:
+        raise ScorerError(
+            "no database: give --database-url (or SCORER_DATABASE_URL); `scorer postgres` runs one"
+        )
+    migrate_database(settings)
+    tls = server_context(settings)
+    registry = CollectorRegistry()
+    metrics = ConsoleMetrics(registry)
+    with ExitStack() as stack:
+        sock = listen(settings.http_host, settings.console_port)
+        stack.callback(sock.close)
+        pool = open_pool(settings)
+        stack.callback(pool.close)
+        publisher = KafkaVerdictPublisher(settings)
+        stack.callback(publisher.close)
+        service = ConsoleService(
+            pool, publisher, metrics, settings.console_sla_hours, settings.console_daily_capacity
+        )
+        ready = Readiness(pool)
+        health = serve_health(registry, settings.metrics_host, settings.metrics_port, ready)
+        if health is not None:
+            stack.callback(health.stop)
+        app = ConsoleApp(
+            service, secure_cookies=settings.console_secure_cookies or tls is not None, ready=ready
+        )
+        config = uvicorn.Config(
+            app.starlette(), loop="uvloop", http="httptools", lifespan="off", access_log=False, log_config=None,
+            server_header=False, proxy_headers=False, timeout_graceful_shutdown=5,
+        )  # fmt: skip
+        config.load()
+        config.ssl = tls
+        logger.info(
+            "console_serving",
+            extra={"address": f"{settings.http_host}:{settings.console_port}", "tls": tls is not None,
+                   "settings": settings.masked()},
+        )  # fmt: skip
+        server = uvicorn.Server(config)
+        install_signal_handlers(threading.Event())
+        server.run(sockets=[sock])
+        if not server.started:
+            raise ScorerError(
+                f"cannot serve on {settings.http_host}:{settings.console_port} (see the log above)"
+            )
+    logger.info("stopped")
+    return 0
+
+
+class Readiness:
+    """True while a pooled connection answers `select 1` within a second."""
+
+    def __init__(self, pool: ConnectionPool[psycopg.Connection[psycopg.rows.TupleRow]]) -> None:
+        self.pool = pool
+
+    def __call__(self) -> bool:
+        try:
+            with self.pool.connection(timeout=1.0) as conn:
+                conn.execute("select 1")
+        except (psycopg.Error, TimeoutError) as exc:
+            logger.warning("database_not_ready", extra={"error": str(exc).strip().splitlines()[0]})
+            return False
+        return True

@@ -25,7 +25,7 @@ from scorer.db import accounts
 from scorer.db.migrate import migrate
 from scorer.errors import ScorerError
 
-PASSWORD = "correct horse battery"
+PASSWORD = "correct horse battery"  # noqa: S105 (the test accounts' password)
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 

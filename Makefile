@@ -27,15 +27,16 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict scorer
 
 # Tools the tests use beside Python: promtool (alert rules, dashboard queries; Debian package prometheus),
-# docker-compose (`docker-compose config` on deploy/compose.yaml), dockerfilelint (npm, into .tools/) and
-# kubectl (`kubectl kustomize` renders deploy/k8s; on the machine image, not installed here).
+# docker-compose (`docker-compose config` on deploy/compose.yaml), chromium (the console's browser test drives
+# Debian's Chromium with Playwright: Playwright's own browser download is not used), dockerfilelint (npm, into
+# .tools/) and kubectl (`kubectl kustomize` renders deploy/k8s; on the machine image, not installed here).
 tools: .tools/node_modules/.bin/dockerfilelint
 	@command -v kubectl >/dev/null || { echo "the tests need kubectl (kubectl kustomize renders deploy/k8s)"; exit 1; }
-	@command -v promtool >/dev/null && command -v docker-compose >/dev/null || { \
-	  echo "== installing promtool and docker-compose (Debian packages prometheus, docker-compose) with apt-get$(if $(SUDO), through sudo,): the tests check deploy/'s alert rules, dashboard and compose file with them"; \
+	@command -v promtool >/dev/null && command -v docker-compose >/dev/null && command -v chromium >/dev/null || { \
+	  echo "== installing promtool, docker-compose and chromium (Debian packages prometheus, docker-compose, chromium) with apt-get$(if $(SUDO), through sudo,): the tests check deploy/'s alert rules, dashboard and compose file with the first two, and use the analysts' console in a real browser with the third"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus docker-compose >/dev/null; } \
-	  || { echo "the tests need promtool and docker-compose: install the Debian packages prometheus and docker-compose"; exit 1; }
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus docker-compose chromium >/dev/null; } \
+	  || { echo "the tests need promtool, docker-compose and chromium: install the Debian packages prometheus, docker-compose and chromium"; exit 1; }
 
 .tools/node_modules/.bin/dockerfilelint:
 	@echo "== installing dockerfilelint (npm, into .tools/ of this checkout only): the tests lint deploy/Dockerfile with it"

@@ -15,7 +15,12 @@ parameters from a fixed seed, after a warm-up:
   card:   a card's last 30 days of decisions, newest first (what the console shows for a card);
   alerts: a day's top 100 alerts (review or decline) by score.
 Latency is execute + fetch of every row, on the same machine (no network). The EXPLAIN (ANALYZE, BUFFERS)
-of each query with the median card and the middle day is kept. Results: --out/<stem>.{json,md}.
+of each query with the median card and the middle day is kept.
+
+The console's pages on the same data (the load's alerts opened their cards' cases through the store's
+trigger, as `scorer store` does): the queue (its 50 highest-priority cases, the capacity panel) and a random
+card's case page, each built by the console's own queries (scorer/db/cases.py) and rendered by its
+templates, timed from the first query to the HTML. Results: --out/<stem>.{json,md}.
 """
 
 from __future__ import annotations
@@ -190,6 +195,46 @@ def measure(
     return {name: _percentiles(seconds[name], rows[name]) for name in QUERIES}
 
 
+def pages(conn: psycopg.Connection[Any], customers: int, repetitions: int, seed: int) -> dict[str, Any]:
+    """The queue and case pages built and rendered as the console does (no HTTP): latency percentiles."""
+    from scorer.cases.model import OUTCOMES, QueueFilter
+    from scorer.console.app import templates
+    from scorer.db.accounts import Principal
+    from scorer.db.cases import PostgresCases
+
+    rng = random.Random(seed)  # noqa: S311 - query parameters, not secrets
+    env, who = templates(), Principal("bench", "lead", "x")
+    cases = PostgresCases(conn, sla_hours=4.0)
+    seconds: dict[str, list[float]] = {"queue page": [], "case page": []}
+    sizes: dict[str, list[int]] = {"queue page": [], "case page": []}
+    for _ in range(repetitions):
+        t0 = time.perf_counter()
+        flt = QueueFilter()
+        html = env.get_template("queue.html").render(
+            who=who, csrf="x", message=None, message_kind="info", cases=cases.queue(flt),
+            capacity=cases.capacity(100), alerts_24h={}, figures=cases.verdict_figures(), flt=flt, outcomes=OUTCOMES,
+            page_link=str,
+        )  # fmt: skip
+        seconds["queue page"].append(time.perf_counter() - t0)
+        sizes["queue page"].append(len(html))
+        t0 = time.perf_counter()
+        detail = cases.case(f"C{rng.randrange(customers)}")
+        if detail is not None:
+            html = env.get_template("case.html").render(
+                who=who,
+                csrf="x",
+                message=None,
+                message_kind="info",
+                case=detail,
+                outcomes=OUTCOMES,
+                rules_hit=[],
+            )
+            seconds["case page"].append(time.perf_counter() - t0)
+            sizes["case page"].append(len(detail.transactions))
+        conn.rollback()
+    return {name: _percentiles(seconds[name], sizes[name]) for name in seconds}
+
+
 def _percentiles(seconds: list[float], rows: list[int]) -> dict[str, Any]:
     ms = np.array(seconds) * 1000
     return {
@@ -250,6 +295,21 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {name} | {x['n']:,} | {x['p50_ms']:.2f} | {x['p90_ms']:.2f} | {x['p99_ms']:.2f} | {x['max_ms']:.2f} | "
             f"{x['mean_rows']:.0f} / {x['max_rows']} | {'yes' if x['p99_ms'] <= 20 else 'no'} |"
         )
+    total, still_open = r["cases"]
+    lines += [
+        "",
+        f"The console's pages ({total:,} cases, {still_open:,} open: every alert opened or joined its card's case "
+        "through the store's trigger), built by its queries and rendered by its templates, no HTTP:",
+        "",
+        "| page | runs | p50 ms | p90 ms | p99 ms | max ms | size (mean / max) | p99 <= 200 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, x in r["pages"].items():
+        unit = "bytes" if name == "queue page" else "rows"
+        lines.append(
+            f"| {name} | {x['n']:,} | {x['p50_ms']:.2f} | {x['p90_ms']:.2f} | {x['p99_ms']:.2f} | {x['max_ms']:.2f} | "
+            f"{x['mean_rows']:,.0f} / {x['max_rows']:,} {unit} | {'yes' if x['p99_ms'] <= 200 else 'no'} |"
+        )
     lines += ["", "Indexes (as the migration defines them):", "", "```sql", *load["indexes"], "```"]
     for name, plan in r["plans"].items():
         lines += [
@@ -274,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--customers", type=int, default=20_000)
     p.add_argument("--repetitions", type=int, default=2000)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--page-repetitions", type=int, default=300, help="runs of each console page")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--stem", default="database")
@@ -293,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         result["load_average_1m"] = round(os.getloadavg()[0], 2)
         result["latency"] = measure(conn, args.days, args.customers, args.repetitions, args.warmup, args.seed)
         result["plans"] = plans(conn, args.days, args.customers)
+        result["cases"] = conn.execute(
+            "select count(*), count(*) filter (where status <> 'closed') from cases"
+        ).fetchone()
+        result["pages"] = pages(conn, args.customers, args.page_repetitions, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.stem}.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     text = markdown(result)

@@ -57,10 +57,19 @@ def _admin(
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from scorer.console.server import run_console
     from scorer.runtime import logs
 
     settings = settings_from(args)
+    if not settings.database_url:
+        raise ConfigError(
+            "no database: give --database-url (or SCORER_DATABASE_URL); `scorer postgres` runs one"
+        )
+    try:
+        from scorer.console.server import run_console
+    except ImportError as exc:
+        raise ScorerError(
+            f"scorer console needs the console extra ({exc.name} is missing): pip install 'scorer[console]'"
+        ) from None
     logs.configure(settings.log_level)
     return run_console(settings)
 

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from scorer.cli.args import HelpFormatter, add_simulation_args, check_rate, simulation_params
+from scorer.errors import ConfigError
 
 
 def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,6 +28,13 @@ def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--metrics-port", type=int, default=9108, help="the scorer's metrics port (taken if busy: another)"
     )
+    p.add_argument(
+        "--console-port", type=int, default=8090, help="the analysts' console's port (taken if busy: another)"
+    )
+    p.add_argument(
+        "--analyst-capacity", type=int, default=20,
+        help="cards the automatic analyst answers per simulated day (0: none, the queue is yours alone)",
+    )  # fmt: skip
     p.add_argument("--offline", action="store_true", help="run simulate -> train -> evaluate instead")
     p.add_argument("--workdir", default="demo-data", help="--offline: where data and the demo model go")
     add_simulation_args(p)
@@ -44,7 +52,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_rate(args)
     from scorer.demo.live import LiveDemo, run_live_demo
 
+    if args.analyst_capacity < 0:
+        raise ConfigError("--analyst-capacity must not be negative")
     options = LiveDemo(
-        params, args.model, args.brokers, args.rate, args.duration, args.metrics_port, args.database_url
-    )
+        params, args.model, args.brokers, args.rate, args.duration, args.metrics_port, args.database_url,
+        args.console_port, args.analyst_capacity,
+    )  # fmt: skip
     return run_live_demo(options)

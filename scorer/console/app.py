@@ -152,13 +152,14 @@ class ConsoleApp:
             return RedirectResponse("/login", status_code=303)
         flt = _filter(request.query_params, who.name)
         cases, capacity, alerts = await run_in_threadpool(self.service.queue, flt)
+        figures = await run_in_threadpool(self.service.figures)
         args = dict(request.query_params)
 
         def page_link(offset: int) -> str:
             return "/?" + urlencode({**args, "offset": max(0, offset)})
 
         return self._page(
-            "queue.html", who, cases=cases, capacity=capacity, alerts_24h=alerts, flt=flt, outcomes=OUTCOMES,
+            "queue.html", who, cases=cases, capacity=capacity, alerts_24h=alerts, figures=figures, flt=flt, outcomes=OUTCOMES,
             page_link=page_link, message=request.query_params.get("done"),
         )  # fmt: skip
 

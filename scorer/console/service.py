@@ -32,7 +32,7 @@ from scorer.cases.model import (
 )
 from scorer.db import accounts
 from scorer.db.accounts import Principal
-from scorer.db.cases import PostgresCases
+from scorer.db.cases import BandFigures, PostgresCases
 from scorer.errors import ScorerError
 
 logger = logging.getLogger(__name__)
@@ -140,12 +140,17 @@ class ConsoleService:
     # reads ----------------------------------------------------------------------------------------------
 
     def queue(self, flt: QueueFilter) -> tuple[list[CaseSummary], Capacity, dict[str, int]]:
-        """The queue page: the cases, the team's capacity, and the last 24 hours' alerts by action."""
+        """The cases, the team's capacity, and the last 24 hours' alerts by action."""
         with self._cases() as (conn, cases):
             rows = conn.execute(
                 "select action, count(*) from case_alerts where alerted_at > now() - interval '1 day' group by action"
             ).fetchall()
             return cases.queue(flt), cases.capacity(self.daily_capacity), {str(a): int(n) for a, n in rows}
+
+    def figures(self) -> BandFigures:
+        """What the verdicts of the last 7 days say of each action band."""
+        with self._cases() as (_, cases):
+            return cases.verdict_figures()
 
     def case(self, case_id: str) -> CaseDetail | None:
         with self._cases() as (_, cases):

@@ -13,6 +13,7 @@ half a score point, so nothing waits forever behind fresher high scores.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -50,13 +51,32 @@ _SUMMARY_COLUMNS = """
     c.max_score + 0.2 * least(1.0, c.amount_at_risk / 1000.0)
         + 0.3 * least(1.5, extract(epoch from now() - c.opened_at) / 3600.0 / %(sla)s) as priority
 """
-_EPISODE_SETS = """
-    select
-        coalesce(array_agg(distinct a.action), '{}'),
-        coalesce(array_agg(distinct a.rule_id) filter (where a.rule_id is not null), '{}'),
-        coalesce(array_agg(distinct a.model_version), '{}')
-    from case_alerts a where a.case_id = %s and a.episode = %s
+# the summaries of the cases `{inner}` selects (in its order), with their episodes' distinct actions, rules
+# and model versions, looked up for those cases only (after the inner query's limit)
+_WITH_SETS = """
+    select s.*, e.actions, e.rules, e.versions
+    from ({inner}) s
+    cross join lateral (
+        select
+            coalesce(array_agg(distinct a.action), '{{}}') as actions,
+            coalesce(array_agg(distinct a.rule_id) filter (where a.rule_id is not null), '{{}}') as rules,
+            coalesce(array_agg(distinct a.model_version), '{{}}') as versions
+        from case_alerts a where a.case_id = s.case_id and a.episode = s.episode
+    ) e
+    order by s.priority desc, s.opened_at
 """
+
+
+@dataclass(frozen=True, slots=True)
+class BandFigures:
+    """Per action band: (alerts answered by a verdict, of which fraud); cards blocked in the last day."""
+
+    answered: dict[str, tuple[int, int]]
+    blocked_today: int
+
+    def precision(self, action: str) -> float | None:
+        n, fraud = self.answered.get(action, (0, 0))
+        return fraud / n if n else None
 
 
 class PostgresCases:
@@ -75,11 +95,11 @@ class PostgresCases:
     def queue(self, flt: QueueFilter) -> list[CaseSummary]:
         where, params = _queue_where(flt)
         params |= {"sla": self.sla_hours, "limit": flt.limit, "offset": flt.offset}
-        rows = self.conn.execute(
+        inner = (
             f"select {_SUMMARY_COLUMNS}, c.episode from cases c where {where} "  # noqa: S608 (fixed text)
-            "order by priority desc, c.opened_at limit %(limit)s offset %(offset)s",
-            params,
-        ).fetchall()
+            "order by priority desc, c.opened_at limit %(limit)s offset %(offset)s"
+        )
+        rows = self.conn.execute(_WITH_SETS.format(inner=inner), params).fetchall()
         return [self._summary(row) for row in rows]
 
     def capacity(self, daily_capacity: int) -> Capacity:
@@ -97,10 +117,33 @@ class PostgresCases:
         ).fetchone() or (0, 0, 0, 0)  # an aggregate always returns a row
         return Capacity(int(row[0]), int(row[1]), int(row[2]), int(row[3]), daily_capacity)
 
+    def verdict_figures(self, days: int = 7) -> BandFigures:
+        """What the team's verdicts say of the policy's bands over the last `days` (each case's latest
+        verdict per episode): per action, alerts answered and the share that were fraud; and the cards
+        blocked in the last 24 hours."""
+        rows = self.conn.execute(
+            """
+            with latest as (
+                select distinct on (case_id, episode) case_id, episode, is_fraud
+                from case_verdicts where at > now() - make_interval(days => %s) and is_fraud is not null
+                order by case_id, episode, id desc
+            )
+            select a.action, count(*), count(*) filter (where l.is_fraud)
+            from latest l join case_alerts a using (case_id, episode)
+            group by a.action
+            """,
+            (days,),
+        ).fetchall()
+        blocked = self.conn.execute(
+            "select count(*) from audit_log where action = 'rule_requested' and detail->>'kind' = 'block_customer' "
+            "and at > now() - interval '1 day'"
+        ).fetchone() or (0,)
+        return BandFigures({str(a): (int(n), int(f)) for a, n, f in rows}, int(blocked[0]))
+
     def summary(self, case_id: str) -> CaseSummary | None:
+        inner = f"select {_SUMMARY_COLUMNS}, c.episode from cases c where c.case_id = %(case)s"  # noqa: S608
         row = self.conn.execute(
-            f"select {_SUMMARY_COLUMNS}, c.episode from cases c where c.case_id = %(case)s",  # noqa: S608
-            {"sla": self.sla_hours, "case": case_id},
+            _WITH_SETS.format(inner=inner), {"sla": self.sla_hours, "case": case_id}
         ).fetchone()
         return None if row is None else self._summary(row)
 
@@ -283,9 +326,8 @@ class PostgresCases:
         return {str(r[0]): (str(r[1]), r[2]) for r in rows}
 
     def _summary(self, row: Sequence[Any]) -> CaseSummary:
-        case_id, episode = str(row[0]), int(row[12])
-        sets = self.conn.execute(_EPISODE_SETS, (case_id, episode)).fetchone()
-        actions, rules, versions = sets if sets is not None else ([], [], [])
+        case_id = str(row[0])
+        actions, rules, versions = row[13], row[14], row[15]
         age = float(row[10])
         return CaseSummary(
             case_id=case_id,

@@ -101,7 +101,7 @@ def port_free(port: int) -> bool:
 def last_lines(logs: Path) -> str:
     """The last line of each child's log: why it stopped."""
     lines = []
-    for name in ("scorer.log", "aggregate.log", "store.log"):
+    for name in ("scorer.log", "aggregate.log", "store.log", "console.log"):
         text = (
             (logs / name).read_text(errors="replace").strip().splitlines() if (logs / name).exists() else []
         )

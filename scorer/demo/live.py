@@ -27,6 +27,7 @@ import orjson
 from confluent_kafka import Consumer
 
 from scorer.config import DEFAULT_MODEL, Settings
+from scorer.demo.analyst import Answered, AutoAnalyst, DemoConsole, demo_accounts, truth_of
 from scorer.demo.broker import EmbeddedBroker, free_port
 from scorer.demo.children import Running, last_lines, port_free, stop_children, wait_ready
 from scorer.demo.database import (
@@ -102,6 +103,8 @@ class LiveDemo:
     duration: float = 0.0  # seconds; 0: until Ctrl-C
     metrics_port: int = 9108
     database_url: str | None = None  # default: start the embedded PostgreSQL
+    console_port: int = 8090  # the analysts' console (another free port when this one is taken)
+    analyst_capacity: int = 20  # cards the automatic analyst answers per simulated day
 
 
 def run_live_demo(args: LiveDemo) -> int:
@@ -139,6 +142,7 @@ def run_live_demo(args: LiveDemo) -> int:
         _start_store(settings, model, running)  # by now the embedded PostgreSQL has had seconds to start
         running.start("aggregate", settings, model, free_port())
         running.start("run", settings, model, metrics_port)
+        console = _start_console(args, settings, model, running)
         print(f"scorer metrics: http://127.0.0.1:{metrics_port}/metrics  (/healthz, /readyz); logs in {logs}")
         print(
             "starting the aggregator and the scorer (they join their groups and restore the warm state) ..."
@@ -149,8 +153,12 @@ def run_live_demo(args: LiveDemo) -> int:
             print(f"scorer demo: {names} did not get ready: {last_lines(logs)}", file=sys.stderr)
             return 1
         print(f"query the database from another terminal:\n  {sql_command(database.url())}")
+        print(
+            f"analysts' console: {console.url()}  sign in as {console.login} / {console.password}; an automatic "
+            f"analyst answers the top {args.analyst_capacity} cases of each simulated day"
+        )
         print(f"streaming the last {LIVE_DAYS} days live at {args.rate:,.0f} transactions/s; Ctrl-C to stop")
-        return _loop(args, settings, data, start, index, running)
+        return _loop(args, settings, data, start, index, running, console)
 
 
 def _broker(args: LiveDemo, logs: Path, stack: ExitStack) -> Settings:
@@ -175,6 +183,17 @@ def _start_store(settings: Settings, model: str, running: Running) -> None:
     running.start("store", settings, model, free_port(), SCORER_DATABASE_URL=url)
 
 
+def _start_console(args: LiveDemo, settings: Settings, model: str, running: Running) -> DemoConsole:
+    """`scorer console` on 127.0.0.1 (the asked port when free), with the demo's accounts."""
+    port = args.console_port if args.console_port and port_free(args.console_port) else free_port()
+    console = demo_accounts(running.database.url(), port)
+    running.start(
+        "console", settings, model, free_port(), SCORER_DATABASE_URL=running.database.url(),
+        SCORER_CONSOLE_PORT=str(port), SCORER_HTTP_HOST="127.0.0.1",
+    )  # fmt: skip
+    return console
+
+
 def _loop(
     args: LiveDemo,
     settings: Settings,
@@ -182,6 +201,7 @@ def _loop(
     start: int,
     index: dict[str, int],
     running: Running,
+    console: DemoConsole,
 ) -> int:
     """Stream and show until `--duration` or a stop signal, wait for the decisions in flight, summarise.
 
@@ -203,6 +223,13 @@ def _loop(
     stop = StopRequest()
     restore = stop.install()  # a Ctrl-C sets a flag the loops check: never an exception inside a Kafka call
     children = list(running.children.values())
+    analyst = AutoAnalyst(
+        console.port,
+        console.token,
+        args.analyst_capacity,
+        truth_of(data.transaction_id, data.is_fraud),
+        lambda: int(data.event_ts_ms[max(streamer.start, streamer.next_tx - 1)]),
+    ).start()
     try:
         failed = _stream(args, streamer, reader, tally, index, children, stop, running.logs)
         delivered = streamer.close()
@@ -210,9 +237,10 @@ def _loop(
             _drain(streamer, reader, tally, index, children, stop)
         stored = _stored(streamer, tally, running, stop)
     finally:
+        analyst.close()
         restore()
         reader.close()
-    _summary(tally, streamer, running, stored)
+    _summary(tally, streamer, running, stored, analyst.answered)
     return 1 if failed else 0
 
 
@@ -337,7 +365,7 @@ def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def _summary(tally: Tally, streamer: Streamer, running: Running, stored: Stored) -> None:
+def _summary(tally: Tally, streamer: Streamer, running: Running, stored: Stored, answered: Answered) -> None:
     sent = streamer.next_tx - streamer.start
     in_flight = (
         [("in flight", f"{sent - tally.decided:,} (sent, no decision yet)")] if tally.decided < sent else []
@@ -352,6 +380,8 @@ def _summary(tally: Tally, streamer: Streamer, running: Running, stored: Stored)
         ("recall of flags", _num(tally.recall, "{:.1%}")),
         ("latency p50", _num(tally.percentile(50), "{:,.1f} ms")),
         ("latency p99", _num(tally.percentile(99), "{:,.1f} ms")),
+        ("analyst verdicts", f"{answered.fraud:,} fraud (cards blocked), {answered.genuine:,} genuine"),
+        *([("verdicts refused", f"{answered.refused:,}: {answered.reasons[0]}")] if answered.refused else []),
     ]
     print("\n" + table(["summary", "value"], rows))
     port = running.ports["run"]

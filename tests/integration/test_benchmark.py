@@ -74,3 +74,5 @@ def test_the_store_and_database_benchmarks_run_and_check_what_they_stored(
         latency = database["latency"][name]
         assert latency["n"] == 30 and 0 < latency["p50_ms"] <= latency["p99_ms"], latency
         assert "Index" in database["plans"][name]  # the console's queries use the indexes made for them
+    for name in ("queue page", "case page"):
+        assert 0 < database["pages"][name]["p50_ms"] <= database["pages"][name]["p99_ms"], database["pages"]

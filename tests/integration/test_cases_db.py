@@ -142,6 +142,8 @@ def test_fraud_from_a_transaction_on_labels_the_card_and_a_reversal_corrects_it(
     genuine = cases.close("C4", "genuine", LEAD)  # reversed by the lead
     assert genuine.reversal
     assert sorted((lb.transaction_id, lb.is_fraud) for lb in genuine.labels) == [("g1", False), ("g2", False)]
+    figures = cases.verdict_figures()
+    assert figures.answered == {"review": (1, 0)} and figures.precision("review") == 0.0  # the latest verdict
     inconclusive = cases.close("C4", "inconclusive", LEAD)
     assert inconclusive.labels == ()  # genuine labels stand for "not fraud" already
     with pytest.raises(CaseError, match="not one of card"):

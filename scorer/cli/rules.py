@@ -14,14 +14,14 @@ import orjson
 from scorer.cli.args import HelpFormatter, add_kafka_args, settings_from
 from scorer.config import Settings
 from scorer.errors import ConfigError, ScorerError
-from scorer.policy.rules import KINDS, Rule, RuleError, contradiction, parse_expiry
+from scorer.policy.rules import KINDS, Rule, RuleError, parse_expiry
 from scorer.runtime.console import table
 
 
 def add_rules_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "rules", formatter_class=HelpFormatter,
-        help="rules beside the model: allow/block lists, amount limits, category and channel blocks",
+        help="rules beside the model: allow/block lists, amount limits, category and channel blocks, exemptions",
     )  # fmt: skip
     rules = p.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
     q = rules.add_parser("add", formatter_class=HelpFormatter, help="add a rule (or --replace one)")
@@ -32,6 +32,10 @@ def add_rules_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="allow_* rules approve; the others review or decline (default: approve for allow_*, else decline)",
     )  # fmt: skip
     q.add_argument("--values", help="list kinds: comma-separated ids, categories or channels")
+    q.add_argument(
+        "--past-rule", metavar="RULE_ID",
+        help="allow_customer_past_rule: the rule the --values cards are let past (it may be added later)",
+    )  # fmt: skip
     q.add_argument("--max-amount", type=float, help="amount_limit: amounts above this get the action")
     q.add_argument("--currency", help="amount_limit: only this currency (default: every currency)")
     q.add_argument("--expires", help="event time from which the rule stops applying (RFC 3339, UTC)")
@@ -60,25 +64,23 @@ def rule_from(args: argparse.Namespace) -> Rule:
         expires = parse_expiry(args.expires) if args.expires else None
         return Rule(
             args.rule_id, args.kind, action, values, args.max_amount, args.currency, expires, args.note,
-            int(time.time() * 1000),
+            int(time.time() * 1000), args.past_rule,
         )  # fmt: skip
     except RuleError as exc:
         raise ConfigError(str(exc)) from exc
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from scorer.kafka.rules import read_rules, write_rule
+    from scorer.kafka.rules import check_rule, read_rules, write_rule
 
     rule = rule_from(args)
     settings = _reached(args)
     existing = read_rules(settings)
-    if rule.rule_id in existing and not args.replace:
-        raise ScorerError(f"rule {rule.rule_id} exists: --replace to change it, or choose another id")
-    clash = contradiction(rule, existing.values())
-    if clash is not None:
-        raise ScorerError(f"rule {rule.rule_id} refused: {clash}")
+    check_rule(rule, existing, args.replace)
     write_rule(settings, rule.rule_id, rule)
     print(f"rule {rule.rule_id} published: {describe(rule)}")
+    if rule.past_rule is not None and rule.past_rule not in existing:
+        print(f"note: no rule {rule.past_rule} in force: the exemption applies once one of that id is added")
     return 0
 
 
@@ -132,6 +134,12 @@ def describe(rule: Rule) -> str:
 def _what(rule: Rule) -> str:
     if rule.kind == "amount_limit":
         return f"amount > {rule.max_amount:g}" + (f" {rule.currency}" if rule.currency else "")
+    if rule.past_rule is not None:
+        return f"{_listed(rule)} past rule {rule.past_rule}"
+    return _listed(rule)
+
+
+def _listed(rule: Rule) -> str:
     shown = ", ".join(rule.values[:3])
     return shown + (f" (+{len(rule.values) - 3} more)" if len(rule.values) > 3 else "")
 

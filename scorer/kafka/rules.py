@@ -15,7 +15,7 @@ from scorer.errors import ScorerError
 from scorer.kafka import clients
 from scorer.kafka.compacted import CompactedWatcher, read_compacted
 from scorer.kafka.tables import TopicReader
-from scorer.policy.rules import Rule, RuleBook, RuleError
+from scorer.policy.rules import Rule, RuleBook, RuleError, contradiction
 from scorer.runtime.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,22 @@ def read_rules(settings: Settings, timeout_s: float = 10.0) -> dict[str, Rule]:
     return rules
 
 
+def rule_record(rule_id: str, rule: Rule | None) -> tuple[bytes, bytes | None]:
+    """The (key, value) of a rule on `scorer-rules`: key = its id, value = its JSON (None: the tombstone
+    that removes it). `scorer rules` and the analysts' verdicts (kafka/verdicts.py) both write these."""
+    return rule_id.encode(), None if rule is None else orjson.dumps(rule.to_dict())
+
+
+def check_rule(rule: Rule, in_force: Mapping[str, Rule], replace: bool) -> None:
+    """Refuse, with ScorerError naming why, a rule that cannot join those in force: its id is taken (unless
+    `replace`), or it contradicts another rule (policy.rules.contradiction)."""
+    if rule.rule_id in in_force and not replace:
+        raise ScorerError(f"rule {rule.rule_id} exists: --replace to change it, or choose another id")
+    clash = contradiction(rule, in_force.values())
+    if clash is not None:
+        raise ScorerError(f"rule {rule.rule_id} refused: {clash}")
+
+
 def write_rule(settings: Settings, rule_id: str, rule: Rule | None, timeout_s: float = 10.0) -> None:
     """Publish a rule (None: its tombstone) and wait for the broker to acknowledge it."""
     producer = clients.producer(settings.producer_config())
@@ -43,8 +59,8 @@ def write_rule(settings: Settings, rule_id: str, rule: Rule | None, timeout_s: f
         if err is not None:
             failures.append(str(err))
 
-    value = None if rule is None else orjson.dumps(rule.to_dict())
-    producer.produce(settings.rules_topic, value, rule_id.encode(), on_delivery=delivered)
+    key, value = rule_record(rule_id, rule)
+    producer.produce(settings.rules_topic, value, key, on_delivery=delivered)
     if producer.flush(timeout_s) != 0 or failures:
         raise ScorerError(f"could not publish to {settings.rules_topic}: {failures or 'timed out'}")
 

@@ -56,7 +56,18 @@ def test_rules_from_the_command_line_refuse_what_is_malformed_or_contradictory(
     assert "stolen-7" in listed.stdout and "block_customer" in listed.stdout and "case 4411" in listed.stdout
     shown = orjson.loads(cli(settings, tiny_model, "rules", "show", "stolen-7").stdout)
     assert shown["values"] == ["C7", "C8"] and shown["action"] == "decline"
-    assert cli(settings, tiny_model, "rules", "remove", "stolen-7").returncode == 0
+    past = cli(settings, tiny_model, "rules", "add", "case-c8", "--kind", "allow_customer_past_rule",
+               "--values", "C8", "--past-rule", "stolen-7", "--expires", T.format(30))  # fmt: skip
+    assert past.returncode == 0 and "published" in past.stdout and "note:" not in past.stdout, past.stderr
+    assert (
+        orjson.loads(cli(settings, tiny_model, "rules", "show", "case-c8").stdout)["past_rule"] == "stolen-7"
+    )
+    assert "C8 past rule stolen-7" in cli(settings, tiny_model, "rules", "list").stdout
+    later = cli(settings, tiny_model, "rules", "add", "case-c9", "--kind", "allow_customer_past_rule",
+                "--values", "C9", "--past-rule", "not-yet")  # fmt: skip
+    assert later.returncode == 0 and "no rule not-yet in force" in later.stdout, later.stderr
+    for rule_id in ("stolen-7", "case-c8", "case-c9"):
+        assert cli(settings, tiny_model, "rules", "remove", rule_id).returncode == 0
     assert cli(settings, tiny_model, "rules", "remove", "stolen-7").returncode == 1  # no such rule any more
     assert "no rules in force" in cli(settings, tiny_model, "rules", "list").stdout
 

@@ -138,6 +138,26 @@ def test_drift_options_without_a_drift_day_are_refused(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "must not be negative" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_malformed_exemption_is_refused_before_the_broker_is_asked() -> None:
+    args = [
+        "rules",
+        "add",
+        "x",
+        "--brokers",
+        "127.0.0.1:1",
+        "--kind",
+        "allow_customer_past_rule",
+        "--values",
+        "C1",
+    ]
+    proc = run_cli(*args)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "scorer: error: rule x: allow_customer_past_rule needs past_rule, the id of the rule to let past"
+    )
+    proc = run_cli(*args[:-3], "block_customer", "--values", "C1", "--past-rule", "y")
+    assert proc.returncode == 2 and "past_rule belongs to allow_customer_past_rule rules" in proc.stderr
+
+
 KAFKA_COMMANDS = [
     ["run"], ["aggregate"], ["monitor"], ["report", "--from", "2026-01-01", "--to", "2026-01-02"],
     ["stream", "--days", "1", "--customers", "20", "--terminals", "20"], ["topics"],

@@ -16,7 +16,7 @@ from scorer.model.curve import Curve, validation_curve
 from scorer.model.onnx import OnnxModel
 from scorer.model.quality import ThresholdPolicy, choose_threshold
 from scorer.policy.actions import NEVER_SCORE, Band, DecisionPolicy, PolicyError, model_actions
-from scorer.policy.rules import Rule, RuleBook, RuleError, contradiction
+from scorer.policy.rules import EXEMPTION, Rule, RuleBook, RuleError, contradiction
 from scorer.training.dataset import day_index, load_history, replay_features
 
 T0 = 1_772_323_200_000  # 2026-03-01T00:00:00Z
@@ -131,6 +131,102 @@ def test_vectorised_rules_equal_a_per_event_reading_of_the_precedence() -> None:
     assert [book.rules[h].rule_id if h >= 0 else None for h in hit.tolist()] == [reference(r) for r in rows]
 
 
+def test_a_card_let_past_a_rule_gets_the_next_rule_or_the_model_until_the_expiry() -> None:
+    day = T0 + MS_PER_DAY
+    rules = [
+        *RULES,
+        Rule("watch-c1", "block_customer", "review", ("C1", "C5")),  # C1 is held by stolen and watch-c1
+        Rule("case-c1", EXEMPTION, "approve", ("C1",), expires_ms=day, past_rule="vip"),
+        Rule("case-c1b", EXEMPTION, "approve", ("C1",), expires_ms=day, past_rule="stolen"),
+        Rule("case-c2", EXEMPTION, "approve", ("C2", "C4"), expires_ms=day, past_rule="stolen"),
+        Rule("case-c3", EXEMPTION, "approve", ("C3",), past_rule="cap"),
+        Rule("case-c5", EXEMPTION, "approve", ("C5",), past_rule="later"),  # no rule later: dormant
+    ]
+    book = RuleBook.of(rules)
+    rows = [
+        {"customer": "C1"},  # past vip and stolen: the next rule holding C1 decides
+        {"customer": "C1", "ts": day},  # the exemptions have expired: the allow list again
+        {"customer": "C2"},  # past stolen: the model
+        {"customer": "C2", "terminal": "T9"},  # past stolen, not past the terminal's rule
+        {"customer": "C2", "ts": day},  # expired: blocked again
+        {"customer": "C3", "amount": 2000.0},  # past the every-currency limit
+        {"customer": "C3", "amount": 6000.0, "currency": "USD"},  # not past the USD one
+        {"customer": "C4", "amount": 2000.0},  # past stolen (C4 is not in it): the limit as for anyone
+        {"customer": "C5"},  # the dormant exemption changes nothing
+        {"customer": "C9", "amount": 2000.0},  # another card: the limit
+    ]
+    hit, allowed = book.apply(batch(rows))
+    ids = [book.rules[h].rule_id if h >= 0 else None for h in hit.tolist()]
+    assert ids == ["watch-c1", "vip", None, "watch", "stolen", None, "cap-usd", "cap", "watch-c1", "cap"]
+    assert allowed.tolist() == [False, True] + [False] * 8
+    assert book.actions(hit).tolist() == [1, 0, 0, 1, 2, 0, 2, 1, 1, 1]
+    later = RuleBook.of([*rules, Rule("later", "block_customer", "decline", ("C5",))])
+    (first,) = later.apply(batch([{"customer": "C5"}]))[0].tolist()
+    assert later.rules[first].rule_id == "watch-c1"  # it applies once `later` exists: the next rule decides
+    assert RuleBook.of(rules[-3:]).apply(batch(rows))[0].tolist() == [-1] * len(rows)  # they never decide
+
+
+def test_vectorised_exemptions_equal_a_per_event_reading() -> None:
+    rng = np.random.default_rng(11)
+    span = 3 * MS_PER_DAY
+
+    def expiry() -> int | None:
+        return None if rng.random() < 0.3 else int(T0 + rng.integers(0, span))
+
+    rules = [Rule(f"b{i}", "block_customer", ("review", "decline")[i % 2], tuple(f"C{j}" for j in range(i * 10, i * 10 + 30)),
+                  expires_ms=expiry()) for i in range(8)]  # fmt: skip
+    rules += [
+        Rule("a", "allow_customer", "approve", tuple(f"C{j}" for j in range(0, 100, 7)), expires_ms=expiry())
+    ]
+    rules += [
+        Rule("t", "block_terminal", "review", ("T1", "T2")),
+        Rule("t2", "block_terminal", "decline", ("T2",)),
+    ]
+    rules += [
+        Rule("lim", "amount_limit", "review", max_amount=500.0),
+        Rule("lim2", "amount_limit", "decline", max_amount=900.0),
+    ]
+    targets = [r.rule_id for r in rules] + ["nowhere"]
+    rules += [Rule(f"x{i}", EXEMPTION, "approve", tuple(f"C{j}" for j in rng.integers(0, 200, 4).tolist()),
+                   expires_ms=expiry(), past_rule=str(rng.choice(targets))) for i in range(60)]  # fmt: skip
+    rows = [{"customer": f"C{rng.integers(0, 200)}", "terminal": f"T{rng.integers(0, 4)}", "amount": float(rng.integers(1, 1000)),
+             "ts": int(T0 + rng.integers(0, span))} for _ in range(3000)]  # fmt: skip
+    book = RuleBook.of(rules)
+    hit, _ = book.apply(batch(rows))
+
+    def reference(row: dict[str, object]) -> str | None:
+        ts, customer = int(row["ts"]), row["customer"]  # type: ignore[call-overload]
+
+        def live(r: Rule) -> bool:
+            return (r.expires_ms is None or ts < r.expires_ms) and not any(
+                x.past_rule == r.rule_id
+                and customer in x.values
+                and (x.expires_ms is None or ts < x.expires_ms)
+                for x in book.rules
+                if x.kind == EXEMPTION
+            )
+
+        lists = [
+            r
+            for r in book.rules
+            if r.kind in ("allow_customer", "block_customer", "block_terminal") and live(r)
+        ]
+        found = [r for r in lists if customer in r.values or row["terminal"] in r.values]
+        if found:
+            return found[0].rule_id  # book.rules is in precedence order
+        over = [
+            r
+            for r in book.rules
+            if r.kind == "amount_limit" and live(r) and float(row["amount"]) > (r.max_amount or 0)
+        ]  # type: ignore[arg-type]
+        return over[0].rule_id if over else None
+
+    expected = [reference(r) for r in rows]
+    assert [book.rules[h].rule_id if h >= 0 else None for h in hit.tolist()] == expected
+    plain = RuleBook.of([r for r in rules if r.kind != EXEMPTION]).apply(batch(rows))[0]
+    assert (plain != hit).sum() > 50  # the exemptions changed many decisions: the comparison tests them
+
+
 @pytest.mark.parametrize(
     ("rule", "message"),
     [
@@ -142,6 +238,12 @@ def test_vectorised_rules_equal_a_per_event_reading_of_the_precedence() -> None:
         (dict(rule_id="x", kind="amount_limit", action="review"), "max_amount"),
         (dict(rule_id="x", kind="amount_limit", action="review", max_amount=5.0, currency="eur"), "currency"),
         (dict(rule_id="x", kind="block_channel", action="review", values=("web",), max_amount=3.0), "amount_limit"),
+        (dict(rule_id="x", kind=EXEMPTION, action="approve", values=("C1",)), "needs past_rule"),
+        (dict(rule_id="x", kind=EXEMPTION, action="approve", values=("C1",), past_rule="a b"), "needs past_rule"),
+        (dict(rule_id="x", kind=EXEMPTION, action="approve", values=("C1",), past_rule="x"), "itself"),
+        (dict(rule_id="x", kind=EXEMPTION, action="decline", values=("C1",), past_rule="y"), "approve"),
+        (dict(rule_id="x", kind=EXEMPTION, action="approve", past_rule="y"), "one or more"),
+        (dict(rule_id="x", kind="block_customer", action="decline", values=("C1",), past_rule="y"), "past_rule belongs"),
     ],
 )  # fmt: skip
 def test_a_malformed_rule_is_refused_with_its_reason(rule: dict[str, object], message: str) -> None:
@@ -162,6 +264,12 @@ def test_contradictions_are_named() -> None:
         contradiction(Rule("stolen", "allow_customer", "approve", ("C2",)), RULES) is None
     )  # its own id: replaced
     assert Rule.from_dict(RULES[3].to_dict()) == RULES[3]
+    exemption = Rule(
+        "case-c1", EXEMPTION, "approve", ("C1",), expires_ms=T0, note="genuine", past_rule="stolen"
+    )
+    assert Rule.from_dict(exemption.to_dict()) == exemption
+    assert contradiction(exemption, RULES) is None  # it lets past, it contradicts nothing
+    assert contradiction(RULES[1], [exemption]) is None
 
 
 def test_decisions_carry_the_action_and_its_source(tiny_model: Path) -> None:

@@ -34,6 +34,7 @@ from scorer.db import accounts
 from scorer.db.accounts import Principal
 from scorer.db.cases import BandFigures, PostgresCases
 from scorer.errors import ScorerError
+from scorer.kafka.verdicts import rule_id_for
 
 logger = logging.getLogger(__name__)
 MAX_RULE_DAYS = 365
@@ -183,7 +184,7 @@ class ConsoleService:
             requests = self._rule_requests(conn, who, closing, rules)
             for request in requests:
                 cases.audit(
-                    who, "rule_requested", closing.case_id, request_rule_id(request), _rule_detail(request)
+                    who, "rule_requested", closing.case_id, rule_id_for(request), _rule_detail(request)
                 )
             try:
                 self.publisher.publish(verdict.labels, requests)
@@ -260,11 +261,6 @@ def _rule_days(closing: Closing) -> int:
     if not 0 <= days <= MAX_RULE_DAYS:
         raise CaseError(f"a rule lasts 1 to {MAX_RULE_DAYS} days")
     return days
-
-
-def request_rule_id(request: RuleRequest) -> str:
-    """The rule's id on the rules topic: one per case and kind, so a repeated verdict replaces its rule."""
-    return f"case-{request.case_id}-{'block' if request.kind == 'block_customer' else 'allow'}"
 
 
 def _rule_detail(request: RuleRequest) -> dict[str, object]:

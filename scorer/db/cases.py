@@ -456,4 +456,8 @@ def _describe(detail: Any) -> str:
     """An audit entry's detail as one readable line (keys in their stored order)."""
     if not isinstance(detail, dict):
         return ""
-    return ", ".join(f"{k}: {v}" for k, v in detail.items() if v is not None)
+    return ", ".join(f"{k}: {_short(v)}" for k, v in detail.items() if v is not None)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -18,11 +18,10 @@ import tempfile
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import orjson
 from confluent_kafka import Consumer
 
@@ -40,6 +39,7 @@ from scorer.demo.database import (
     wait_stored,
 )
 from scorer.demo.stream import Streamer
+from scorer.demo.tally import VERDICT_RULES, Tally
 from scorer.demo.warm import live_start, warm_state
 from scorer.events.timestamps import MS_PER_DAY
 from scorer.kafka import clients
@@ -51,45 +51,8 @@ from scorer.training.simulate import SimulatedData, SimulationParams, simulate
 
 PARTITIONS = 4
 LIVE_DAYS = 7  # streamed live; the days before are replayed in process to warm the state
-RATE_WINDOW_S = 5.0
 DRAIN_S = 10.0  # after the stop, how long the demo waits for the decisions of what it sent
 STOP_GRACE_S = 1.0  # a child that stopped: how long to wait for the stop signal that may have stopped it
-
-
-@dataclass(slots=True)
-class Tally:
-    """What the demo has seen of the decisions so far."""
-
-    decided: int = 0
-    flagged: int = 0
-    flagged_fraud: int = 0
-    frauds_decided: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    window: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time, decided), newest 5 s
-    # which transactions were decided: a decision delivered twice (at-least-once) is counted once
-    seen: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
-
-    def count(self, now: float) -> None:
-        self.window.append((now, self.decided))
-        while len(self.window) > 2 and now - self.window[0][0] > RATE_WINDOW_S:
-            self.window.pop(0)
-
-    def rate(self) -> float | None:
-        """Decisions per second over the newest RATE_WINDOW_S (None until a second has passed)."""
-        (t0, n0), (t1, n1) = self.window[0], self.window[-1]
-        return (n1 - n0) / (t1 - t0) if t1 - t0 >= 1.0 else None
-
-    def percentile(self, q: float) -> float | None:
-        recent = self.latencies_ms[-20_000:]
-        return float(np.percentile(recent, q)) if recent else None
-
-    @property
-    def precision(self) -> float | None:
-        return self.flagged_fraud / self.flagged if self.flagged else None
-
-    @property
-    def recall(self) -> float | None:
-        return self.flagged_fraud / self.frauds_decided if self.frauds_decided else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +295,10 @@ def _read(reader: Consumer, tally: Tally, index: dict[str, int], streamer: Strea
         tally.decided += 1
         fraud = bool(streamer.data.is_fraud[i])
         tally.frauds_decided += fraud
-        if doc["flagged"]:
+        if str(doc.get("action_source", "")).startswith(VERDICT_RULES):  # a card an analyst blocked
+            tally.blocked += 1
+            tally.blocked_fraud += fraud
+        elif doc["flagged"]:
             tally.flagged += 1
             tally.flagged_fraud += fraud
         decided_ms = msg.timestamp()[1]
@@ -381,6 +347,10 @@ def _summary(tally: Tally, streamer: Streamer, running: Running, stored: Stored,
         ("latency p50", _num(tally.percentile(50), "{:,.1f} ms")),
         ("latency p99", _num(tally.percentile(99), "{:,.1f} ms")),
         ("analyst verdicts", f"{answered.fraud:,} fraud (cards blocked), {answered.genuine:,} genuine"),
+        (
+            "declined by those blocks",
+            f"{tally.blocked:,} ({tally.blocked_fraud:,} of them fraud; not in the flags above)",
+        ),
         *([("verdicts refused", f"{answered.refused:,}: {answered.reasons[0]}")] if answered.refused else []),
     ]
     print("\n" + table(["summary", "value"], rows))

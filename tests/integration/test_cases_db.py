@@ -122,6 +122,8 @@ def test_a_fraud_verdict_labels_the_alerts_and_a_new_alert_reopens_the_case(
     assert (verdict.summary.status, verdict.summary.outcome, verdict.reversal) == ("closed", "fraud", False)
     with pytest.raises(CaseError, match="already closed as fraud"):
         cases.close("C3", "fraud", ANNA)
+    add_decision(conn, "f2b", "C3", minutes=5, action="decline", source="case-C3-block")  # its own block
+    assert cases.summary("C3").status == "closed"  # type: ignore[union-attr]
     add_decision(conn, "f3", "C3", minutes=10, action="decline")
     summary = cases.summary("C3")
     assert summary is not None

@@ -2,8 +2,8 @@
 -- the append-only audit log, and the console's accounts, sessions and API tokens.
 --
 -- A case is a card: case_id is the customer id. The store opens and feeds cases itself: every alerted
--- decision it writes (action review or decline, the model's or a rule's) joins the card's case through the
--- trigger below, in the store's own transaction, so a case holds exactly the alerts the decisions table
+-- decision it writes (action review or decline, the model's or a rule's, except the rules verdicts made)
+-- joins the card's case through the trigger below, in the store's own transaction, so a case holds exactly the alerts the decisions table
 -- holds (a replay of a decision joins nothing twice: case_alerts is keyed by transaction).
 -- Times a person waits on (opened_at, last_alert_at, closed_at) are the database's clock when the alert
 -- arrived, not the transaction's event time: an SLA is about how long a card waited for an analyst.
@@ -132,8 +132,11 @@ begin
     end if;
     return null;
 end $$;
+-- A decision made by a rule a verdict asked for (ids `case-...`: the console's blocks and exemptions) is the
+-- answer already given, not a new alert: it neither joins nor reopens the case.
 create trigger decisions_join_cases after insert on decisions
-    for each row when (new.action <> 'approve') execute function cases_take_alert();
+    for each row when (new.action <> 'approve' and new.action_source not like 'case-%')
+    execute function cases_take_alert();
 
 -- Console accounts. Passwords are stored as scrypt hashes (scorer/db/passwords.py), sessions and API
 -- tokens as the SHA-256 of a random token (a stolen table does not sign anyone in).

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from scorer.errors import ScorerError
 from scorer.events.timestamps import MS_PER_DAY
 
 logger = logging.getLogger(__name__)
@@ -150,6 +151,8 @@ def demo_accounts(database_url: str, port: int) -> DemoConsole:
     and the automatic analyst's account and API token."""
     import secrets
 
+    import psycopg
+
     from scorer.db import accounts
     from scorer.db.connect import connect
     from scorer.db.migrate import migrate
@@ -162,6 +165,10 @@ def demo_accounts(database_url: str, port: int) -> DemoConsole:
         accounts.add_user(conn, "auto-analyst", "analyst", secrets.token_urlsafe(24))
         token = accounts.add_token(conn, "demo-auto-analyst", "auto-analyst")
         conn.commit()
+    except (psycopg.Error, accounts.AccountError) as exc:  # a database of the user's that refuses them
+        raise ScorerError(
+            f"the console's demo accounts could not be made: {str(exc).strip().splitlines()[0]}"
+        ) from None
     finally:
         conn.close()
     return DemoConsole(port, "analyst", password, token)

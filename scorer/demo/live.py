@@ -105,12 +105,14 @@ def run_live_demo(args: LiveDemo) -> int:
         _start_store(settings, model, running)  # by now the embedded PostgreSQL has had seconds to start
         running.start("aggregate", settings, model, free_port())
         running.start("run", settings, model, metrics_port)
-        console = _start_console(args, settings, model, running)
         print(f"scorer metrics: http://127.0.0.1:{metrics_port}/metrics  (/healthz, /readyz); logs in {logs}")
         print(
             "starting the aggregator and the scorer (they join their groups and restore the warm state) ..."
         )
         late = wait_ready(running.ports, running.children)
+        if not late:  # the store has migrated the database: the console's accounts can be made
+            console = _start_console(args, settings, model, running)
+            late = wait_ready(running.ports, running.children)
         if late:
             names = " and ".join(f"scorer {command}" for command in late)
             print(f"scorer demo: {names} did not get ready: {last_lines(logs)}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import shlex
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from consolekit import Client
 
 from scorer.db.embedded import EmbeddedPostgres
 from scorer.demo.broker import EmbeddedBroker
@@ -123,6 +125,16 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def assert_console_signs_in(shown: str) -> None:
+    """The console's URL and sign-in the demo printed open its queue."""
+    match = re.search(r"analysts' console: http://127.0.0.1:(\d+)/  sign in as (\S+) / (\S+);", shown)
+    assert match is not None, shown[-2000:]
+    client = Client(int(match[1]))
+    assert client.sign_in(match[2], match[3]) == 303
+    status, _, page = client.request("GET", "/")
+    assert status == 200 and 'id="queue"' in page
+
+
 def read_until(proc: subprocess.Popen[bytes], needle: bytes, timeout_s: float) -> bytes:
     """stdout so far, read until it holds `needle` (status lines end in \\r, not \\n: raw reads)."""
     assert proc.stdout is not None
@@ -157,9 +169,12 @@ def test_ctrl_c_to_the_demos_process_group_ends_in_a_summary_that_accounts_for_e
     try:
         shown = read_until(demo, b"decided ", timeout_s=180)  # streaming, decisions coming back
         children = children_of(demo.pid)
-        assert len(children) == 5, children  # the broker, PostgreSQL, the aggregator, the scorer, the store
+        assert len(children) == 6, (
+            children
+        )  # the broker, PostgreSQL, the aggregator, the scorer, the store, the console
         # while the demo runs, the one-liner it printed at the start queries its database, as printed
         assert_query_works(shown.split(b"another terminal:\n", 1)[1].split(b"\n", 1)[0].decode())
+        assert_console_signs_in(shown.decode(errors="replace"))
         os.killpg(demo.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
         out, err = demo.communicate(timeout=120)
     finally:

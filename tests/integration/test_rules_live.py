@@ -1,17 +1,23 @@
 """Rules and the decision policy on the real broker: `scorer rules` and `scorer models policy` from the
 command line, a block rule added mid-stream declining a card's next transactions without a restart, its
-removal giving the model back the decision, an expiry applied in event time."""
+removal giving the model back the decision, an expiry applied in event time; an analyst's verdict (its
+label and its block, then an exemption from that block) published by KafkaVerdictPublisher."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
+from scorer.cases.model import LabelOut, RuleRequest
 from scorer.config import Settings
+from scorer.events.timestamps import parse_rfc3339_ms
+from scorer.kafka.verdicts import KafkaVerdictPublisher
 from tests.integration.conftest import Proc, consume, decisions, env_for, produce
 
 T = "2026-03-01T10:{:02d}:00Z"
@@ -120,4 +126,62 @@ def test_a_block_rule_added_mid_stream_declines_without_a_restart_and_expires_in
     text = scorer.metrics()
     assert 'scorer_rule_hits_total{rule_id="stolen"} 1.0' in text
     assert 'scorer_decisions_total{action="decline",source="rule"} 1.0' in text
+    assert scorer.terminate() == 0
+
+
+def rules_built(scorer: Proc) -> float:
+    """When the scorer last built its rule book (0 before the first): it applies it before its next batch."""
+    found = re.search(
+        r'scorer_watcher_last_update_timestamp_seconds\{topic_kind="rules"\} (\S+)', scorer.metrics()
+    )
+    return float(found.group(1)) if found else 0.0
+
+
+def wait_for_new_rules(scorer: Proc, since: float, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while rules_built(scorer) <= since:
+        assert time.monotonic() < deadline, f"no new rule book; {scorer.describe()}"
+        time.sleep(0.05)
+
+
+def test_a_verdict_labels_the_transaction_and_blocks_the_card_then_a_genuine_one_lets_it_past(
+    settings: Settings, tiny_model: Path, procs: list[Proc], tmp_path: Path
+) -> None:
+    scorer = Proc("run", settings, tiny_model, tmp_path / "run.log")
+    procs.append(scorer)
+    produce(settings, settings.input_topic, [tx("seen", "C7", 0)])
+    assert len(consume(settings, settings.decisions_topic, 1)) == 1  # the scorer is running
+    built = rules_built(scorer)
+    publisher = KafkaVerdictPublisher(settings)
+    at = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    until = datetime(2026, 3, 2, tzinfo=UTC)
+    fraud = LabelOut("seen", "C7", "T1", True, at, case_id="C7", analyst_id="ana")
+    published_ms = [int(time.time() * 1000)]
+    publisher.publish([fraud], [RuleRequest("block_customer", "C7", until, case_id="C7", analyst_id="ana")])
+    published_ms.append(int(time.time() * 1000) + 1)
+
+    wait_for_new_rules(scorer, built)
+    built = rules_built(scorer)
+    produce(settings, settings.input_topic, [tx("blocked", "C7", 10), tx("other", "C9", 11)])
+    got = {d["transaction_id"]: d for d in decisions(consume(settings, settings.decisions_topic, 3))}
+    assert (got["blocked"]["action"], got["blocked"]["action_source"]) == ("decline", "case-C7-block")
+    assert got["other"]["action_source"] == "model"
+    (record,) = consume(settings, settings.labels_topic, 1)
+    label = orjson.loads(record["value"])  # type: ignore[arg-type]
+    assert (
+        record["key"] == b"C7"
+        and published_ms[0] <= parse_rfc3339_ms(label.pop("reported_at")) <= published_ms[1]
+    )
+    assert label == {
+        "transaction_id": "seen", "customer_id": "C7", "terminal_id": "T1", "is_fraud": True,
+        "timestamp": "2026-03-01T10:00:00.000Z", "source": "analyst", "analyst_id": "ana", "case_id": "C7",
+    }  # fmt: skip
+
+    past = RuleRequest("allow_customer_past_rule", "C7", until, "C7", "bob", past_rule_id="case-C7-block")
+    publisher.publish([], [past])
+    publisher.close()
+    wait_for_new_rules(scorer, built)
+    produce(settings, settings.input_topic, [tx("let-past", "C7", 12)])
+    got = {d["transaction_id"]: d for d in decisions(consume(settings, settings.decisions_topic, 4))}
+    assert got["let-past"]["action_source"] == "model"
     assert scorer.terminate() == 0

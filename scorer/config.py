@@ -106,6 +106,9 @@ class Settings:
     console_port: int = 8090  # scorer console: the analysts' pages and API (binds http_host)
     console_sla_hours: float = 4.0  # scorer console: an alert waiting longer for a verdict is over SLA
     console_daily_capacity: int = 100  # scorer console: cards the team can answer in a day
+    # scorer console: the labels' reported_at: "now" (the clock), or "event" (the card's newest decision's event
+    # time: for a replay or a simulation, where event time is not the clock, as in the demo)
+    console_label_time: str = "now"
     # scorer console: mark cookies Secure (set it behind a TLS-terminating proxy; on with --tls-cert anyway)
     console_secure_cookies: bool = False
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped
@@ -335,6 +338,7 @@ def validate(s: Settings) -> None:
         ("serve_on_deadline", SERVE_ON_DEADLINE),
         ("serve_fallback_action", ACTIONS),
         ("serve_auth", SERVE_AUTH),
+        ("console_label_time", ("now", "event")),
     ):
         if getattr(s, name) not in allowed:
             problems.append(f"{name} {getattr(s, name)!r} is not one of {', '.join(allowed)}")

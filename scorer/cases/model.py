@@ -221,6 +221,7 @@ class CaseStore(Protocol):
 
 
 RULE_ACTIONS = ("block_customer", "allow_customer_past_rule")
+UNBLOCK = "unblock_customer"  # a request that removes the case's block (a fraud verdict reversed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +230,7 @@ class RuleRequest:
     until `expires_at` in event time (the rules machinery masks a rule out by each transaction's own time;
     the console sets it from the card's newest transaction plus the days asked for)."""
 
-    kind: str  # one of RULE_ACTIONS
+    kind: str  # one of RULE_ACTIONS, or UNBLOCK (expires_at and past_rule_id then unused)
     customer_id: str
     expires_at: datetime
     case_id: str
@@ -243,4 +244,8 @@ class VerdictPublisher(Protocol):
     Returns once the broker acknowledged every record; raises ScorerError (one line) if any was refused or
     not acknowledged in time, so the caller rolls the verdict back."""
 
-    def publish(self, labels: Sequence[LabelOut], rules: Sequence[RuleRequest]) -> None: ...
+    def publish(
+        self, labels: Sequence[LabelOut], rules: Sequence[RuleRequest], reported_at: datetime | None = None
+    ) -> None:
+        """reported_at: the labels' report time (None: the publisher's clock, which is now)."""
+        ...

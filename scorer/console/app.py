@@ -17,7 +17,7 @@ from dataclasses import asdict
 from datetime import datetime
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, unquote_plus, urlencode
 
 import jinja2
 import orjson
@@ -33,6 +33,7 @@ from scorer.db.accounts import Principal
 
 SESSION_COOKIE = "scorer_session"
 LOGIN_CSRF_COOKIE = "scorer_login_csrf"
+FLASH_COOKIE = "scorer_flash"  # the message of the change just made, shown once on the page it leads to
 FORM_MAX_BYTES = 64 * 1024
 HEADERS = {
     "Content-Security-Policy": (
@@ -160,7 +161,7 @@ class ConsoleApp:
 
         return self._page(
             "queue.html", who, cases=cases, capacity=capacity, alerts_24h=alerts, figures=figures, flt=flt, outcomes=OUTCOMES,
-            page_link=page_link, message=request.query_params.get("done"),
+            page_link=page_link, message=_flash(request),
         )  # fmt: skip
 
     async def case_page(self, request: Request) -> Response:
@@ -174,7 +175,7 @@ class ConsoleApp:
         rules = sorted({t.rule_id for t in detail.transactions if t.rule_id})
         return self._page(
             "case.html", who, case=detail, outcomes=OUTCOMES, rules_hit=rules,
-            message=request.query_params.get("done"),
+            message=_flash(request),
         )  # fmt: skip
 
     async def stylesheet(self, request: Request) -> Response:
@@ -305,7 +306,10 @@ class ConsoleApp:
         html = self.env.get_template(template).render(
             who=who, csrf=who.csrf_token if who else "", message_kind="info", **values
         )
-        return HTMLResponse(html, status_code=status)
+        response = HTMLResponse(html, status_code=status)
+        if values["message"] is not None:
+            response.delete_cookie(FLASH_COOKIE, path="/")  # shown once
+        return response
 
     def _error(self, request: Request, api: bool, status: int, reason: str) -> Response:
         if api:
@@ -419,8 +423,16 @@ def _local(url: str | None) -> bool:
 
 
 def _back(path: str, done: str) -> Response:
-    joiner = "&" if "?" in path else "?"
-    return RedirectResponse(f"{path}{joiner}done={_q(done)}", status_code=303)
+    """See `path` after a change, with what was done shown once there. The message travels in a cookie only
+    this console sets (never in the URL, where a link from elsewhere could put words in the console's mouth)."""
+    response = RedirectResponse(path, status_code=303)
+    response.set_cookie(FLASH_COOKIE, _q(done[:300]), max_age=60, path="/", httponly=True, samesite="strict")
+    return response
+
+
+def _flash(request: Request) -> str | None:
+    raw = request.cookies.get(FLASH_COOKIE)
+    return unquote_plus(raw) if raw else None
 
 
 def _unauthorized() -> Response:

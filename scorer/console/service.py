@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -20,6 +20,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool
 
 from scorer.cases.model import (
+    UNBLOCK,
     Actor,
     Capacity,
     CaseDetail,
@@ -92,8 +93,10 @@ class ConsoleService:
         metrics: ConsoleMetrics,
         sla_hours: float,
         daily_capacity: int,
+        label_time: str = "now",
     ) -> None:
         self.pool = pool
+        self.label_time = label_time  # "now", or "event": a label is reported at the card's newest event time
         self.publisher = publisher
         self.metrics = metrics
         self.sla_hours = sla_hours
@@ -181,13 +184,13 @@ class ConsoleService:
                 raise CaseError(f"no case {closing.case_id!r}")
             self._may_close(who, current)
             verdict = cases.close(closing.case_id, closing.outcome, who, closing.from_transaction_id)
-            requests = self._rule_requests(conn, who, closing, rules)
+            requests, newest = self._rule_requests(conn, who, closing, rules, current)
             for request in requests:
-                cases.audit(
-                    who, "rule_requested", closing.case_id, rule_id_for(request), _rule_detail(request)
-                )
+                rule_id = rule_id_for(_block_of(request) if request.kind == UNBLOCK else request)
+                cases.audit(who, "rule_requested", closing.case_id, rule_id, _rule_detail(request))
+            reported_at = newest if self.label_time == "event" else None
             try:
-                self.publisher.publish(verdict.labels, requests)
+                self.publisher.publish(verdict.labels, requests, reported_at)
             except ScorerError as exc:
                 self.metrics.refused.labels("unavailable").inc()
                 raise Unavailable(f"the verdict was not published, nothing changed: {exc}") from exc
@@ -230,23 +233,41 @@ class ConsoleService:
             raise Forbidden(f"case {case.case_id} is {case.assigned_to}'s: they or a lead close it")
 
     def _rule_requests(
-        self, conn: psycopg.Connection[TupleRow], who: Actor, closing: Closing, days: int
-    ) -> list[RuleRequest]:
-        if days == 0:
-            return []
+        self,
+        conn: psycopg.Connection[TupleRow],
+        who: Actor,
+        closing: Closing,
+        days: int,
+        current: CaseSummary,
+    ) -> tuple[list[RuleRequest], datetime | None]:
+        """The rules the verdict asks for (a block, an exemption, or, when it reverses a fraud verdict, the
+        removal of that verdict's block), and the card's newest decision's event time (rules expire in
+        event time, counted from it)."""
         row = conn.execute(
             "select max(event_time) from decisions where customer_id = %s", (closing.case_id,)
         ).fetchone()
-        if row is None or row[0] is None:
-            raise CaseError(f"card {closing.case_id} has no decisions to date a rule from")
-        expires = row[0] + timedelta(days=days)
-        kind = "block_customer" if closing.outcome == "fraud" else "allow_customer_past_rule"
+        newest: datetime | None = row[0] if row else None
+        requests: list[RuleRequest] = []
         note = f"{closing.outcome} verdict on case {closing.case_id} by {who.name}"
-        return [
-            RuleRequest(
-                kind, closing.case_id, expires, closing.case_id, who.name, closing.allow_rule_id, note
+        if days:
+            if newest is None:
+                raise CaseError(f"card {closing.case_id} has no decisions to date a rule from")
+            kind = "block_customer" if closing.outcome == "fraud" else "allow_customer_past_rule"
+            requests.append(
+                RuleRequest(
+                    kind,
+                    closing.case_id,
+                    newest + timedelta(days=days),
+                    closing.case_id,
+                    who.name,
+                    closing.allow_rule_id,
+                    note,
+                )  # fmt: skip
             )
-        ]
+        if current.status == "closed" and current.outcome == "fraud" and closing.outcome != "fraud":
+            at = newest or datetime.now(UTC)
+            requests.append(RuleRequest(UNBLOCK, closing.case_id, at, closing.case_id, who.name, None, note))
+        return requests, newest
 
 
 def _rule_days(closing: Closing) -> int:
@@ -261,6 +282,11 @@ def _rule_days(closing: Closing) -> int:
     if not 0 <= days <= MAX_RULE_DAYS:
         raise CaseError(f"a rule lasts 1 to {MAX_RULE_DAYS} days")
     return days
+
+
+def _block_of(request: RuleRequest) -> RuleRequest:
+    """The block an UNBLOCK request removes (its id is the one a block of this case was published under)."""
+    return RuleRequest("block_customer", request.customer_id, request.expires_at, request.case_id, "")
 
 
 def _rule_detail(request: RuleRequest) -> dict[str, object]:

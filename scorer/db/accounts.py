@@ -104,15 +104,17 @@ def check_password(conn: Conn, name: str, password: str, remote_addr: str | None
             "insert into console_login_failures (user_name, remote_addr) values (%s, %s)", (name, remote_addr)
         )
         return None
-    conn.execute(
-        "delete from console_login_failures where user_name = %s", (name,)
-    )  # a success clears the account's count (not the address's)
+    conn.execute(  # a success clears the account's count (not the address's); old failures go
+        f"delete from console_login_failures where user_name = %s or at < now() - interval '{THROTTLE_WINDOW_MINUTES} minutes'",  # noqa: S608 (a constant)
+        (name,),
+    )
     return str(row[0])
 
 
 def open_session(conn: Conn, name: str, remote_addr: str | None) -> tuple[str, str]:
     """A new session for `name`: (session token for the cookie, CSRF token for forms)."""
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    conn.execute("delete from console_sessions where expires_at < now()")  # expired ones go as new ones come
     conn.execute(
         f"""
         insert into console_sessions (token_sha256, user_name, csrf_token, expires_at, remote_addr)

@@ -154,7 +154,7 @@ def _start_console(args: LiveDemo, settings: Settings, model: str, running: Runn
     console = demo_accounts(running.database.url(), port)
     running.start(
         "console", settings, model, free_port(), SCORER_DATABASE_URL=running.database.url(),
-        SCORER_CONSOLE_PORT=str(port), SCORER_HTTP_HOST="127.0.0.1",
+        SCORER_CONSOLE_PORT=str(port), SCORER_HTTP_HOST="127.0.0.1", SCORER_CONSOLE_LABEL_TIME="event",
     )  # fmt: skip
     return console
 

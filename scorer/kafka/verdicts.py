@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 from confluent_kafka import KafkaError, KafkaException
 
-from scorer.cases.model import RULE_ACTIONS, LabelOut, RuleRequest
+from scorer.cases.model import RULE_ACTIONS, UNBLOCK, LabelOut, RuleRequest
 from scorer.config import Settings
 from scorer.errors import ScorerError
 from scorer.events.timestamps import rfc3339_ms
@@ -175,13 +175,23 @@ class KafkaVerdictPublisher:
         self._lock = threading.Lock()  # guards replacing the producer and closing
         self._closed = False
 
-    def publish(self, labels: Sequence[LabelOut], rules: Sequence[RuleRequest]) -> None:
-        """Publish the labels and rules of one verdict; returns once every record is acknowledged."""
+    def publish(
+        self, labels: Sequence[LabelOut], rules: Sequence[RuleRequest], reported_at: datetime | None = None
+    ) -> None:
+        """Publish the labels and rules of one verdict; returns once every record is acknowledged. An
+        UNBLOCK request publishes the tombstone of its case's block rule."""
         now_ms = int(self.clock() * 1000)
+        reported_ms = now_ms if reported_at is None else epoch_ms(reported_at)
         records: list[tuple[str, bytes, bytes | None]] = [
-            (self.settings.labels_topic, lbl.customer_id.encode(), label_value(lbl, now_ms)) for lbl in labels
+            (self.settings.labels_topic, lbl.customer_id.encode(), label_value(lbl, reported_ms))
+            for lbl in labels
         ]
-        new_rules = [rule_for(r, now_ms) for r in rules]
+        for request in (r for r in rules if r.kind == UNBLOCK):
+            block = RuleRequest(
+                "block_customer", request.customer_id, request.expires_at, request.case_id, ""
+            )
+            records.append((self.settings.rules_topic, *rule_record(rule_id_for(block), None)))
+        new_rules = [rule_for(r, now_ms) for r in rules if r.kind != UNBLOCK]
         if new_rules:
             in_force = self._in_force()
             for rule in new_rules:  # a retried verdict replaces its own rule (same id)

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from urllib.parse import urlencode
 
 import psycopg
@@ -37,12 +38,16 @@ class RecordingPublisher:
         self.labels: list[LabelOut] = []
         self.rules: list[RuleRequest] = []
         self.refuse = False
+        self.reported_at: list[datetime | None] = []
 
-    def publish(self, labels: Sequence[LabelOut], rules: Sequence[RuleRequest]) -> None:
+    def publish(
+        self, labels: Sequence[LabelOut], rules: Sequence[RuleRequest], reported_at: datetime | None = None
+    ) -> None:
         if self.refuse:
             raise ScorerError("the broker refused a delivery: test")
         self.labels += labels
         self.rules += rules
+        self.reported_at.append(reported_at)
 
 
 class Client:

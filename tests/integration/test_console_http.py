@@ -97,14 +97,25 @@ def test_a_fraud_verdict_with_a_block_publishes_labels_and_the_rule(
     status, headers, _ = client.request(
         "POST", "/case/close", {"csrf": csrf, "case_id": "C1", "outcome": "fraud", "block_days": "7"}
     )
-    assert status == 303 and "closed+as+fraud" in headers["location"]
+    assert status == 303 and headers["location"] == "/case?id=C1"
+    assert "closed+as+fraud" in client.cookies["scorer_flash"]  # shown once on the page it leads to
     assert [(lb.transaction_id, lb.is_fraud, lb.analyst_id) for lb in publisher.labels] == [
         ("t1", True, "anna")
     ]
     (rule,) = publisher.rules
     assert (rule.kind, rule.customer_id, rule.case_id) == ("block_customer", "C1", "C1")
     _, _, page = client.request("GET", "/case?id=C1")
-    assert "closed (fraud)" in page and "rule_requested" in page
+    assert "closed (fraud)" in page and "rule_requested" in page and "7 labels" not in page
+    assert "closed as fraud: 1 labels published" in page and "scorer_flash" not in client.cookies
+    assert publisher.reported_at == [None]  # the publisher's clock: console_label_time = "now"
+    lead = Client(port)
+    lead.sign_in("lena")
+    status, _, _ = lead.request(
+        "POST", "/case/close", {"csrf": lead.csrf(), "case_id": "C1", "outcome": "genuine"}
+    )
+    assert status == 303  # reversed: the label corrected and the block lifted
+    assert [(lb.transaction_id, lb.is_fraud) for lb in publisher.labels[1:]] == [("t1", False)]
+    assert [r.kind for r in publisher.rules] == ["block_customer", "unblock_customer"]
 
 
 def test_a_refused_publish_leaves_the_case_open(port: int, publisher: RecordingPublisher) -> None:
@@ -148,7 +159,7 @@ def test_roles_an_analyst_cannot_take_anothers_case_or_bulk_close(
         "/cases/bulk-close",
         [("csrf", lena_csrf), ("case_id", "C1"), ("case_id", "C2"), ("outcome", "genuine")],
     )
-    assert status == 303 and "2+closed" in headers["location"]
+    assert status == 303 and lena.cookies["scorer_flash"].startswith("2+closed")
     assert sorted(lb.transaction_id for lb in publisher.labels) == ["t1", "t4"]
 
 

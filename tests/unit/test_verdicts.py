@@ -11,7 +11,7 @@ import pytest
 from fakes import FakeBroker, FakeProducer
 from test_schemas import validator
 
-from scorer.cases.model import LabelOut, RuleRequest
+from scorer.cases.model import UNBLOCK, LabelOut, RuleRequest
 from scorer.config import Settings
 from scorer.errors import ScorerError
 from scorer.events.decode import decode_labels
@@ -139,3 +139,14 @@ def test_rule_ids_come_from_the_request_alone_and_are_always_valid() -> None:
         == rule_for(BLOCK, 0).expires_ms
         == (UNTIL - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
     )
+
+
+def test_a_reversed_fraud_verdict_removes_its_block_and_labels_can_carry_their_report_time() -> None:
+    broker = FakeBroker()
+    pub, _ = publisher(broker)
+    pub.publish([label("tx1")], [BLOCK])
+    unblock = RuleRequest(UNBLOCK, "C1", UNTIL, case_id="C1", analyst_id="lena")
+    pub.publish([label("tx1", fraud=False)], [unblock], reported_at=datetime(2026, 3, 5, 8, tzinfo=UTC))
+    assert broker.records("rules")[-1] == (rule_id_for(BLOCK).encode(), None)  # the block's tombstone
+    reported = [orjson.loads(v or b"")["reported_at"] for _, v in broker.records("labels")]
+    assert reported == ["2026-03-02T12:00:00.500Z", "2026-03-05T08:00:00.000Z"]

@@ -9,15 +9,13 @@ no script at all, and a Content-Security-Policy that allows none. Roles are enfo
 
 from __future__ import annotations
 
-import hmac
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from datetime import datetime
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, unquote_plus, urlencode
+from urllib.parse import urlencode
 
 import jinja2
 import orjson
@@ -27,14 +25,31 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from scorer.cases.model import OPEN_STATUSES, OUTCOMES, Actor, CaseError, QueueFilter
-from scorer.console.service import Closing, ConsoleService, Forbidden, Unavailable
+from scorer.cases.model import OUTCOMES, CaseError
+from scorer.console.forms import (
+    FLASH_COOKIE,
+    BadRequest,
+    Form,
+    actor_of,
+    back,
+    closing_from,
+    flash,
+    json_response,
+    local_link,
+    queue_filter,
+    quoted,
+    read_body,
+    read_form,
+    remote_addr,
+    required,
+    same,
+    unauthorized,
+)
+from scorer.console.service import ConsoleService, Forbidden, Unavailable
 from scorer.db.accounts import Principal
 
 SESSION_COOKIE = "scorer_session"
 LOGIN_CSRF_COOKIE = "scorer_login_csrf"
-FLASH_COOKIE = "scorer_flash"  # the message of the change just made, shown once on the page it leads to
-FORM_MAX_BYTES = 64 * 1024
 HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
@@ -46,10 +61,6 @@ HEADERS = {
     "X-Frame-Options": "DENY",
 }
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-class BadRequest(ValueError):
-    """A request the console cannot read (a missing field, a number that is not one): HTTP 400."""
 
 
 def templates() -> jinja2.Environment:
@@ -121,12 +132,12 @@ class ConsoleApp:
         return response
 
     async def login(self, request: Request) -> Response:
-        form = await _form(request)
-        if not _same(form.get("csrf"), request.cookies.get(LOGIN_CSRF_COOKIE)):
+        form = await read_form(request)
+        if not same(form.get("csrf"), request.cookies.get(LOGIN_CSRF_COOKIE)):
             return self._error(request, False, 403, "the sign-in form expired: load it again")
         name, password = form.get("name", ""), form.get("password", "")
         try:
-            tokens = await run_in_threadpool(self.service.sign_in, name, password, _addr(request))
+            tokens = await run_in_threadpool(self.service.sign_in, name, password, remote_addr(request))
         except Forbidden as exc:
             return self._login_form(request, 429, str(exc), name)
         if tokens is None:
@@ -151,7 +162,7 @@ class ConsoleApp:
         who = await self._signed_in(request)
         if who is None:
             return RedirectResponse("/login", status_code=303)
-        flt = _filter(request.query_params, who.name)
+        flt = queue_filter(request.query_params, who.name)
         cases, capacity, alerts = await run_in_threadpool(self.service.queue, flt)
         figures = await run_in_threadpool(self.service.figures)
         args = dict(request.query_params)
@@ -161,7 +172,7 @@ class ConsoleApp:
 
         return self._page(
             "queue.html", who, cases=cases, capacity=capacity, alerts_24h=alerts, figures=figures, flt=flt, outcomes=OUTCOMES,
-            page_link=page_link, message=_flash(request),
+            page_link=page_link, message=flash(request),
         )  # fmt: skip
 
     async def case_page(self, request: Request) -> Response:
@@ -175,7 +186,7 @@ class ConsoleApp:
         rules = sorted({t.rule_id for t in detail.transactions if t.rule_id})
         return self._page(
             "case.html", who, case=detail, outcomes=OUTCOMES, rules_hit=rules,
-            message=_flash(request),
+            message=flash(request),
         )  # fmt: skip
 
     async def stylesheet(self, request: Request) -> Response:
@@ -195,34 +206,34 @@ class ConsoleApp:
         if isinstance(who, Response):
             return who
         case_id = request.query_params.get("id", "")
-        await run_in_threadpool(self.service.assign, _actor(who, request), case_id, who.name)
-        return _back(f"/case?id={_q(case_id)}", "you took the case")
+        await run_in_threadpool(self.service.assign, actor_of(who, request), case_id, who.name)
+        return back(f"/case?id={quoted(case_id)}", "you took the case")
 
     async def assign(self, request: Request) -> Response:
         who, form = await self._changing(request)
         if isinstance(who, Response):
             return who
-        case_id = _required(form, "case_id")
+        case_id = required(form, "case_id")
         assignee = form.get("assignee", "").strip() or None
-        await run_in_threadpool(self.service.assign, _actor(who, request), case_id, assignee)
-        return _back(f"/case?id={_q(case_id)}", f"assigned to {assignee}" if assignee else "unassigned")
+        await run_in_threadpool(self.service.assign, actor_of(who, request), case_id, assignee)
+        return back(f"/case?id={quoted(case_id)}", f"assigned to {assignee}" if assignee else "unassigned")
 
     async def note(self, request: Request) -> Response:
         who, form = await self._changing(request)
         if isinstance(who, Response):
             return who
-        case_id = _required(form, "case_id")
-        await run_in_threadpool(self.service.note, _actor(who, request), case_id, form.get("text", ""))
-        return _back(f"/case?id={_q(case_id)}", "note added")
+        case_id = required(form, "case_id")
+        await run_in_threadpool(self.service.note, actor_of(who, request), case_id, form.get("text", ""))
+        return back(f"/case?id={quoted(case_id)}", "note added")
 
     async def close(self, request: Request) -> Response:
         who, form = await self._changing(request)
         if isinstance(who, Response):
             return who
-        closing = _closing(form)
-        verdict = await run_in_threadpool(self.service.close, _actor(who, request), closing)
+        closing = closing_from(form)
+        verdict = await run_in_threadpool(self.service.close, actor_of(who, request), closing)
         done = f"case {closing.case_id} closed as {closing.outcome}: {len(verdict.labels)} labels published"
-        return _back(f"/case?id={_q(closing.case_id)}", done)
+        return back(f"/case?id={quoted(closing.case_id)}", done)
 
     async def bulk_close(self, request: Request) -> Response:
         who, form = await self._changing(request)
@@ -230,47 +241,47 @@ class ConsoleApp:
             return who
         ids = [v for k, v in form.items_multi if k == "case_id"]
         results = await run_in_threadpool(
-            self.service.bulk_close, _actor(who, request), ids, _required(form, "outcome")
+            self.service.bulk_close, actor_of(who, request), ids, required(form, "outcome")
         )
         refused = [f"{c}: {why}" for c, why in results if why]
         done = f"{len(results) - len(refused)} closed" + (
             f"; refused {'; '.join(refused)}" if refused else ""
         )
-        return _back("/", done)
+        return back("/", done)
 
     # the JSON API ---------------------------------------------------------------------------------------
 
     async def api_cases(self, request: Request) -> Response:
         who = await self._bearer(request)
         if who is None:
-            return _unauthorized()
+            return unauthorized()
         cases, capacity, _ = await run_in_threadpool(
-            self.service.queue, _filter(request.query_params, who.name)
+            self.service.queue, queue_filter(request.query_params, who.name)
         )
-        return _json({"cases": [asdict(c) for c in cases], "capacity": asdict(capacity)})
+        return json_response({"cases": [asdict(c) for c in cases], "capacity": asdict(capacity)})
 
     async def api_case(self, request: Request) -> Response:
         who = await self._bearer(request)
         if who is None:
-            return _unauthorized()
+            return unauthorized()
         detail = await run_in_threadpool(self.service.case, request.query_params.get("id", ""))
         if detail is None:
             return JSONResponse({"error": "no such case"}, status_code=404)
-        return _json(asdict(detail))
+        return json_response(asdict(detail))
 
     async def api_verdict(self, request: Request) -> Response:
         who = await self._bearer(request)
         if who is None:
-            return _unauthorized()
+            return unauthorized()
         try:
-            body = orjson.loads(await _body(request))
+            body = orjson.loads(await read_body(request))
         except orjson.JSONDecodeError as exc:
             raise BadRequest("the body is not JSON") from exc
         if not isinstance(body, dict):
             raise BadRequest("the body is a JSON object")
-        closing = _closing(_Form([(k, str(v)) for k, v in body.items() if v is not None]))
-        verdict = await run_in_threadpool(self.service.close, _actor(who, request), closing)
-        return _json(
+        closing = closing_from(Form([(k, str(v)) for k, v in body.items() if v is not None]))
+        verdict = await run_in_threadpool(self.service.close, actor_of(who, request), closing)
+        return json_response(
             {
                 "case": asdict(verdict.summary),
                 "labels": [asdict(lb) for lb in verdict.labels],
@@ -290,14 +301,14 @@ class ConsoleApp:
             return None
         return await run_in_threadpool(self.service.api_token, token.strip())
 
-    async def _changing(self, request: Request) -> tuple[Principal | Response, _Form]:
+    async def _changing(self, request: Request) -> tuple[Principal | Response, Form]:
         """The signed-in user and the form of a state change, or the response refusing it (no session:
         back to sign-in; a missing or wrong CSRF token: 403)."""
         who = await self._signed_in(request)
         if who is None:
-            return RedirectResponse("/login", status_code=303), _Form([])
-        form = await _form(request)
-        if not _same(form.get("csrf"), who.csrf_token):
+            return RedirectResponse("/login", status_code=303), Form([])
+        form = await read_form(request)
+        if not same(form.get("csrf"), who.csrf_token):
             return self._error(request, False, 403, "missing or wrong CSRF token: reload the page"), form
         return who, form
 
@@ -318,7 +329,7 @@ class ConsoleApp:
                   503: "Unavailable"}  # fmt: skip
         html = self.env.get_template("error.html").render(
             who=None, csrf="", status=status, title=titles.get(status, "Error"), reason=reason,
-            back=request.headers.get("referer") if _local(request.headers.get("referer")) else "/",
+            back=request.headers.get("referer") if local_link(request.headers.get("referer")) else "/",
             message=None, message_kind="error",
         )  # fmt: skip
         return HTMLResponse(html, status_code=status)
@@ -327,126 +338,3 @@ class ConsoleApp:
         response.set_cookie(
             name, value, max_age=max_age, path="/", httponly=True, samesite="strict", secure=self.secure
         )
-
-
-class _Form:
-    """A urlencoded form: the last value of a field, or all of them."""
-
-    def __init__(self, items: list[tuple[str, str]]) -> None:
-        self.items_multi = items
-        self.values = dict(items)
-
-    def get(self, name: str, default: str | None = None) -> str:
-        return self.values.get(name, default if default is not None else "")
-
-
-async def _body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > FORM_MAX_BYTES):
-        raise BadRequest(f"a request body has at most {FORM_MAX_BYTES} bytes")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > FORM_MAX_BYTES:
-            raise BadRequest(f"a request body has at most {FORM_MAX_BYTES} bytes")
-    return body
-
-
-async def _form(request: Request) -> _Form:
-    try:
-        text = (await _body(request)).decode()
-        pairs = parse_qs(text, keep_blank_values=True, strict_parsing=False, max_num_fields=500)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest("the form is not UTF-8 urlencoded") from exc
-    return _Form([(k, v) for k, values in pairs.items() for v in values])
-
-
-def _same(given: str | None, expected: str | None) -> bool:
-    return bool(given) and bool(expected) and hmac.compare_digest(str(given), str(expected))
-
-
-def _required(form: _Form, name: str) -> str:
-    value = form.get(name, "").strip()
-    if not value:
-        raise BadRequest(f"the field {name!r} is missing")
-    return value
-
-
-def _days(form: _Form, name: str) -> int:
-    raw = form.get(name, "").strip() or "0"
-    if not raw.isdigit() or len(raw) > 4:
-        raise BadRequest(f"{name} is a whole number of days")
-    return int(raw)
-
-
-def _closing(form: _Form) -> Closing:
-    return Closing(
-        case_id=_required(form, "case_id"),
-        outcome=_required(form, "outcome"),
-        from_transaction_id=form.get("from_transaction_id", "").strip() or None,
-        block_days=_days(form, "block_days"),
-        allow_rule_id=form.get("allow_rule_id", "").strip() or None,
-        allow_days=_days(form, "allow_days"),
-    )
-
-
-def _filter(query: Mapping[str, str], me: str) -> QueueFilter:
-    offset = query.get("offset", "0")
-    return QueueFilter(
-        assigned_to=me if query.get("mine") else None,
-        unassigned=bool(query.get("unassigned")),
-        action=query.get("action") or None,
-        rule_id=query.get("rule") or None,
-        model_version=query.get("model") or None,
-        statuses=("closed",) if query.get("closed") else OPEN_STATUSES,
-        offset=int(offset) if offset.isdigit() and len(offset) < 7 else 0,
-    )
-
-
-def _actor(who: Principal, request: Request) -> Actor:
-    return Actor(who.name, who.role, _addr(request))
-
-
-def _addr(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
-def _q(value: str) -> str:
-    return urlencode({"": value})[1:]
-
-
-def _local(url: str | None) -> bool:
-    """A Referer worth linking back to: a path on this console (never another site)."""
-    if not url:
-        return False
-    return url.startswith("/") and not url.startswith("//")
-
-
-def _back(path: str, done: str) -> Response:
-    """See `path` after a change, with what was done shown once there. The message travels in a cookie only
-    this console sets (never in the URL, where a link from elsewhere could put words in the console's mouth)."""
-    response = RedirectResponse(path, status_code=303)
-    response.set_cookie(FLASH_COOKIE, _q(done[:300]), max_age=60, path="/", httponly=True, samesite="strict")
-    return response
-
-
-def _flash(request: Request) -> str | None:
-    raw = request.cookies.get(FLASH_COOKIE)
-    return unquote_plus(raw) if raw else None
-
-
-def _unauthorized() -> Response:
-    return JSONResponse(
-        {"error": "an API token is needed: Authorization: Bearer <token> (scorer console tokens add)"},
-        status_code=401,
-        headers={"WWW-Authenticate": "Bearer"},
-    )
-
-
-def _json(value: Any) -> Response:
-    def default(obj: Any) -> Any:
-        if isinstance(obj, datetime):
-            return obj.isoformat()
-        raise TypeError
-
-    return Response(orjson.dumps(value, default=default), media_type="application/json")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from scorer.cases.model import OPEN_STATUSES, CaseError
-from scorer.console.app import BadRequest, _closing, _filter, _Form, _local, _same
+from scorer.console.forms import BadRequest, Form, closing_from, local_link, queue_filter, same
 from scorer.console.service import Closing, _rule_days
 from scorer.db.passwords import hash_password, password_problem, verify_password
 
@@ -32,13 +32,13 @@ def test_new_passwords_are_refused_with_a_reason() -> None:
 
 
 def test_a_verdict_form_is_read_strictly() -> None:
-    form = _Form([("case_id", "C1"), ("outcome", "fraud"), ("block_days", "7"), ("from_transaction_id", "")])
-    assert _closing(form) == Closing("C1", "fraud", None, 7, None, 0)
+    form = Form([("case_id", "C1"), ("outcome", "fraud"), ("block_days", "7"), ("from_transaction_id", "")])
+    assert closing_from(form) == Closing("C1", "fraud", None, 7, None, 0)
     for bad in ("-1", "7.5", "seven", "99999"):
         with pytest.raises(BadRequest, match="whole number of days"):
-            _closing(_Form([("case_id", "C1"), ("outcome", "fraud"), ("block_days", bad)]))
+            closing_from(Form([("case_id", "C1"), ("outcome", "fraud"), ("block_days", bad)]))
     with pytest.raises(BadRequest, match="'outcome' is missing"):
-        _closing(_Form([("case_id", "C1")]))
+        closing_from(Form([("case_id", "C1")]))
 
 
 def test_a_verdict_asks_only_for_the_rule_its_outcome_allows() -> None:
@@ -57,15 +57,19 @@ def test_a_verdict_asks_only_for_the_rule_its_outcome_allows() -> None:
 
 
 def test_queue_filters_from_the_query_string() -> None:
-    flt = _filter({"mine": "1", "action": "decline", "offset": "50"}, "anna")
+    flt = queue_filter({"mine": "1", "action": "decline", "offset": "50"}, "anna")
     assert (flt.assigned_to, flt.action, flt.offset, flt.statuses) == ("anna", "decline", 50, OPEN_STATUSES)
-    assert _filter({"closed": "1", "offset": "-3"}, "anna").statuses == ("closed",)
-    assert _filter({"offset": "9" * 20}, "anna").offset == 0
+    assert queue_filter({"closed": "1", "offset": "-3"}, "anna").statuses == ("closed",)
+    assert queue_filter({"offset": "9" * 20}, "anna").offset == 0
 
 
 def test_csrf_comparison_and_local_links() -> None:
-    assert _same("abc", "abc") and not _same("abc", "abd") and not _same("", "") and not _same(None, "x")
-    assert _local("/case?id=1") and not _local("//evil.example/x") and not _local("https://evil.example/")
+    assert same("abc", "abc") and not same("abc", "abd") and not same("", "") and not same(None, "x")
+    assert (
+        local_link("/case?id=1")
+        and not local_link("//evil.example/x")
+        and not local_link("https://evil.example/")
+    )
 
 
 def test_console_commands_refuse_in_one_line_what_they_cannot_use(tmp_path: Path) -> None:

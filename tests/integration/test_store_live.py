@@ -264,7 +264,11 @@ def test_a_database_that_refuses_stops_the_store_in_one_line_with_nothing_past_i
     procs.append(proc)
     assert proc.popen.wait(60) == 1
     log = (tmp_path / "store.log").read_text()
-    assert refusal in log and "Traceback" not in log
+    # PostgreSQL names a statement timeout "statement_timeout", except when the timer fires as the statement
+    # ends: its interrupt then finds the timeout's indicator already cleared and reports "query_canceled ...
+    # due to user request" (seen once in CI on a loaded machine); the store stops the same way either way
+    reasons = (refusal, "query_canceled") if refusal == "statement_timeout" else (refusal,)
+    assert any(r in log for r in reasons) and "Traceback" not in log, log
     with psycopg.connect(database_url) as conn:
         conn.execute("set statement_timeout = 0")  # this session's own, whatever the role's setting
         assert conn.execute("select count(*) from store_offsets").fetchone() == (0,)

@@ -44,7 +44,14 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S_VERSION = "1.31.0"
 LINTER = ROOT / ".tools" / "node_modules" / ".bin" / "dockerfilelint"
-LONG_RUNNING = {"scorer", "scorer-aggregator", "scorer-monitor", "scorer-serve", "scorer-store"}
+LONG_RUNNING = {
+    "scorer",
+    "scorer-aggregator",
+    "scorer-monitor",
+    "scorer-serve",
+    "scorer-store",
+    "scorer-console",
+}
 LOCAL_STACK_PASSWORD = "local-stack-only"  # noqa: S105 - compose.yaml's public default, marked as such there
 CHOSEN_PASSWORD = "chosen-elsewhere"  # noqa: S105 - a stand-in
 BUILTIN_GROUPS = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1"}
@@ -98,7 +105,9 @@ def test_dockerfile_passes_the_linter() -> None:
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The build stage carried out: its COPYs from the filtered context, its wheel built and unpacked."""
     build_stage = stages(DEPLOY / "Dockerfile")[0]
-    assert "pip wheel" in build_stage.last("RUN") and build_stage.last("RUN").endswith(' ".[serve,store]"')
+    assert "pip wheel" in build_stage.last("RUN") and build_stage.last("RUN").endswith(
+        ' ".[serve,store,console]"'
+    )
     files = context(ROOT, DEPLOY / "Dockerfile.dockerignore")
     src = materialise(ROOT, files, build_stage, tmp_path_factory.mktemp("src"))
     wheels = tmp_path_factory.mktemp("wheels")
@@ -134,15 +143,15 @@ def test_the_image_installs_every_module_and_only_the_runtime_dependencies(packa
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert {Requirement(r) for r in runtime} == {Requirement(d) for d in declared}
     install = stages(DEPLOY / "Dockerfile")[-1].last("RUN")
-    # the package with the serve and store extras only: not the postgres extra's embedded server (41 MB of
-    # PostgreSQL binaries for tests and demos; the image's store points at a real PostgreSQL)
-    assert '--find-links /wheels "scorer[serve,store]" ' in install
+    # the package with the serve, store and console extras only: not the postgres extra's embedded server (41 MB
+    # of PostgreSQL binaries for tests and demos; the image's store and console point at a real PostgreSQL)
+    assert '--find-links /wheels "scorer[serve,store,console]" ' in install
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
 
     def pins(requirements: list[str]) -> set[tuple[str, str]]:  # name and versions (markers differ in form)
         return {(Requirement(r).name, str(Requirement(r).specifier)) for r in requirements}
 
-    for extra in ("serve", "store"):
+    for extra in ("serve", "store", "console"):
         wheel = [
             x.split(":", 1)[1] for x in lines if x.startswith("Requires-Dist:") and f'extra == "{extra}"' in x
         ]
@@ -187,6 +196,7 @@ def test_the_healthcheck_tells_a_live_scorer_from_a_dead_one() -> None:
     assert alive.returncode == 0 and dead.returncode != 0
     exposed = runtime.last("EXPOSE").split()
     assert runtime.env()["SCORER_METRICS_PORT"] in exposed and str(Settings().http_port) in exposed
+    assert str(Settings().console_port) in exposed
 
 
 def test_the_image_bakes_in_a_default_model_that_loads(tmp_path: Path) -> None:
@@ -242,6 +252,7 @@ def test_compose_file_is_accepted_by_docker_compose() -> None:
         "simulator",
         "postgres",
         "store",
+        "console",
         "prometheus",
         "grafana",
     } <= set(resolved)
@@ -255,7 +266,7 @@ def test_compose_file_is_accepted_by_docker_compose() -> None:
     assert resolved["topics"]["command"] == ["topics", "--partitions", "4"]
     assert resolved["serve"]["command"] == ["serve"]
     assert resolved["serve"]["ports"][0]["target"] == 8080
-    for name in ("aggregator", "scorer", "monitor", "serve", "simulator", "store"):
+    for name in ("aggregator", "scorer", "monitor", "serve", "simulator", "store", "console"):
         assert resolved[name]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
 
 
@@ -283,6 +294,36 @@ def test_compose_runs_the_store_on_a_postgresql_of_its_own() -> None:
     chosen = compose_config(POSTGRES_PASSWORD=CHOSEN_PASSWORD)  # the environment, or deploy/.env
     assert chosen["postgres"]["environment"]["POSTGRES_PASSWORD"] == CHOSEN_PASSWORD
     assert urlsplit(chosen["store"]["environment"]["SCORER_DATABASE_URL"]).password == CHOSEN_PASSWORD
+
+
+def published(port: str | dict[str, Any]) -> tuple[str | None, int, int]:
+    """(host address or None for every address, published port, container port) of a resolved ports entry."""
+    if isinstance(port, dict):  # docker-compose 1.29 resolves a port without an address to the long form
+        return port.get("host_ip"), int(port["published"]), int(port["target"])
+    *address, host_port, container = port.split("/")[0].split(":")
+    return (address[0] if address else None), int(host_port), int(container)
+
+
+def test_compose_runs_the_console_on_the_stores_database_published_on_loopback_only() -> None:
+    resolved = compose_config()
+    console, store = resolved["console"], resolved["store"]
+    assert console["command"] == ["console"]
+    settings = load_settings(environ=console["environment"])
+    assert settings.database_url == store["environment"]["SCORER_DATABASE_URL"]
+    assert settings.console_label_time == "event"  # the simulator's event time is not the clock
+    (port,) = console["ports"]
+    assert published(port) == ("127.0.0.1", settings.console_port, settings.console_port)
+    assert all(published(p)[0] is None for p in resolved["serve"]["ports"])  # the parser tells them apart
+    assert console["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert console["depends_on"]["store"]["condition"] == "service_started"
+    assert (
+        "healthcheck" not in console
+    )  # the image's HEALTHCHECK: /healthz on the metrics port, as the others
+    jobs = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    ((target,),) = [j["dns_sd_configs"] for j in jobs if j["job_name"] == "scorer-console"]
+    assert target["names"] == ["console"] and target["port"] == settings.metrics_port
+    chosen = compose_config(POSTGRES_PASSWORD=CHOSEN_PASSWORD)
+    assert urlsplit(chosen["console"]["environment"]["SCORER_DATABASE_URL"]).password == CHOSEN_PASSWORD
 
 
 def test_prometheus_config_and_grafana_provisioning() -> None:
@@ -396,7 +437,11 @@ def test_the_example_manifests_are_valid_and_the_migration_job_reads_the_stores_
     base: list[dict[str, Any]],
 ) -> None:
     examples = sorted((DEPLOY / "k8s").rglob("*.example.yaml"))
-    assert {p.name for p in examples} >= {"store-database.example.yaml", "store-migrate-job.example.yaml"}
+    assert {p.name for p in examples} >= {
+        "store-database.example.yaml",
+        "store-migrate-job.example.yaml",
+        "console-ingress.example.yaml",
+    }
     for path in examples:
         kustomization = yaml.safe_load((path.parent / "kustomization.yaml").read_text())
         assert path.name not in kustomization["resources"]  # created apart, as each file says
@@ -415,6 +460,64 @@ def test_the_example_manifests_are_valid_and_the_migration_job_reads_the_stores_
     secrets = [v["secret"]["secretName"] for r in (job, find(base, "Deployment", "scorer-store"))
                for v in r["spec"]["template"]["spec"]["volumes"] if "secret" in v]  # fmt: skip
     assert secrets == ["scorer-database", "scorer-database"]  # the same user: the tables' owner
+
+
+def test_the_console_runs_on_the_stores_secret_behind_its_ingress_and_network_policy(
+    base: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    console, store = find(base, "Deployment", "scorer-console"), find(base, "Deployment", "scorer-store")
+    assert 1 <= console["spec"]["replicas"] <= 2  # stateless: sessions and throttling live in PostgreSQL
+    pod = console["spec"]["template"]["spec"]
+    (c,) = containers(console)
+    assert c["args"] == ["console"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    for probe, path in (
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ):
+        assert c[probe]["httpGet"] == {"path": path, "port": "metrics"}, probe
+    # the store's database URL, from the store's Secret at the store's path (the same user: the tables' owner)
+    env = {e["name"]: e["value"] for e in c["env"]}
+    (store_c,) = containers(store)
+    url_file = {e["name"]: e["value"] for e in store_c["env"]}["SCORER_DATABASE_URL_FILE"]
+    assert env["SCORER_DATABASE_URL_FILE"] == url_file
+    mount = {m["mountPath"]: m for m in c["volumeMounts"]}[str(Path(url_file).parent)]
+    assert mount["readOnly"] and "subPath" not in mount
+    secret = {v["name"]: v for v in pod["volumes"]}[mount["name"]]["secret"]
+    (store_secret,) = [v["secret"] for v in store["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert secret == store_secret
+    assert pod["securityContext"] == store["spec"]["template"]["spec"]["securityContext"]  # fsGroup included
+    assert c["securityContext"] == store_c["securityContext"]
+    # its settings as the pod sees them: the URL read from the file, the port it binds, Secure cookies
+    config = find(base, "ConfigMap", "scorer-config")["data"]
+    url = tmp_path / "url"
+    url.write_text("postgresql://scorer_store:not-logged@db.example.internal:5432/fraud\n")
+    settings = load_settings(environ=config | env | {"SCORER_DATABASE_URL_FILE": str(url)})
+    assert settings.database_url == url.read_text().strip()
+    assert (settings.console_port, settings.metrics_port) == (ports["http"], ports["metrics"])
+    assert settings.console_secure_cookies is True  # TLS ends at the Ingress
+    service = find(base, "Service", "scorer-console")
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        "metrics": (9108, "metrics"),
+        "http": (8090, "http"),
+    }
+    pod_labels = console["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    # who may reach it: the pages from the ingress controller's namespace only, the metrics from the cluster
+    policy = find(base, "NetworkPolicy", "scorer-console")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    by_port = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}
+    assert set(by_port) == {"http", "metrics"} and by_port["metrics"] is None
+    (source,) = by_port["http"]
+    assert set(source) == {"namespaceSelector"} and source["namespaceSelector"]["matchLabels"]
+    ingress = yaml.safe_load((DEPLOY / "k8s" / "base" / "console-ingress.example.yaml").read_text())
+    (rule,) = ingress["spec"]["rules"]
+    (backend,) = [p["backend"]["service"] for p in rule["http"]["paths"]]
+    assert backend == {"name": "scorer-console", "port": {"name": "http"}}
+    (tls,) = ingress["spec"]["tls"]
+    assert rule["host"] in tls["hosts"] and tls["secretName"]
 
 
 def test_production_overlay_wires_sasl_ssl_from_a_secret(production: list[dict[str, Any]]) -> None:

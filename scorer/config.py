@@ -109,6 +109,9 @@ class Settings:
     # scorer console: the labels' reported_at: "now" (the clock), or "event" (the card's newest decision's event
     # time: for a replay or a simulation, where event time is not the clock, as in the demo)
     console_label_time: str = "now"
+    # scorer console: the proxies (addresses or CIDRs, comma-separated) whose X-Forwarded-For it trusts for the
+    # client's address (sign-in throttling per address, the audit log); empty: the socket's peer, no header
+    console_trusted_proxies: str = ""
     # scorer console: mark cookies Secure (set it behind a TLS-terminating proxy; on with --tls-cert anyway)
     console_secure_cookies: bool = False
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped

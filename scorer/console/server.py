@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import ExitStack
+from typing import Any
 
 import psycopg
 import uvicorn
@@ -64,6 +65,18 @@ def open_pool(settings: Settings) -> ConnectionPool[psycopg.Connection[psycopg.r
     return pool
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn serves the console. Behind an ingress every request comes from the proxy, which would
+    make the per-address sign-in throttle count every analyst together: the client's address is taken from
+    X-Forwarded-For only when the peer is one of console_trusted_proxies (never from anyone else)."""
+    trusted = [p.strip() for p in settings.console_trusted_proxies.split(",") if p.strip()]
+    return {
+        "loop": "uvloop", "http": "httptools", "lifespan": "off", "access_log": False, "log_config": None,
+        "server_header": False, "timeout_graceful_shutdown": 5,
+        "proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None,
+    }  # fmt: skip
+
+
 def run_console(settings: Settings) -> int:
     """Serve until a signal; returns the exit code."""
     from scorer.kafka.verdicts import KafkaVerdictPublisher  # librdkafka only where a verdict is published
@@ -93,10 +106,7 @@ def run_console(settings: Settings) -> int:
         app = ConsoleApp(
             service, secure_cookies=settings.console_secure_cookies or tls is not None, ready=ready
         )
-        config = uvicorn.Config(
-            app.starlette(), loop="uvloop", http="httptools", lifespan="off", access_log=False, log_config=None,
-            server_header=False, proxy_headers=False, timeout_graceful_shutdown=5,
-        )  # fmt: skip
+        config = uvicorn.Config(app.starlette(), **uvicorn_options(settings))
         config.load()
         config.ssl = tls
         logger.info(

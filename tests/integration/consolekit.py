@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from scorer.cases.model import LabelOut, RuleRequest
 from scorer.config import Settings
 from scorer.console.app import ConsoleApp
-from scorer.console.server import Readiness, open_pool
+from scorer.console.server import Readiness, open_pool, uvicorn_options
 from scorer.console.service import ConsoleMetrics, ConsoleService
 from scorer.db import accounts
 from scorer.db.migrate import migrate
@@ -105,18 +105,23 @@ def free_port() -> int:
 
 
 @contextmanager
-def served_console(database_url: str, publisher: RecordingPublisher) -> Iterator[int]:
+def served_console(
+    database_url: str, publisher: RecordingPublisher, trusted_proxies: str = ""
+) -> Iterator[int]:
     """The console app on uvicorn in a thread, users anna (analyst), bob (analyst), lena (lead); its port."""
     with psycopg.connect(database_url) as conn:
         migrate(conn)
         for name, role in (("anna", "analyst"), ("bob", "analyst"), ("lena", "lead")):
             accounts.add_user(conn, name, role, PASSWORD)
-    settings = Settings(database_url=database_url, database_timeout_s=5.0)
+    settings = Settings(
+        database_url=database_url, database_timeout_s=5.0, console_trusted_proxies=trusted_proxies
+    )
     pool = open_pool(settings)
     service = ConsoleService(pool, publisher, ConsoleMetrics(CollectorRegistry()), 4.0, 50)
     app = ConsoleApp(service, secure_cookies=False, ready=Readiness(pool))
     port = free_port()
-    config = uvicorn.Config(app.starlette(), host="127.0.0.1", port=port, lifespan="off", log_config=None)
+    options = uvicorn_options(settings) | {"loop": "asyncio"}  # the test's thread runs its own loop
+    config = uvicorn.Config(app.starlette(), host="127.0.0.1", port=port, **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

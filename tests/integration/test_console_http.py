@@ -183,3 +183,25 @@ def test_the_api_with_a_token_and_a_revoked_token(
     with psycopg.connect(database_url) as conn:
         accounts.revoke_token(conn, "siem")
     assert client.request("GET", "/api/v1/cases", headers=auth)[0] == 401
+
+
+def test_behind_a_trusted_proxy_the_clients_address_is_its_forwarded_one(database_url: str) -> None:
+    with served_console(database_url, RecordingPublisher(), trusted_proxies="127.0.0.1") as port:
+        client = Client(port)
+        _, _, _ = client.request("GET", "/login")
+        headers = {"X-Forwarded-For": "10.9.9.9"}
+        form = {"csrf": client.cookies["scorer_login_csrf"], "name": "anna", "password": "not her password"}
+        assert client.request("POST", "/login", form, headers=headers)[0] == 401
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("select remote_addr from console_login_failures").fetchall()
+    assert rows == [("10.9.9.9",)]
+
+
+def test_without_trusted_proxies_a_forwarded_address_is_ignored(port: int, database_url: str) -> None:
+    client = Client(port)
+    client.request("GET", "/login")
+    form = {"csrf": client.cookies["scorer_login_csrf"], "name": "anna", "password": "not her password"}
+    assert client.request("POST", "/login", form, headers={"X-Forwarded-For": "10.9.9.9"})[0] == 401
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("select remote_addr from console_login_failures").fetchall()
+    assert rows == [("127.0.0.1",)]  # a client cannot choose the address it is throttled by

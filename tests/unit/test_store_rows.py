@@ -25,7 +25,7 @@ json_values = st.one_of(
     st.text(max_size=3),
     st.sampled_from(rows.ACTIONS),
     st.lists(st.one_of(st.integers(-2, 2), st.floats(-2, 2), st.booleans(), st.none()), max_size=3),
-    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+    st.dictionaries(st.text(max_size=2), st.integers(-(2**63), 2**63 - 1), max_size=1),  # JSON: 64-bit
 )
 changes = st.dictionaries(st.sampled_from(sorted(VALID)), st.one_of(json_values, st.just(...)), max_size=2)
 

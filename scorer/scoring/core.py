@@ -90,22 +90,41 @@ class ScoringCore:
         self.serving = serving
         self.vocab = self._vocab(serving.champion)
         self.rules = RuleBook()  # the rules in force (the loop swaps in new ones between batches)
-        self.explainer, self.checks, self.drift = self._reference(serving.champion)
+        self.explainers: dict[str, Explainer] = {}  # per model label: its reasons (TreeSHAP), built once
+        self.checks, self.drift = self._reference(serving.champion)
+        self._explainers(serving)
 
-    def _reference(self, champion: OnnxModel) -> tuple[Explainer, InputChecks, Drift]:
-        """Reasons, input checks and drift against this champion's training reference."""
+    def _reference(self, champion: OnnxModel) -> tuple[InputChecks, Drift]:
+        """Input checks and drift against this champion's training reference."""
         s, meta = self.settings, champion.meta.raw
         checks = InputChecks.from_meta(meta, FEATURE_NAMES, s.max_future_skew_s, s.max_event_delay_s)
         drift = Drift(Bins.from_reference(meta["reference"], FEATURE_NAMES))
-        return Explainer.from_meta(meta, FEATURE_NAMES), checks, drift
+        return checks, drift
+
+    def _explainers(self, serving: Serving) -> None:
+        """Build the deployment's explainers now, between batches, rather than inside the first one."""
+        for model in (serving.champion, serving.challenger):
+            if model is not None:
+                self._explainer(model)
+
+    def _explainer(self, model: OnnxModel) -> Explainer:
+        """`model`'s reasons, built when first needed (its trees and covers: about 0.1 s) and kept."""
+        explainer = self.explainers.get(model.label)
+        if explainer is None:
+            if len(self.explainers) > 8:  # models of past deployments, dropped now and then
+                self.explainers.clear()
+            explainer = Explainer.for_model(model.directory, FEATURE_NAMES, model.label)
+            self.explainers[model.label] = explainer
+        return explainer
 
     def adopt(self, serving: Serving) -> list[Record]:
         """Swap in a new deployment; returns the outgoing champion's unpublished drift counts."""
         outgoing: list[Record] = []
         if serving.champion is not self.serving.champion:
             outgoing = self.drift_records()
-            self.explainer, self.checks, self.drift = self._reference(serving.champion)
+            self.checks, self.drift = self._reference(serving.champion)
             self.vocab = self._vocab(serving.champion)
+        self._explainers(serving)
         self.serving = serving
         return outgoing
 
@@ -231,7 +250,7 @@ class ScoringCore:
             actions.codes, actions.sources, self.settings.decision_features,
         )  # fmt: skip
         keys = list(map(str.encode, batch.customer_id))
-        values = encode_decisions(scored, self.explainer, now_ms)
+        values = encode_decisions(scored, self._explainer(champion), now_ms)
         flag_rows = np.flatnonzero(actions.flagged)
         out = Scored(
             _records(keys, values),
@@ -249,7 +268,7 @@ class ScoringCore:
             shadow = ScoredBatch(
                 batch, X, outcome.shadow_scores, theirs.flagged, review, model.label, None, theirs.codes, theirs.sources
             )  # fmt: skip
-            out.shadow = _records(keys, encode_decisions(shadow, self.explainer, now_ms))
+            out.shadow = _records(keys, encode_decisions(shadow, self._explainer(model), now_ms))
             out.shadow_columns = [shadow]
         return out, actions
 

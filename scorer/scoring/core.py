@@ -36,7 +36,7 @@ from scorer.policy.rules import RuleBook
 from scorer.rollout.serving import Outcome, Serving
 from scorer.runtime.metrics import Metrics
 from scorer.scoring.customers import CustomerStore
-from scorer.scoring.decisions import Explainer, ScoredBatch, encode_decisions
+from scorer.scoring.decisions import Explainers, ScoredBatch, encode_decisions
 from scorer.scoring.scored import Counted, DeadLetter, Record, Scored
 
 logger = logging.getLogger(__name__)
@@ -90,9 +90,9 @@ class ScoringCore:
         self.serving = serving
         self.vocab = self._vocab(serving.champion)
         self.rules = RuleBook()  # the rules in force (the loop swaps in new ones between batches)
-        self.explainers: dict[str, Explainer] = {}  # per model label: its reasons (TreeSHAP), built once
+        self.explainers = Explainers(FEATURE_NAMES)  # each model's reasons (TreeSHAP), built once
         self.checks, self.drift = self._reference(serving.champion)
-        self._explainers(serving)
+        self.explainers.prepare(serving.champion, serving.challenger)
 
     def _reference(self, champion: OnnxModel) -> tuple[InputChecks, Drift]:
         """Input checks and drift against this champion's training reference."""
@@ -101,22 +101,6 @@ class ScoringCore:
         drift = Drift(Bins.from_reference(meta["reference"], FEATURE_NAMES))
         return checks, drift
 
-    def _explainers(self, serving: Serving) -> None:
-        """Build the deployment's explainers now, between batches, rather than inside the first one."""
-        for model in (serving.champion, serving.challenger):
-            if model is not None:
-                self._explainer(model)
-
-    def _explainer(self, model: OnnxModel) -> Explainer:
-        """`model`'s reasons, built when first needed (its trees and covers: about 0.1 s) and kept."""
-        explainer = self.explainers.get(model.label)
-        if explainer is None:
-            if len(self.explainers) > 8:  # models of past deployments, dropped now and then
-                self.explainers.clear()
-            explainer = Explainer.for_model(model.directory, FEATURE_NAMES, model.label)
-            self.explainers[model.label] = explainer
-        return explainer
-
     def adopt(self, serving: Serving) -> list[Record]:
         """Swap in a new deployment; returns the outgoing champion's unpublished drift counts."""
         outgoing: list[Record] = []
@@ -124,7 +108,7 @@ class ScoringCore:
             outgoing = self.drift_records()
             self.checks, self.drift = self._reference(serving.champion)
             self.vocab = self._vocab(serving.champion)
-        self._explainers(serving)
+        self.explainers.prepare(serving.champion, serving.challenger)  # between batches, not in the first
         self.serving = serving
         return outgoing
 
@@ -250,7 +234,7 @@ class ScoringCore:
             actions.codes, actions.sources, self.settings.decision_features,
         )  # fmt: skip
         keys = list(map(str.encode, batch.customer_id))
-        values = encode_decisions(scored, self._explainer(champion), now_ms)
+        values = encode_decisions(scored, self.explainers.of(champion), now_ms)
         flag_rows = np.flatnonzero(actions.flagged)
         out = Scored(
             _records(keys, values),
@@ -268,7 +252,7 @@ class ScoringCore:
             shadow = ScoredBatch(
                 batch, X, outcome.shadow_scores, theirs.flagged, review, model.label, None, theirs.codes, theirs.sources
             )  # fmt: skip
-            out.shadow = _records(keys, encode_decisions(shadow, self._explainer(model), now_ms))
+            out.shadow = _records(keys, encode_decisions(shadow, self.explainers.of(model), now_ms))
             out.shadow_columns = [shadow]
         return out, actions
 

@@ -23,6 +23,7 @@ import orjson
 from scorer.errors import ScorerError
 from scorer.events.batches import TransactionBatch
 from scorer.events.timestamps import rfc3339_ms
+from scorer.model.onnx import OnnxModel
 from scorer.model.shap import COVERS_FILE, TreeExplainer, read_covers
 from scorer.model.trees import read_tree_ensemble
 from scorer.rollout.serving import RolloutFields
@@ -92,6 +93,29 @@ class Explainer:
                 for r, m in zip(contributions.tolist(), keep, strict=True)
             ],
         )
+
+
+class Explainers:
+    """The explainer of each model a scorer uses, by label, built once (about 0.1 s: trees and covers)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self.known: dict[str, Explainer] = {}
+
+    def of(self, model: OnnxModel) -> Explainer:
+        explainer = self.known.get(model.label)
+        if explainer is None:
+            if len(self.known) > 8:  # models of past deployments: dropped now and then
+                self.known.clear()
+            explainer = Explainer.for_model(model.directory, self.names, model.label)
+            self.known[model.label] = explainer
+        return explainer
+
+    def prepare(self, *models: OnnxModel | None) -> None:
+        """Build the explainers of these models now (the scorer does it between batches)."""
+        for model in models:
+            if model is not None:
+                self.of(model)
 
 
 @dataclass(slots=True)

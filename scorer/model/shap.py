@@ -18,9 +18,10 @@ prod_{j not in S} z_j, so the Shapley value of feature i is
 over the K path features. Lundberg's algorithm computes the same with EXTEND and UNWIND over a recursion
 per row; here the paths are prepared once per model (`LeafPaths`) and the formula is evaluated for every
 (row, leaf, path feature) at once in numpy: the product polynomial by K multiplications, the division by
-(z_i + o_i t) by synthetic division from the top coefficient (stable: z_i <= 1). Paths shorter than the
-longest are padded with players whose o = z = 1, which change no Shapley value (a null player). The cost
-is about L K^2 multiply-adds per row for L leaves (default/2: 2,480 leaves), see docs/models.md.
+(z_i + o_i t) by synthetic division from the top coefficient (stable: z_i <= 1). Leaves are grouped by
+path length, each path padded up to its group's length (GROUP_SIZES) with players whose o = z = 1, which
+change no Shapley value (null players): fewer groups, fewer numpy calls. The cost is about L K^2
+multiply-adds per row for L leaves (default/2: 2,480 leaves, K mostly 4-8); figures in docs/models.md.
 
 Covers are not in the ONNX file: training writes them beside the model (covers.npz, `write_covers`).
 """
@@ -42,7 +43,8 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 B = npt.NDArray[np.bool_]
 COVERS_FILE = "covers.npz"
-ROW_BLOCK = 256  # rows per numpy pass: bounds the (path features, leaves, rows) temporaries
+GROUP_SIZES = (4, 8, 12, 16)  # path lengths padded to these (_group_size): measured on default/2
+ROW_BLOCK = 32  # rows per numpy pass: keeps the (path features, leaves, rows) temporaries in cache
 
 
 def write_covers(path: Path, trees: TreeEnsemble, covers: F64, source: str) -> None:
@@ -159,9 +161,11 @@ class LeafPaths:
                     (child, {**path, f: (lower, upper, nan_ok, zero * float(covers[child]) / parent)})
                 )
         groups = []
-        for k in sorted({len(p) for p in paths} - {0}):  # a tree that is one leaf explains nothing
-            members = [i for i, p in enumerate(paths) if len(p) == k]
-            items = [sorted(paths[i].items()) for i in members]
+        sizes = [_group_size(len(p)) for p in paths]
+        null = (0, (-math.inf, math.inf, True, 1.0))  # a player with o = z = 1: changes no Shapley value
+        for k in sorted(set(sizes) - {0}):  # a tree that is one leaf explains nothing
+            members = [i for i, size in enumerate(sizes) if size == k]
+            items = [sorted(paths[i].items()) + [null] * (k - len(paths[i])) for i in members]
             feature = np.asarray([[f for f, _ in row] for row in items], dtype=np.int64).T
             bounds = np.asarray([[b for _, b in row] for row in items], dtype=np.float64).transpose(1, 0, 2)
             scatter = np.zeros((n_features, feature.size))
@@ -196,6 +200,12 @@ class LeafPaths:
             for group in self.groups:
                 out[start : start + ROW_BLOCK] += group.contributions(block).T
         return out
+
+
+def _group_size(k: int) -> int:
+    """The path length a path of k features is padded to: a few groups cost fewer numpy calls (the
+    fixed cost of explaining one row) than one per length, at some padded work (GROUP_SIZES)."""
+    return next((size for size in GROUP_SIZES if size >= k), k)
 
 
 class TreeExplainer:

@@ -198,3 +198,22 @@ def test_a_model_that_is_not_a_tree_ensemble_is_refused() -> None:
         read_tree_ensemble(model.SerializeToString())
     with pytest.raises(ModelError, match="not a readable ONNX model"):
         read_tree_ensemble(b"\x3a\xff\xff")
+
+
+def test_training_writes_covers_that_explain_the_model(tiny_model: Path) -> None:
+    """`scorer train` stores LightGBM's counts beside the model, saying so; with them base + contributions
+    give onnxruntime's score."""
+    import onnxruntime as ort
+
+    from scorer.training.learner import BOOSTER_SOURCE
+
+    with np.load(tiny_model / COVERS_FILE) as doc:
+        assert str(doc["source"]) == BOOSTER_SOURCE
+    onnx_bytes = (tiny_model / "model.onnx").read_bytes()
+    trees = read_tree_ensemble(onnx_bytes)
+    explainer = TreeExplainer(trees, read_covers(tiny_model / COVERS_FILE, trees), 26)
+    X = np.random.default_rng(2).gamma(1.0, 20.0, (50, 26)).astype(np.float32)
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    proba = session.run(["probabilities"], {"features": X})[0][:, 1]
+    margin = explainer.base + explainer.contributions(X).sum(axis=1)
+    np.testing.assert_allclose(1 / (1 + np.exp(-margin)), proba, atol=2e-6)

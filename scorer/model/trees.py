@@ -119,9 +119,9 @@ def _ensemble(op_type: str, attrs: dict[str, Attribute]) -> TreeEnsemble:
     tree_ids = np.asarray(_ints(attrs, "nodes_treeids"), dtype=np.int64)
     node_ids = np.asarray(_ints(attrs, "nodes_nodeids"), dtype=np.int64)
     n = len(tree_ids)
-    modes = [m.decode() for m in _list(attrs, "nodes_modes", bytes)]
+    modes = [m.decode() for m in _strings(attrs, "nodes_modes")]
     features = np.asarray(_ints(attrs, "nodes_featureids"), dtype=np.int64)
-    thresholds = np.asarray(_list(attrs, "nodes_values", float), dtype=np.float32)
+    thresholds = np.asarray(_floats(attrs, "nodes_values"), dtype=np.float32)
     trues = np.asarray(_ints(attrs, "nodes_truenodeids"), dtype=np.int64)
     falses = np.asarray(_ints(attrs, "nodes_falsenodeids"), dtype=np.int64)
     tracks = _ints(attrs, "nodes_missing_value_tracks_true") or [0] * n
@@ -156,10 +156,10 @@ def _ensemble(op_type: str, attrs: dict[str, Attribute]) -> TreeEnsemble:
     value_of = np.zeros(n, dtype=np.float64)
     leaf_trees = np.asarray(_ints(attrs, f"{prefix}_treeids"), dtype=np.int64)
     leaf_nodes = np.asarray(_ints(attrs, f"{prefix}_nodeids"), dtype=np.int64)
-    weights = np.asarray(_list(attrs, f"{prefix}_weights", float), dtype=np.float64)
+    weights = np.asarray(_floats(attrs, f"{prefix}_weights"), dtype=np.float64)
     for t, i, w in zip(leaf_trees.tolist(), leaf_nodes.tolist(), weights.tolist(), strict=True):
         value_of[position[(t, i)]] += w
-    base_values = _list(attrs, "base_values", float)
+    base_values = _floats(attrs, "base_values")
     transform = attrs.get("post_transform", b"NONE")
     roots = _roots(tree_sorted, left, right)
     return TreeEnsemble(
@@ -189,14 +189,25 @@ def _roots(tree: I64, left: I64, right: I64) -> I64:
 
 
 def _ints(attrs: dict[str, Attribute], name: str) -> list[int]:
-    return _list(attrs, name, int)
+    return [int(v) for v in _items(attrs, name, int)]
 
 
-def _list(attrs: dict[str, Attribute], name: str, kind: type) -> list:  # type: ignore[type-arg]
+def _floats(attrs: dict[str, Attribute], name: str) -> list[float]:
+    return [float(v) for v in _items(attrs, name, float)]
+
+
+def _strings(attrs: dict[str, Attribute], name: str) -> list[bytes]:
+    return [v for v in _items(attrs, name, bytes) if isinstance(v, bytes)]  # all are: narrows the type
+
+
+def _items(
+    attrs: dict[str, Attribute], name: str, kind: type[int | float | bytes]
+) -> list[int | float | bytes]:
+    """The list attribute `name` ([] when absent); ValueError when it holds anything but `kind`."""
     value = attrs.get(name, [])
     if not isinstance(value, list) or any(not isinstance(v, kind) for v in value):
         raise ValueError(f"attribute {name} is not a list of {kind.__name__}")
-    return value
+    return list(value)
 
 
 # --- the protobuf wire format, as much of it as ONNX's tree ensembles need ---

@@ -2,8 +2,8 @@
 
 For each record: json.loads, a check of the fields, the 26 features computed in plain Python from dicts
 of day buckets (the same definitions as scorer.features: customer windows including the event, terminal
-windows over closed days), one onnxruntime call with a single row, the same reasons (one Explainer call
-per event), json.dumps and one produce call. Invalid records go to a dead-letter topic. Offsets are
+windows over closed days), one onnxruntime call with a single row, the same reasons (one TreeSHAP call
+per alerted event), json.dumps and one produce call. Invalid records go to a dead-letter topic. Offsets are
 committed every second, like the passthrough, so the naive loop carries no delivery bookkeeping the
 shipped scorer pays for (its ratio to the scorer is therefore in the naive loop's favour).
 """
@@ -91,9 +91,18 @@ def customer_row(
 
 
 def decision_doc(
-    tx: dict[str, Any], score: float, threshold: float, version: str, row: list[float], reasons: list[int]
+    tx: dict[str, Any], score: float, threshold: float, version: str, row: list[float], explainer: Explainer
 ) -> dict[str, Any]:
-    """The decision of one event, field by field as the decision schema orders them (naive and quix)."""
+    """The decision of one event, field by field as the decision schema orders them (naive and quix); an
+    alerted one with its reasons, from one TreeSHAP call for its row."""
+    flagged = score >= threshold
+    reasons: list[dict[str, Any]] = []
+    if flagged:
+        found = explainer.reasons(np.asarray([row], dtype=np.float32))
+        reasons = [
+            {"feature": FEATURE_NAMES[c], "value": v, "contribution": w}
+            for c, v, w in zip(found.columns[0], found.values[0], found.contributions[0], strict=True)
+        ]
     return {
         "transaction_id": tx["transaction_id"],
         "customer_id": tx["customer_id"],
@@ -101,10 +110,10 @@ def decision_doc(
         "amount": tx["amount"],
         "timestamp": tx["timestamp"],
         "score": score,
-        "flagged": score >= threshold,
+        "flagged": flagged,
         "threshold": threshold,
         "model_version": version,
-        "reasons": [{"feature": FEATURE_NAMES[j], "value": row[j]} for j in reasons],
+        "reasons": reasons,
         "scored_at": datetime.datetime.now(datetime.UTC)
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z"),
@@ -184,7 +193,7 @@ class Naive:
         self.threshold = meta.threshold
         fc = meta.feature_config
         self.features = NaiveFeatures(dict(fc.categories), fc.label_delay_days, fc.customer_ring_days)  # type: ignore[arg-type]
-        self.explainer = Explainer.from_meta(meta.raw, FEATURE_NAMES)
+        self.explainer = Explainer.for_model(resolve_artefact(Path(args.model)), FEATURE_NAMES, meta.label)
         self.args = args
 
     def score(self, value: bytes | None) -> tuple[str, bytes]:
@@ -203,8 +212,7 @@ class Naive:
         x = np.asarray([row], dtype=np.float32)
         (proba,) = self.session.run(["probabilities"], {"features": x})
         score = float(proba[0][1])
-        reasons = self.explainer.top(x)[0].tolist()
-        decision = decision_doc(tx, score, self.threshold, self.version, row, reasons)
+        decision = decision_doc(tx, score, self.threshold, self.version, row, self.explainer)
         return self.args.output, json.dumps(decision).encode()
 
     def run(self, stop: threading.Event) -> None:

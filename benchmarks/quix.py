@@ -70,7 +70,7 @@ class QuixScorer:
         fc = meta.feature_config
         self.codes = fc.codes()
         self.ring_days = fc.customer_ring_days
-        self.explainer = Explainer.from_meta(meta.raw, FEATURE_NAMES)
+        self.explainer = Explainer.for_model(resolve_artefact(model), FEATURE_NAMES, meta.label)
         self.table = table
         self.polled = 0.0
 
@@ -94,8 +94,7 @@ class QuixScorer:
         x = np.asarray([row], dtype=np.float32)
         (proba,) = self.session.run(["probabilities"], {"features": x})
         score = float(proba[0][1])
-        reasons = self.explainer.top(x)[0].tolist()
-        return decision_doc(tx, score, self.threshold, self.version, row, reasons)
+        return decision_doc(tx, score, self.threshold, self.version, row, self.explainer)
 
     def terminal(self, terminal_id: str, ts_ms: int) -> list[float]:
         """The terminal's 9 features from the table as of the previous day's close (the scorer's lookup)."""

@@ -1,6 +1,7 @@
 """The model registry (`models/<name>/<version>/`) and the validation gate every promotion passes.
 
-A version directory holds model.onnx, model.json (what training wrote) and MODEL_CARD.md. The gate
+A version directory holds model.onnx, model.json (what training wrote), covers.npz (the trees' node covers
+for the decisions' reasons: without it the model scores but explains nothing) and MODEL_CARD.md. The gate
 refuses a candidate, saying why, when it would fail in production or when nobody wrote down how it fails:
 the ONNX file must load, its input must be what the feature engine computes, it must reproduce the scores
 stored at training on the reference sample (a different runtime or a corrupted file shows here), its

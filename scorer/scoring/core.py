@@ -36,7 +36,7 @@ from scorer.policy.rules import RuleBook
 from scorer.rollout.serving import Outcome, Serving
 from scorer.runtime.metrics import Metrics
 from scorer.scoring.customers import CustomerStore
-from scorer.scoring.decisions import Explainer, ScoredBatch, encode_decisions
+from scorer.scoring.decisions import Explainers, ScoredBatch, encode_decisions
 from scorer.scoring.scored import Counted, DeadLetter, Record, Scored
 
 logger = logging.getLogger(__name__)
@@ -90,22 +90,25 @@ class ScoringCore:
         self.serving = serving
         self.vocab = self._vocab(serving.champion)
         self.rules = RuleBook()  # the rules in force (the loop swaps in new ones between batches)
-        self.explainer, self.checks, self.drift = self._reference(serving.champion)
+        self.explainers = Explainers(FEATURE_NAMES)  # each model's reasons (TreeSHAP), built once
+        self.checks, self.drift = self._reference(serving.champion)
+        self.explainers.prepare(serving.champion, serving.challenger)
 
-    def _reference(self, champion: OnnxModel) -> tuple[Explainer, InputChecks, Drift]:
-        """Reasons, input checks and drift against this champion's training reference."""
+    def _reference(self, champion: OnnxModel) -> tuple[InputChecks, Drift]:
+        """Input checks and drift against this champion's training reference."""
         s, meta = self.settings, champion.meta.raw
         checks = InputChecks.from_meta(meta, FEATURE_NAMES, s.max_future_skew_s, s.max_event_delay_s)
         drift = Drift(Bins.from_reference(meta["reference"], FEATURE_NAMES))
-        return Explainer.from_meta(meta, FEATURE_NAMES), checks, drift
+        return checks, drift
 
     def adopt(self, serving: Serving) -> list[Record]:
         """Swap in a new deployment; returns the outgoing champion's unpublished drift counts."""
         outgoing: list[Record] = []
         if serving.champion is not self.serving.champion:
             outgoing = self.drift_records()
-            self.explainer, self.checks, self.drift = self._reference(serving.champion)
+            self.checks, self.drift = self._reference(serving.champion)
             self.vocab = self._vocab(serving.champion)
+        self.explainers.prepare(serving.champion, serving.challenger)  # between batches, not in the first
         self.serving = serving
         return outgoing
 
@@ -231,7 +234,7 @@ class ScoringCore:
             actions.codes, actions.sources, self.settings.decision_features,
         )  # fmt: skip
         keys = list(map(str.encode, batch.customer_id))
-        values = encode_decisions(scored, self.explainer, now_ms)
+        values = encode_decisions(scored, self.explainers.of(champion), now_ms)
         flag_rows = np.flatnonzero(actions.flagged)
         out = Scored(
             _records(keys, values),
@@ -249,7 +252,7 @@ class ScoringCore:
             shadow = ScoredBatch(
                 batch, X, outcome.shadow_scores, theirs.flagged, review, model.label, None, theirs.codes, theirs.sources
             )  # fmt: skip
-            out.shadow = _records(keys, encode_decisions(shadow, self.explainer, now_ms))
+            out.shadow = _records(keys, encode_decisions(shadow, self.explainers.of(model), now_ms))
             out.shadow_columns = [shadow]
         return out, actions
 

@@ -22,12 +22,14 @@ import numpy as np
 import numpy.typing as npt
 
 from scorer.errors import ScorerError
+from scorer.model.trees import TreeEnsemble
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 B = npt.NDArray[np.bool_]
 PARITY_TOLERANCE = 1e-5
 ESTIMATOR = "lightgbm.LGBMClassifier"
+BOOSTER_SOURCE = "lightgbm dump_model internal_count/leaf_count"  # how covers.npz was made
 FIXED = {  # not searched: row/column subsampling as regularisation, one reproducible thread layout
     "subsample": 0.8,
     "subsample_freq": 1,
@@ -46,12 +48,18 @@ def fit(X: F32, y: B, hyper: dict[str, float | int], seed: int, negative_share: 
     """
     import lightgbm as lgb
 
-    rng = np.random.default_rng(seed)
-    keep = y | (rng.random(len(y)) < negative_share)
-    weight = np.where(y[keep], 1.0, 1.0 / negative_share)
+    keep, weight = sample_rows(y, seed, negative_share)
     rows = lgb.Dataset(X[keep], label=y[keep].astype(np.int32), weight=weight, free_raw_data=True)
     params = {"objective": "binary", "seed": seed, **FIXED, **hyper}
     return float32_exact(lgb.train(params, rows))
+
+
+def sample_rows(y: B, seed: int, negative_share: float) -> tuple[B, F64]:
+    """The rows a fit sees (every fraud, a seeded share of genuine rows) and their weights (genuine rows
+    weighted back up to their number); the covers backfill draws the same sample."""
+    rng = np.random.default_rng(seed)
+    keep = y | (rng.random(len(y)) < negative_share)
+    return keep, np.where(y[keep], 1.0, 1.0 / negative_share)
 
 
 def float32_exact(booster: Any) -> Any:
@@ -112,3 +120,33 @@ def check_parity(model: Any, onnx_bytes: bytes, X: F32) -> float:
     if delta > PARITY_TOLERANCE:
         raise ScorerError(f"ONNX export differs from the trained model by {delta:.2e} (> {PARITY_TOLERANCE})")
     return delta
+
+
+def booster_covers(booster: Any, trees: TreeEnsemble) -> F64:
+    """Each ONNX node's LightGBM count; ScorerError when a tree's structure, split features or leaf values
+    differ from the booster's (then the export is not the booster and its covers would mislead)."""
+    covers = np.full(len(trees.feature), np.nan)
+    infos = booster.dump_model()["tree_info"]
+    if len(infos) != len(trees.roots):
+        raise ScorerError(f"the booster has {len(infos)} trees, the ONNX model {len(trees.roots)}")
+    for info, root in zip(infos, trees.roots.tolist(), strict=True):
+        stack: list[tuple[dict[str, Any], int]] = [(info["tree_structure"], root)]
+        while stack:
+            node, at = stack.pop()
+            if "split_feature" in node:
+                if trees.is_leaf[at] or int(trees.feature[at]) != int(node["split_feature"]):
+                    raise ScorerError(f"tree {info['tree_index']}: the ONNX split differs from the booster's")
+                covers[at] = float(node["internal_count"])
+                stack += [
+                    (node["left_child"], int(trees.left[at])),
+                    (node["right_child"], int(trees.right[at])),
+                ]
+            else:
+                if not trees.is_leaf[at] or not np.isclose(
+                    trees.value[at], node["leaf_value"], rtol=1e-5, atol=1e-7
+                ):
+                    raise ScorerError(f"tree {info['tree_index']}: the ONNX leaf differs from the booster's")
+                covers[at] = float(node.get("leaf_count", node.get("internal_count", 0)))
+    if np.isnan(covers).any():
+        raise ScorerError("the ONNX model has nodes the booster's trees do not reach")
+    return covers

@@ -27,6 +27,8 @@ from scorer.features.engine import FEATURE_NAMES, FeatureConfig
 from scorer.model.curve import validation_curve
 from scorer.model.quality import ThresholdPolicy, choose_threshold, quality_report
 from scorer.model.reference import build_reference
+from scorer.model.shap import COVERS_FILE, write_covers
+from scorer.model.trees import read_tree_ensemble
 from scorer.training.dataset import (
     History,
     card_codes,
@@ -36,7 +38,17 @@ from scorer.training.dataset import (
     replay_features,
     vocabulary,
 )
-from scorer.training.learner import ESTIMATOR, check_parity, fit, importances, onnx_scores, predict, to_onnx
+from scorer.training.learner import (
+    BOOSTER_SOURCE,
+    ESTIMATOR,
+    booster_covers,
+    check_parity,
+    fit,
+    importances,
+    onnx_scores,
+    predict,
+    to_onnx,
+)
 from scorer.version import __version__
 
 F32 = npt.NDArray[np.float32]
@@ -152,6 +164,7 @@ class TrainResult:
     onnx_bytes: bytes
     meta: dict[str, Any]
     validation: dict[str, float | int]
+    covers: F64  # each ONNX node's training rows (LightGBM's counts), for TreeSHAP: covers.npz
 
 
 def train(
@@ -180,6 +193,7 @@ def train(
     say("exporting to ONNX and checking it against the trained model on every row ...")
     onnx_bytes = to_onnx(model, len(FEATURE_NAMES))
     delta = check_parity(model, onnx_bytes, X[full | val])
+    covers = booster_covers(model, read_tree_ensemble(onnx_bytes))
     val_scores = onnx_scores(onnx_bytes, X[val])
     threshold = choose_threshold(params.policy, val_scores, y[val], float(n_val_days))
     validation = _report(history, days, y, val, val_scores, threshold)
@@ -188,7 +202,7 @@ def train(
     meta["reference"] = build_reference(X[full], train_scores, FEATURE_NAMES, params.seed)
     meta["feature_importances"] = dict(zip(FEATURE_NAMES, importances(model).round(6).tolist(), strict=True))
     meta["validation_curve"] = validation_curve(val_scores, y[val], float(n_val_days)).to_dict()
-    return TrainResult(onnx_bytes, meta, validation)
+    return TrainResult(onnx_bytes, meta, validation, covers)
 
 
 def _report(
@@ -258,7 +272,8 @@ def refuse_existing(out_dir: Path) -> None:
 
 
 def write_artefact(out_dir: Path, result: TrainResult) -> Path:
-    """models/<name>/<version>/: model.onnx, model.json and MODEL_CARD.md (refuses to overwrite)."""
+    """models/<name>/<version>/: model.onnx, model.json, covers.npz (TreeSHAP's node covers) and
+    MODEL_CARD.md (refuses to overwrite)."""
     from scorer.model.card import KNOWN_FAULTS, LIMITS, render_card
 
     refuse_existing(out_dir)
@@ -268,6 +283,7 @@ def write_artefact(out_dir: Path, result: TrainResult) -> Path:
         raise ScorerError(f"{out_dir}: cannot create the directory ({exc.strerror})") from exc
     meta = {**result.meta, "known_faults": list(KNOWN_FAULTS), "limits": list(LIMITS)}
     (out_dir / "model.onnx").write_bytes(result.onnx_bytes)
+    write_covers(out_dir / COVERS_FILE, read_tree_ensemble(result.onnx_bytes), result.covers, BOOSTER_SOURCE)
     (out_dir / "model.json").write_bytes(
         orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
     )

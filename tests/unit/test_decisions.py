@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+from pathlib import Path
+
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scorer.config import DEFAULT_MODEL
 from scorer.events.batches import TransactionBatch
 from scorer.features.engine import FEATURE_NAMES
-from scorer.model.onnx import read_meta
 from scorer.rollout.serving import RolloutFields
 from scorer.scoring.decisions import Explainer, ScoredBatch, encode_decisions, encode_decisions_dicts
 
-EXPLAINER = Explainer.from_meta(read_meta(DEFAULT_MODEL).raw, FEATURE_NAMES)
+EXPLAINER = Explainer.for_model(DEFAULT_MODEL, FEATURE_NAMES)
 ids = st.text(min_size=0, max_size=12)  # quotes, backslashes, control characters, '","', '%', non-ASCII
 numbers = st.floats(allow_nan=True, allow_infinity=False, width=64)
 
@@ -88,3 +92,44 @@ def test_the_threshold_of_a_row_under_a_plan_is_its_own() -> None:
     assert [d["threshold"] for d in docs] == [0.3, 0.4] and docs[1]["flagged"] is True
     assert list(docs[0])[-4:] == ["scored_at", "challenger_version", "blend_weight", "challenger_score"]
     assert docs[1]["challenger_fallback"] is True and "challenger_score" not in docs[1]
+
+
+def _median_row() -> np.ndarray:
+    """A typical transaction of the default model's training data: each feature at its median."""
+    reference = orjson.loads((DEFAULT_MODEL / "model.json").read_bytes())["reference"]["features"]
+    medians = [reference[n]["edges"][len(reference[n]["edges"]) // 2] for n in FEATURE_NAMES]
+    return np.asarray([medians], dtype=np.float32)
+
+
+def test_an_alerted_decision_gives_its_three_largest_contributions_an_approval_none() -> None:
+    """The issue's case: an amount of 3,000 on an otherwise typical card and terminal is explained by the
+    amount first, not by a terminal risk at its most common value 0."""
+    X = np.repeat(_median_row(), 2, axis=0)
+    X[0, FEATURE_NAMES.index("amount")] = 3000.0
+    X[0, FEATURE_NAMES.index("log_amount")] = np.log1p(3000.0)
+    scored = _scored(["a", "b"], ["c", "d"], [3000.0, 45.2], [0.82, 0.01], "default/2")
+    scored.features = X
+    alerted, approved = (orjson.loads(d) for d in encode_decisions(scored, EXPLAINER, 0))
+    assert approved["reasons"] == []
+    assert EXPLAINER.shap is not None
+    phi = EXPLAINER.shap.contributions(X[:1])[0]
+    top = np.argsort(-np.abs(phi), kind="stable")[:3]
+    assert [r["feature"] for r in alerted["reasons"]] == [FEATURE_NAMES[i] for i in top]
+    assert [r["contribution"] for r in alerted["reasons"]] == phi[top].round(6).tolist()
+    assert [r["value"] for r in alerted["reasons"]] == X[0, top].tolist()
+    assert alerted["reasons"][0]["feature"] == "amount" and alerted["reasons"][0]["contribution"] > 1.0
+    assert "term_fresh_risk_7d" not in [r["feature"] for r in alerted["reasons"]]
+
+
+def test_a_model_without_covers_gives_no_reasons_and_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("model.onnx", "model.json"):
+        shutil.copy(DEFAULT_MODEL / name, tmp_path / name)
+    with caplog.at_level(logging.WARNING):
+        explainer = Explainer.for_model(tmp_path, FEATURE_NAMES, "old/1")
+    assert [r.getMessage() for r in caplog.records] == ["reasons_unavailable"]
+    assert "covers.npz" in caplog.records[0].reason  # type: ignore[attr-defined]
+    scored = _scored(["a"], ["c"], [3000.0], [0.9], "old/1")
+    assert orjson.loads(encode_decisions(scored, explainer, 0)[0])["reasons"] == []
+    assert encode_decisions(scored, explainer, 0) == encode_decisions_dicts(scored, explainer, 0)

@@ -18,6 +18,7 @@ from scorer.aggregate.local import day_runs
 from scorer.config import DEFAULT_MODEL
 from scorer.errors import ModelError, Rejected
 from scorer.events.timestamps import MS_PER_DAY
+from scorer.features.engine import FEATURE_NAMES
 from scorer.model.onnx import OnnxModel
 from scorer.training.dataset import load_history, replay_features
 
@@ -81,10 +82,10 @@ def test_labels_given_later_reach_terminal_features_after_their_report_day(tiny_
 
 
 def fresh_risk(decision: dict[str, object]) -> float:
-    """term_fresh_risk_30d's value when it is among the reasons (the features are not in the decision)."""
-    reasons = decision["reasons"]
-    assert isinstance(reasons, list)
-    return max([r["value"] for r in reasons if r["feature"].startswith("term_fresh_risk")] or [0.0])
+    """The largest term_fresh_risk_* value the decision's feature vector holds."""
+    features = decision["features"]
+    assert isinstance(features, list)
+    return max(v for n, v in zip(FEATURE_NAMES, features, strict=True) if n.startswith("term_fresh_risk"))
 
 
 def tx_doc(tid: str, customer: str, terminal: str, ts: str, amount: float = 40.0) -> dict[str, object]:
@@ -116,7 +117,7 @@ def test_the_readme_example_runs_from_any_directory(tmp_path: Path) -> None:
         [sys.executable, "-c", block.group(1)], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    assert re.search(r"^t1 [\d.e-]+ (approve|review|decline) \w+", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^t1 [\d.e-]+ (approve|review|decline) \[", proc.stdout, re.M), proc.stdout
 
 
 def test_load_without_a_path_is_the_shipped_model_and_a_relative_path_is_read_from_here(

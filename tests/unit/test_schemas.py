@@ -256,21 +256,21 @@ def test_schemas_are_valid_and_their_examples_pass(name: str) -> None:
 def test_a_decision_made_by_the_scorer_matches_its_schema() -> None:
     import numpy as np
 
+    from scorer.config import DEFAULT_MODEL
     from scorer.features.engine import FEATURE_NAMES
     from scorer.scoring.decisions import Explainer, ScoredBatch, encode_decisions
 
-    batch = decode_transactions([orjson.dumps(BASE)]).batch
-    X = np.ones((1, len(FEATURE_NAMES)), dtype=np.float32)
-    reference = {"features": {n: {"edges": [0.5, 2.0]} for n in FEATURE_NAMES}}
-    explainer = Explainer.from_meta(
-        {"reference": reference, "feature_importances": dict(zip(FEATURE_NAMES, range(26), strict=True))},
-        FEATURE_NAMES,
-    )
-    scored = ScoredBatch(batch, X, np.array([0.7]), np.array([True]), 0.5, "m/1")
-    (value,) = encode_decisions(scored, explainer, 1_767_225_600_000)
-    doc = orjson.loads(value)
-    validator("decision.schema.json").validate(doc)
-    assert doc["flagged"] is True and len(doc["reasons"]) == 3
+    batch = decode_transactions([orjson.dumps(BASE), orjson.dumps(BASE)]).batch
+    X = np.ones((2, len(FEATURE_NAMES)), dtype=np.float32)
+    X[:, 0] = 3000.0  # amount
+    explainer = Explainer.for_model(DEFAULT_MODEL, FEATURE_NAMES)
+    scored = ScoredBatch(batch, X, np.array([0.7, 0.01]), np.array([True, False]), 0.5, "m/1")
+    alerted, approved = (orjson.loads(v) for v in encode_decisions(scored, explainer, 1_767_225_600_000))
+    validator("decision.schema.json").validate(alerted)
+    validator("decision.schema.json").validate(approved)
+    assert alerted["flagged"] is True and len(alerted["reasons"]) == 3
+    assert all(isinstance(r["contribution"], float) for r in alerted["reasons"])
+    assert approved["reasons"] == []
 
 
 def test_the_required_fields_are_the_schemas() -> None:

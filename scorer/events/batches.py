@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -30,9 +30,16 @@ class TransactionBatch:
         return len(self.transaction_id)
 
 
+LABEL_SOURCES = ("chargeback", "analyst")  # schemas/label.schema.json's `source`; the first is the default
+
+
 @dataclass(slots=True)
 class LabelBatch:
-    """A columnar batch of delayed fraud labels (chargebacks, investigations)."""
+    """A columnar batch of delayed fraud labels (chargebacks, analysts' verdicts).
+
+    `source`, `analyst_id` and `case_id` may be left out (empty) by a caller that has only chargebacks:
+    they are then filled with "chargeback" and None for every row, so every column has the batch's length.
+    """
 
     transaction_id: list[str]
     customer_id: list[str]
@@ -40,6 +47,18 @@ class LabelBatch:
     is_fraud: npt.NDArray[np.bool_]
     reported_ts_ms: npt.NDArray[np.int64]
     tx_ts_ms: npt.NDArray[np.int64]  # the labelled transaction's event time; -1 when the label lacks it
+    source: list[str] = field(default_factory=list)  # one of LABEL_SOURCES
+    analyst_id: list[str | None] = field(default_factory=list)
+    case_id: list[str | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.transaction_id)
+        if n and not self.source:
+            self.source = [LABEL_SOURCES[0]] * n
+        if n and not self.analyst_id:
+            self.analyst_id = [None] * n
+        if n and not self.case_id:
+            self.case_id = [None] * n
 
     def __len__(self) -> int:
         return len(self.transaction_id)
@@ -73,6 +92,9 @@ def take_labels(labels: LabelBatch, idx: I64) -> LabelBatch:
         is_fraud=labels.is_fraud[idx],
         reported_ts_ms=labels.reported_ts_ms[idx],
         tx_ts_ms=labels.tx_ts_ms[idx],
+        source=pick(labels.source, idx),
+        analyst_id=pick(labels.analyst_id, idx),
+        case_id=pick(labels.case_id, idx),
     )
 
 
@@ -85,4 +107,7 @@ def concat_labels(parts: Sequence[LabelBatch]) -> LabelBatch:
         is_fraud=np.concatenate([p.is_fraud for p in parts]),
         reported_ts_ms=np.concatenate([p.reported_ts_ms for p in parts]),
         tx_ts_ms=np.concatenate([p.tx_ts_ms for p in parts]),
+        source=[s for p in parts for s in p.source],
+        analyst_id=[a for p in parts for a in p.analyst_id],
+        case_id=[c for p in parts for c in p.case_id],
     )

@@ -20,7 +20,7 @@ import numpy.typing as npt
 import orjson
 
 from scorer.errors import Rejected
-from scorer.events.batches import LabelBatch, TransactionBatch
+from scorer.events.batches import LABEL_SOURCES, LabelBatch, TransactionBatch
 from scorer.events.columns import DICT, NUMBER, STR, of_types, typed
 from scorer.events.timestamps import parse_rfc3339_ms, stamps_ms
 
@@ -36,6 +36,7 @@ REQUIRED_FIELDS = ("transaction_id", "customer_id", "terminal_id", "amount", "ti
 REASONS = (
     "empty_value", "oversized_value", "invalid_utf8", "invalid_json", "not_an_object", "missing_field",
     "wrong_type", "empty_field", "field_too_long", "invalid_amount", "invalid_timestamp", "invalid_currency",
+    "invalid_source",
 )  # fmt: skip
 
 
@@ -287,8 +288,10 @@ def _bad_currency(docs: list[dict[str, Any]], col: list[Any]) -> npt.NDArray[np.
 
 
 def decode_labels(values: Sequence[bytes | None], max_value_bytes: int = MAX_VALUE_BYTES) -> DecodedLabels:
-    """Decode and validate a batch per schemas/label.schema.json; never raises for bad input."""
-    rows: list[tuple[str, str, str, bool, int, int]] = []
+    """Decode and validate a batch per schemas/label.schema.json; never raises for bad input.
+
+    `source` absent is "chargeback"; `analyst_id` and `case_id` absent are None."""
+    rows: list[tuple[str, str, str, bool, int, int, str, str | None, str | None]] = []
     kept: list[int] = []
     rejected: list[tuple[int, Rejected]] = []
     for i, raw in enumerate(values):
@@ -305,13 +308,16 @@ def decode_labels(values: Sequence[bytes | None], max_value_bytes: int = MAX_VAL
                 doc["is_fraud"],
                 _timestamp(doc, "reported_at"),
                 _timestamp(doc, "timestamp", required=False),
+                _source(doc),
+                _text(doc, "analyst_id", MAX_ID_CHARS, required=False),
+                _text(doc, "case_id", MAX_ID_CHARS, required=False),
             )
         except Rejected as exc:
             rejected.append((i, exc))
             continue
         rows.append(row)  # type: ignore[arg-type]
         kept.append(i)
-    cols: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [() for _ in range(6)]
+    cols: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [() for _ in range(9)]
     batch = LabelBatch(
         transaction_id=list(cols[0]),
         customer_id=list(cols[1]),
@@ -319,5 +325,20 @@ def decode_labels(values: Sequence[bytes | None], max_value_bytes: int = MAX_VAL
         is_fraud=np.asarray(cols[3], dtype=bool),
         reported_ts_ms=np.asarray(cols[4], dtype=np.int64),
         tx_ts_ms=np.asarray(cols[5], dtype=np.int64),
+        source=list(cols[6]),
+        analyst_id=list(cols[7]),
+        case_id=list(cols[8]),
     )
     return DecodedLabels(batch, np.asarray(kept, dtype=np.int64), rejected)
+
+
+def _source(doc: dict[str, Any]) -> str:
+    """The label's source: one of LABEL_SOURCES, "chargeback" when the label does not say."""
+    if "source" not in doc:
+        return LABEL_SOURCES[0]
+    value = doc["source"]
+    if type(value) is not str:
+        raise Rejected("wrong_type", f"source must be a string, not {type(value).__name__}")
+    if value not in LABEL_SOURCES:
+        raise Rejected("invalid_source", f"source {value[:20]!r} is not one of {', '.join(LABEL_SOURCES)}")
+    return value

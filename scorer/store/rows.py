@@ -28,7 +28,6 @@ from scorer.events.timestamps import MS_PER_DAY, stamps_ms
 
 ACTIONS = ("approve", "review", "decline")
 ACTION_SET = frozenset(ACTIONS)
-LABEL_SOURCES = ("chargeback", "analyst")
 
 
 @dataclass(slots=True)
@@ -260,21 +259,20 @@ def _vectors(values: list[Any]) -> list[list[int | float] | None]:
 
 def label_rows(msgs: Sequence[Message], max_value_bytes: int) -> Rows:
     """The valid labels (the stream's decoder), with their source (chargeback unless they say analyst),
-    analyst and case when they carry them."""
+    and the verdict's `analyst_id` (stored as `analyst`) and `case_id` when they carry them."""
     decoded = decode_labels([m.value() for m in msgs], max_value_bytes)
     b, kept = decoded.batch, decoded.kept.tolist()
-    extra = [_label_extra(msgs[i].value()) for i in kept]
     partition, offset = _origin([msgs[i] for i in kept])
     columns: dict[str, list[Any]] = {
         "transaction_id": b.transaction_id,
-        "source": [e[0] for e in extra],
+        "source": b.source,
         "customer_id": b.customer_id,
         "terminal_id": b.terminal_id,
         "is_fraud": b.is_fraud.tolist(),
         "reported_ms": b.reported_ts_ms.tolist(),
         "event_ms": [ms if ms >= 0 else None for ms in b.tx_ts_ms.tolist()],
-        "analyst": [e[1] for e in extra],
-        "case_id": [e[2] for e in extra],
+        "analyst": b.analyst_id,
+        "case_id": b.case_id,
         "source_partition": partition,
         "source_offset": offset,
     }
@@ -282,18 +280,6 @@ def label_rows(msgs: Sequence[Message], max_value_bytes: int) -> Rows:
     rows = _keep("labels", columns, texts, ("transaction_id", "source"))
     rows.skip("invalid_label", len(decoded.rejected))
     return rows
-
-
-def _label_extra(raw: bytes | None) -> tuple[str, str | None, str | None]:
-    """(source, analyst, case_id) of a valid label: the optional fields, strings or absent."""
-    doc = orjson.loads(raw or b"")
-    source = doc.get("source")
-    analyst, case = doc.get("analyst_id"), doc.get("case_id")
-    return (
-        source if source in LABEL_SOURCES else "chargeback",
-        analyst if isinstance(analyst, str) else None,
-        case if isinstance(case, str) else None,
-    )
 
 
 def dead_letter_rows(msgs: Sequence[Message], dlq_topic: str) -> Rows:

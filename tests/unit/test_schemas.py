@@ -145,6 +145,25 @@ LABELS: list[Any] = [
     },
 ]
 
+LABEL = LABELS[0]
+LABELS += [  # the analysts' fields (issue 26): optional, and checked when present
+    {**LABEL, "source": "chargeback"},
+    {**LABEL, "source": "analyst", "analyst_id": "alice", "case_id": "C0042"},
+    {**LABEL, "source": "analyst"},
+    {**LABEL, "source": "Analyst"},
+    {**LABEL, "source": "bank"},
+    {**LABEL, "source": ""},
+    {**LABEL, "source": None},
+    {**LABEL, "source": 1},
+    {**LABEL, "analyst_id": "a" * 128, "case_id": "c" * 128},
+    {**LABEL, "analyst_id": "a" * 129},
+    {**LABEL, "case_id": "c" * 129},
+    {**LABEL, "analyst_id": ""},
+    {**LABEL, "case_id": ""},
+    {**LABEL, "analyst_id": None},
+    {**LABEL, "case_id": 42},
+]
+
 
 @pytest.mark.parametrize("doc", TRANSACTIONS, ids=range(len(TRANSACTIONS)))
 def test_decoder_accepts_exactly_what_the_transaction_schema_accepts(doc: Any) -> None:
@@ -157,6 +176,21 @@ def test_decoder_accepts_exactly_what_the_transaction_schema_accepts(doc: Any) -
 def test_decoder_accepts_exactly_what_the_label_schema_accepts(doc: Any) -> None:
     schema_ok = validator("label.schema.json").is_valid(doc)
     assert (len(decode_labels([orjson.dumps(doc)]).kept) == 1) == schema_ok
+
+
+def test_label_corpus_covers_both_outcomes_of_the_analysts_fields() -> None:
+    outcomes = [validator("label.schema.json").is_valid(d) for d in LABELS[-15:]]
+    assert True in outcomes and False in outcomes
+
+
+def test_the_decoder_keeps_source_analyst_and_case_defaulting_to_a_chargeback() -> None:
+    docs = [LABEL, {**LABEL, "source": "analyst", "analyst_id": "alice", "case_id": "C0042"}]
+    batch = decode_labels([orjson.dumps(d) for d in docs]).batch
+    assert batch.source == ["chargeback", "analyst"]
+    assert batch.analyst_id == [None, "alice"]
+    assert batch.case_id == [None, "C0042"]
+    refused = decode_labels([orjson.dumps({**LABEL, "source": "bank"})]).rejected
+    assert [exc.reason for _, exc in refused] == ["invalid_source"]
 
 
 def raw(text: str) -> bytes:

@@ -66,3 +66,37 @@ def test_a_clean_batch_is_read_at_once_and_one_bad_record_falls_back_to_the_refe
     assert rows._decisions(good)[1] == [0, 1, 2]
     assert rows._decisions([*good, record({"flagged": 1})])[1] == [0, 1, 2]
     assert rows._decisions([good[0], None, b"", good[1]])[1] == [0, 3]  # type: ignore[list-item]
+
+
+class _LabelMessage:
+    """The Message methods label_rows reads."""
+
+    def __init__(self, value: bytes, offset: int) -> None:
+        self._value, self._offset = value, offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
+def test_label_rows_store_the_analysts_fields_as_the_console_publishes_them() -> None:
+    base = {"transaction_id": "tx1", "customer_id": "C1", "terminal_id": "T1", "is_fraud": True,
+            "reported_at": "2026-03-05T10:00:00Z"}  # fmt: skip
+    docs = [
+        base,
+        {**base, "source": "analyst", "analyst_id": "alice", "case_id": "C1"},
+        {**base, "source": "analyst", "is_fraud": False, "analyst_id": "bob", "case_id": "C1"},  # a reversal
+        {**base, "source": "bank"},  # no such source: refused, as every consumer refuses it
+    ]
+    msgs = [_LabelMessage(orjson.dumps(d), i) for i, d in enumerate(docs)]
+    out = rows.label_rows(msgs, 65_536)  # type: ignore[arg-type]
+    assert out.columns["source"] == ["chargeback", "analyst"]  # one row per (transaction, source): the last
+    assert out.columns["is_fraud"] == [True, False]
+    assert out.columns["analyst"] == [None, "bob"]
+    assert out.columns["case_id"] == [None, "C1"]
+    assert out.skipped == {"invalid_label": 1}

@@ -2,10 +2,13 @@
 
 Each decision (served or shadow) becomes a row keyed by (model version, transaction id): a later copy of
 the same decision (at-least-once delivery) replaces the earlier one. Labels mark rows as fraud whenever
-they arrive, before or after their decision. From the rows of any set of event days the same figures as
+they arrive, before or after their decision, by the rule of scorer/events/labelstate.py: per (transaction,
+source) the latest label wins and a transaction is fraud when any source's latest says so. So a second
+chargeback for a transaction counts once, and a reversed verdict (fraud, then genuine) unmarks its rows. From the rows of any set of event days the same figures as
 `scorer evaluate` follow, computed by the same functions in scorer.quality: precision and recall at the
 threshold the decision used, Average Precision and Card Precision@100 (cards with a fraud reported
-before the day are left out). A transaction without a fraud label counts as genuine, as in training.
+before the day are left out: dated by the earliest report among the labels that are their (transaction,
+source)'s latest and say fraud, as the store's `quality_by_day` view dates them). A transaction without a fraud label counts as genuine, as in training.
 
 The store is bounded: rows older than the retention and, past `max_rows`, the oldest days are dropped.
 """
@@ -20,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scorer.events.batches import LabelBatch
+from scorer.events.labelstate import LabelState
 from scorer.events.timestamps import MS_PER_DAY, NEVER
 from scorer.model.quality import average_precision, card_precision_at_k
 
@@ -68,7 +72,11 @@ class LiveQuality:
         self.cards: dict[str, int] = {}
         self.card_names: list[str] = []
         self.first_report = _Column(np.int64, NEVER)  # per card: first fraud report time (NEVER: none)
-        self.frauds: dict[str, int] = {}  # fraud-labelled transaction id -> its event day
+        self.labels = LabelState()  # what each labelled transaction's labels say
+        self.label_days: dict[str, int] = {}  # labelled transaction id -> its event day (for the retention)
+        # per card, the report time of each (transaction, source) whose latest label says fraud ...
+        self.card_frauds: dict[int, dict[tuple[str, str], int]] = {}
+        self.settled_report = _Column(np.int64, NEVER)  # ... and the earliest of those past the retention
         self.cols = {
             "version": _Column(np.int32), "day": _Column(np.int64), "card": _Column(np.int64),
             "score": _Column(np.float64), "flagged": _Column(np.bool_), "fraud": _Column(np.bool_),
@@ -102,27 +110,48 @@ class LiveQuality:
         cols["score"].data[at] = rows.score
         cols["flagged"].data[at] = rows.flagged
         cols["action"].data[at] = rows.flagged if rows.action is None else rows.action
-        cols["fraud"].data[at] = [t in self.frauds for t in rows.transaction_id]
+        cols["fraud"].data[at] = [self.labels.fraud(t) for t in rows.transaction_id]
         self.newest_day = max(self.newest_day, int(day.max()))
         self._bound()
 
     def add_labels(self, labels: LabelBatch) -> None:
-        """Fraud labels mark their decisions (now or when they come); reports date each card's compromise."""
+        """Take labels (scorer/events/labelstate.py): a transaction whose state flips from genuine to fraud or
+        back has its decisions marked (now, or when they come); the cards they touch are dated again."""
         self.labels_seen += len(labels.transaction_id)
         if len(labels.reported_ts_ms):
             self.label_watermark_ms = max(self.label_watermark_ms, int(labels.reported_ts_ms.max()))
         tx_day = np.where(labels.tx_ts_ms >= 0, labels.tx_ts_ms, labels.reported_ts_ms) // MS_PER_DAY
-        fraud = np.flatnonzero(labels.is_fraud).tolist()
-        for i in fraud:
-            tid = labels.transaction_id[i]
-            self.frauds[tid] = int(tx_day[i])
-            card = self._card(labels.customer_id[i])
-            first, reported = int(self.first_report.data[card]), int(labels.reported_ts_ms[i])
-            self.first_report.data[card] = reported if first == NEVER else min(first, reported)
-            for code in range(len(self.versions)):
-                row = self.index.get((code, tid))
-                if row is not None:
-                    self.cols["fraud"].data[row] = True
+        touched: set[int] = set()
+        rows = zip(
+            labels.transaction_id, labels.customer_id, labels.source, labels.reported_ts_ms.tolist(),
+            labels.is_fraud.tolist(), tx_day.tolist(), strict=True,
+        )  # fmt: skip
+        for tid, customer, source, reported, fraud, day in rows:
+            change = self.labels.take(tid, source, reported, fraud)
+            if not change.taken:
+                continue
+            self.label_days[tid] = day
+            card = self._card(customer)
+            reports = self.card_frauds.setdefault(card, {})
+            if fraud:
+                reports[(tid, source)] = reported
+            else:
+                reports.pop((tid, source), None)
+            touched.add(card)
+            if change.flipped:
+                for code in range(len(self.versions)):
+                    row = self.index.get((code, tid))
+                    if row is not None:
+                        self.cols["fraud"].data[row] = change.is_fraud
+        for card in touched:
+            self._date(card)
+
+    def _date(self, card: int) -> None:
+        """The card's first fraud report: the earliest current fraud label, or one past the retention."""
+        live = min(self.card_frauds.get(card, {}).values(), default=NEVER)
+        settled = int(self.settled_report.data[card])
+        both = [t for t in (live, settled) if t != NEVER]
+        self.first_report.data[card] = min(both) if both else NEVER
 
     def _code(self, version: str) -> int:
         if version not in self.versions:
@@ -138,6 +167,7 @@ class LiveQuality:
             code = self.cards[name] = len(self.card_names)
             self.card_names.append(name)
             self.first_report.ensure(len(self.card_names))
+            self.settled_report.ensure(len(self.card_names))
         return code
 
     def _bound(self) -> None:
@@ -161,7 +191,23 @@ class LiveQuality:
         for c in self.cols.values():
             c.data[: len(old_rows)] = c.data[old_rows]
         self.size = len(old_rows)
-        self.frauds = {t: d for t, d in self.frauds.items() if d >= cutoff}
+        self._forget_labels_before(cutoff)
+
+    def _forget_labels_before(self, cutoff: int) -> None:
+        """Forget the labels of transactions before `cutoff` (no row holds them any more); the fraud reports
+        among them keep dating their cards (the earliest of them is settled, no longer correctable)."""
+        old = {t for t, d in self.label_days.items() if d < cutoff}
+        if not old:
+            return
+        for card, reports in self.card_frauds.items():
+            gone = [key for key in reports if key[0] in old]
+            for key in gone:
+                reported = reports.pop(key)
+                settled = int(self.settled_report.data[card])
+                self.settled_report.data[card] = reported if settled == NEVER else min(settled, reported)
+        self.card_frauds = {card: reports for card, reports in self.card_frauds.items() if reports}
+        self.labels.forget(old)
+        self.label_days = {t: d for t, d in self.label_days.items() if d >= cutoff}
 
     # -- figures ---------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import numpy.typing as npt
 from scorer.errors import DataError
 from scorer.events.batches import LabelBatch, TransactionBatch, take_transactions
 from scorer.events.files import read_labels_jsonl, read_transactions_jsonl
+from scorer.events.labelstate import first_fraud_reports, fraud_as_of
 from scorer.events.timestamps import MS_PER_DAY, NEVER
 from scorer.features.engine import CATEGORICAL_FIELDS, FeatureConfig, FeatureEngine
 from scorer.training.history import replay
@@ -72,12 +73,12 @@ def replay_features(history: History, config: FeatureConfig, progress: Progress 
 
 
 def fraud_targets(history: History, known_by_ms: int | None = None) -> B:
-    """True for transactions with a fraud label (reported by `known_by_ms` when given)."""
+    """True for transactions that are fraud by their labels (those reported by `known_by_ms` when given):
+    the latest label of some source says fraud (scorer/events/labelstate.py), as every live consumer
+    counts them."""
     labels = history.labels
-    keep = labels.is_fraud.copy()
-    if known_by_ms is not None:
-        keep &= labels.reported_ts_ms <= known_by_ms
-    fraud_ids = {labels.transaction_id[i] for i in np.flatnonzero(keep).tolist()}
+    known = None if known_by_ms is None else labels.reported_ts_ms <= known_by_ms
+    fraud_ids = fraud_as_of(labels, known)
     return np.fromiter((t in fraud_ids for t in history.transactions.transaction_id), dtype=bool)
 
 
@@ -88,13 +89,9 @@ def card_codes(history: History) -> I64:
 
 
 def known_compromised(history: History) -> B:
-    """True where the card already had a fraud label reported before the start of the transaction's day."""
-    labels = history.labels
-    first: dict[str, int] = {}
-    for i in np.flatnonzero(labels.is_fraud).tolist():
-        cid, ts = labels.customer_id[i], int(labels.reported_ts_ms[i])
-        if ts < first.get(cid, ts + 1):
-            first[cid] = ts
+    """True where the card already had a fraud label reported before the start of the transaction's day
+    (dated by the labels that stand: labelstate.first_fraud_reports, as `scorer monitor` dates them)."""
+    first = first_fraud_reports(history.labels)
     tx = history.transactions
     first_ms = np.fromiter((first.get(c, NEVER) for c in tx.customer_id), dtype=np.int64)
     day_start = (tx.event_ts_ms // MS_PER_DAY) * MS_PER_DAY

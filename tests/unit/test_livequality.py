@@ -129,3 +129,68 @@ def test_each_action_band_gets_its_precision_and_recall() -> None:
     assert bands["review"] == {"decisions": 3, "precision": pytest.approx(1 / 3), "recall": 0.25}
     assert bands["decline"] == {"decisions": 3, "precision": pytest.approx(2 / 3), "recall": 0.5}
     assert store.bands("other/1", [20_000]) == {}
+
+
+def verdicts(rows: list[tuple[str, str, bool, int]], day_ms: int) -> LabelBatch:
+    """Labels (transaction id, source, is_fraud, reported ms after day_ms) of card C, terminal T."""
+    n = len(rows)
+    return LabelBatch(
+        transaction_id=[r[0] for r in rows], customer_id=["C"] * n, terminal_id=["T"] * n,
+        is_fraud=np.asarray([r[2] for r in rows], dtype=bool),
+        reported_ts_ms=np.asarray([day_ms + r[3] for r in rows], dtype=np.int64),
+        tx_ts_ms=np.full(n, day_ms), source=[r[1] for r in rows],
+    )  # fmt: skip
+
+
+def band_store(day_ms: int) -> LiveQuality:
+    store = LiveQuality(max_rows=100, keep_days=60)
+    ids = [f"t{i}" for i in range(4)]
+    action = np.asarray([0, 1, 1, 2], dtype=np.int8)
+    store.add(
+        DecisionRows("m/1", ids, ["C"] * 4, np.full(4, day_ms), np.linspace(0, 1, 4), action > 0, action)
+    )
+    return store
+
+
+def test_a_second_label_for_a_transaction_never_counts_twice() -> None:
+    day_ms = 20_000 * MS_PER_DAY
+    store = band_store(day_ms)
+    store.add_labels(verdicts([("t1", "analyst", True, 10), ("t1", "chargeback", True, 20)], day_ms))
+    store.add_labels(verdicts([("t1", "chargeback", True, 30), ("t1", "analyst", True, 10)], day_ms))
+    figures = store.figures("m/1", [20_000])
+    assert figures["frauds"] == 1
+    assert store.bands("m/1", [20_000])["review"]["precision"] == 0.5
+
+
+def test_a_reversed_verdict_changes_the_counts_and_a_chargeback_still_stands() -> None:
+    day_ms = 20_000 * MS_PER_DAY
+    store = band_store(day_ms)
+    store.add_labels(verdicts([("t1", "analyst", True, 10), ("t3", "analyst", True, 10)], day_ms))
+    assert store.figures("m/1", [20_000])["frauds"] == 2
+    store.add_labels(verdicts([("t1", "analyst", False, 50)], day_ms))  # reversed
+    assert store.figures("m/1", [20_000])["frauds"] == 1
+    assert store.bands("m/1", [20_000])["review"]["precision"] == 0.0
+    store.add_labels(verdicts([("t1", "analyst", True, 40)], day_ms))  # older than the reversal: no effect
+    assert store.figures("m/1", [20_000])["frauds"] == 1
+    store.add_labels(verdicts([("t3", "chargeback", True, 60), ("t3", "analyst", False, 70)], day_ms))
+    assert store.figures("m/1", [20_000])["frauds"] == 1  # the chargeback still says fraud
+    assert store.bands("m/1", [20_000])["decline"]["precision"] == 1.0
+
+
+def test_decisions_that_come_after_a_reversal_are_genuine() -> None:
+    day_ms = 20_000 * MS_PER_DAY
+    store = LiveQuality(max_rows=100, keep_days=60)
+    store.add_labels(verdicts([("t1", "analyst", True, 10), ("t1", "analyst", False, 20)], day_ms))
+    store.add(DecisionRows("m/1", ["t1"], ["C"], np.full(1, day_ms), np.ones(1), np.ones(1, dtype=bool)))
+    assert store.figures("m/1", [20_000])["frauds"] == 0
+    assert store.first_report.data[store.cards["C"]] < 0  # a reversed verdict dates no compromise
+
+
+def test_a_card_is_dated_by_its_standing_fraud_labels() -> None:
+    day_ms = 20_000 * MS_PER_DAY
+    store = LiveQuality(max_rows=100, keep_days=60)
+    store.add_labels(verdicts([("t1", "analyst", True, 10), ("t2", "chargeback", True, 30)], day_ms))
+    card = store.cards["C"]
+    assert store.first_report.data[card] == day_ms + 10
+    store.add_labels(verdicts([("t1", "analyst", False, 40)], day_ms))
+    assert store.first_report.data[card] == day_ms + 30

@@ -229,11 +229,13 @@ class Aggregator:
             b.tx_ts_ms.tolist(),
             b.is_fraud.tolist(),
             src,
+            b.transaction_id,
+            b.source,
             strict=True,
         )
         return [
-            label_record(t, rep, tx, fraud, m.partition() or 0, m.offset() or 0)
-            for t, rep, tx, fraud, m in columns
+            label_record(t, rep, tx, fraud, m.partition() or 0, m.offset() or 0, tid, source)
+            for t, rep, tx, fraud, m, tid, source in columns
         ]
 
     def _announce(self, newest: Mapping[str, int]) -> None:

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from scorer.events.batches import pick
 from scorer.events.timestamps import MS_PER_DAY, NEVER
 from scorer.features.engine import TERMINAL_NAMES, FeatureConfig, TerminalFeatures
-from scorer.features.rows import MARKER_KEY, RowCodec, decode_marker, load_rows
+from scorer.features.rows import LABEL_MEMORY_PREFIX, MARKER_KEY, RowCodec, decode_marker, load_rows
 
 logger = logging.getLogger(__name__)
 F64 = npt.NDArray[np.float64]
@@ -105,7 +105,7 @@ class TerminalTable:
                 day = int(decode_marker(value or b"")["day"])
                 self.pending.setdefault(day, {}).update(self._open.pop(p, {}))
                 self._closed[p] = max(self._closed.get(p, NEVER), day)
-            else:
+            elif not key.startswith(LABEL_MEMORY_PREFIX):  # the aggregator's own memory, no terminal's row
                 self._open.setdefault(p, {})[key.decode("utf-8", "replace")] = value
         return len(records)
 

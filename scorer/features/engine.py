@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from scorer.events.batches import LabelBatch, TransactionBatch, concat_labels, pick, take_labels
 from scorer.events.timestamps import MS_PER_DAY, NEVER
+from scorer.features.frauds import TransactionFrauds, horizon
 from scorer.features.state import DayRing, RingUndo, occurrence_rank
 
 F32 = npt.NDArray[np.float32]
@@ -180,7 +181,9 @@ class TerminalFeatures:
 
     An event on day D sees the terminal as it stood when day D-1 closed: transactions of days <= D-1
     and the fraud labels reported before D began (labels wait in a buffer until the close after their
-    report time). `term_*` windows end `label_delay_days` before D (their labels are complete);
+    report time). A transaction counts as one fraud however many labels say so, and a later label that
+    makes it genuine (a reversed verdict) takes it back at the close after its report: days already
+    closed keep the features they were scored with (no day's published state is rewritten). `term_*` windows end `label_delay_days` before D (their labels are complete);
     `term_fresh_risk_*` windows end at D-1 with whatever labels had arrived. Because the state a day
     sees is fixed at its close, a remote aggregator can publish it and every scorer gets the same value.
     """
@@ -192,6 +195,7 @@ class TerminalFeatures:
         self.delay_days = config.label_delay_days
         self.closed_day = NEVER  # newest day whose close has been applied
         self._pending: list[LabelBatch] = []
+        self.frauds = TransactionFrauds()  # which labelled transactions the fraud buckets count
 
     def compute(self, slots: I64, day: I64) -> F64:
         """Features of events on `day` from the closed-day state of `slots` (no update)."""
@@ -225,27 +229,67 @@ class TerminalFeatures:
         return out
 
     def buffer_labels(self, labels: LabelBatch) -> None:
-        """Hold fraud labels until the close of the day they were reported on."""
-        fraud = np.flatnonzero(labels.is_fraud)
-        if len(fraud):
-            self._pending.append(take_labels(labels, fraud))
+        """Hold labels until the close of the day they were reported on: the fraud ones, and the genuine
+        ones that name their transaction (they may reverse a fraud already counted)."""
+        named = np.fromiter(map(bool, labels.transaction_id), dtype=bool, count=len(labels))
+        keep = np.flatnonzero(labels.is_fraud | named)
+        if len(keep):
+            self._pending.append(take_labels(labels, keep))
 
     def close(self, day: int) -> None:
-        """Close every day up to `day`: apply the labels reported before day+1 (ring.dirty tracks changes)."""
+        """Close every day up to `day`: apply the labels reported before day+1 (ring.dirty tracks changes),
+        then forget the labelled transactions no ring can hold any more (frauds.horizon)."""
         self.closed_day = max(self.closed_day, day)
         if self._pending:
             pending = concat_labels(self._pending)
             due = pending.reported_ts_ms < (day + 1) * MS_PER_DAY
             self._apply(take_labels(pending, np.flatnonzero(due)))
             self._pending = [take_labels(pending, np.flatnonzero(~due))] if (~due).any() else []
+        if len(self.frauds):
+            self.frauds.forget_before(horizon(self.closed_day, self.ring.n_days, LATE_GRACE_DAYS))
 
     def _apply(self, labels: LabelBatch) -> None:
-        """Count fraud labels on their transaction's day (the report day minus the delay if unknown)."""
-        slots = self.ring.slots(labels.terminal_id, create=False)
+        """Count frauds on their transaction's day (the report day minus the delay if unknown), each
+        transaction once, by the rule of events/labelstate.py: a transaction that becomes fraud adds 1 to
+        its terminal's day, one that stops being fraud takes it back (features/frauds.py). The labels go in
+        arrival order; only a transaction's state after all of them matters."""
         fallback = labels.reported_ts_ms - self.delay_days * MS_PER_DAY
         days = np.where(labels.tx_ts_ms >= 0, labels.tx_ts_ms, fallback) // MS_PER_DAY
-        known = slots >= 0
-        self.ring.add("fraud", slots[known], days[known], np.ones(int(known.sum())))
+        named = np.fromiter(map(bool, labels.transaction_id), dtype=bool, count=len(labels))
+        anonymous = np.flatnonzero(~named & labels.is_fraud)  # cannot be told apart: each counts
+        if len(anonymous):
+            slots = self.ring.slots(pick(labels.terminal_id, anonymous), create=False)
+            known = slots >= 0
+            self.ring.add("fraud", slots[known], days[anonymous][known], np.ones(int(known.sum())))
+        touched: dict[str, None] = {}
+        for i in np.flatnonzero(named).tolist():
+            tid = labels.transaction_id[i]
+            self.frauds.take(
+                tid, labels.source[i], int(labels.reported_ts_ms[i]), bool(labels.is_fraud[i]),
+                labels.terminal_id[i], int(days[i]),
+            )  # fmt: skip
+            touched[tid] = None
+        self._recount(list(touched))
+
+    def _recount(self, transaction_ids: list[str]) -> None:
+        """Add or take back the +1 of each transaction whose fraud state no longer matches its count."""
+        frauds = self.frauds
+        add = [t for t in transaction_ids if frauds.labels.fraud(t) and not frauds.where[t].counted]
+        drop = [t for t in transaction_ids if not frauds.labels.fraud(t) and frauds.where[t].counted]
+        for tids, sign in ((add, 1), (drop, -1)):
+            if not tids:
+                continue
+            where = [frauds.where[t] for t in tids]
+            slots = self.ring.slots([c.terminal for c in where], create=False)
+            days = np.fromiter((c.day for c in where), dtype=np.int64, count=len(where))
+            held = self.ring.holds(slots, days)
+            if sign > 0:
+                self.ring.add("fraud", slots[held], days[held], np.ones(int(held.sum())))
+            else:
+                self.ring.take_back("fraud", slots, days, np.ones(len(slots)))
+            for c, h in zip(where, held.tolist(), strict=True):
+                c.counted = sign > 0 and h
+            frauds.changed.update(tids)
 
 
 def _share(part: F64, whole: F64) -> F64:

@@ -2,7 +2,8 @@
 
 `scorer-state` (customer windows, written by the scorer) and `terminal-features` (terminal windows,
 written by the aggregator at each day close) share it. A row is the key's newest event time and its
-buckets, little-endian; a marker (key MARKER_KEY) carries where the partition's rows stand.
+buckets, little-endian; a marker (key MARKER_KEY) carries where the partition's rows stand; keys under
+LABEL_MEMORY_PREFIX (terminal-features only) are the aggregator's memory of labelled transactions.
 A key's row is a tombstone (value None) once the key expired, so compaction forgets it.
 """
 
@@ -19,6 +20,9 @@ import orjson
 from scorer.features.state import DayRing
 
 MARKER_KEY = b"\x00marker"
+# `terminal-features` also holds the aggregator's memory of labelled transactions (features/frauds.py), one
+# record per transaction under this prefix: not a terminal's row, and every reader of rows skips it.
+LABEL_MEMORY_PREFIX = b"\x00label/"
 FORMAT_VERSION = 1
 
 

@@ -189,6 +189,27 @@ class DayRing:
                 arr[s] = rows
         self.newest_ms[s] = t
 
+    def holds(self, slots: I64, days: I64) -> npt.NDArray[np.bool_]:
+        """Whether each slot's ring holds its day (a slot of -1, an unknown key, holds none)."""
+        newest = self.newest_day(np.maximum(slots, 0))
+        held: npt.NDArray[np.bool_] = (slots >= 0) & (days > newest - self.n_days) & (days <= newest)
+        return held
+
+    def take_back(self, field: str, slots: I64, days: I64, values: F64) -> None:
+        """Subtract what `add` added (a count withdrawn) from buckets the ring holds; a bucket never goes
+        below zero (one cleared since, by a restore or a new key, has nothing left to take). `slots` may
+        repeat."""
+        held = self.holds(slots, days)
+        if not held.any():
+            return
+        flat = slots[held] * self.n_days + days[held] % self.n_days
+        where, inverse = np.unique(flat, return_inverse=True)
+        total = np.bincount(inverse, weights=values[held])
+        s, d = where // self.n_days, where % self.n_days
+        arr = self.buckets[field]
+        arr[s, d] = np.maximum(arr[s, d].astype(np.float64) - total, 0.0).astype(arr.dtype)
+        self.dirty[s] = True
+
     def add(self, field: str, slots: I64, days: I64, values: F64) -> int:
         """Add values into each slot's bucket for `days`; returns how many were stored.
 

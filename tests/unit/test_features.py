@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -154,10 +155,13 @@ def make_batch(cust: list[str], term: list[str], ts: list[int], amount: list[flo
     )
 
 
+LABELLED = itertools.count()  # a transaction id per label: each label here is of another transaction
+
+
 def make_labels(term: list[str], tx_ts: list[int], reported: list[int]) -> LabelBatch:
     n = len(term)
     return LabelBatch(
-        transaction_id=[f"t{i}" for i in range(n)],
+        transaction_id=[f"tx{next(LABELLED)}" for _ in range(n)],
         customer_id=["c"] * n,
         terminal_id=term,
         is_fraud=np.ones(n, dtype=bool),

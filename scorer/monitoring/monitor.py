@@ -5,8 +5,8 @@ beginning of their retention (no consumer group: the join store is rebuilt on ev
 loses nothing), joins them in a bounded LiveQuality store and, every few seconds, publishes per model
 version and event day the precision and recall at the threshold, Average Precision and Card
 Precision@100; the same over the newest `quality_window_days` days whose labels are complete; the model
-card's validation figures; and a 0/1 drop signal per figure when live quality falls below the card by
-more than `quality_drop_margin`. The scorer's hot path is untouched by all of this.
+card's validation figures; a 0/1 drop signal per figure when live quality falls below the card by
+more than `quality_drop_margin`; and the analysts' figures from their verdicts (verdicts.py). The scorer's hot path is untouched by all of this.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from scorer.kafka.topics import reach
 from scorer.model.onnx import ModelMeta, read_meta, resolve_artefact
 from scorer.model.registry import Registry
 from scorer.monitoring.livequality import METRICS, LiveQuality, decision_rows
+from scorer.monitoring.verdicts import Verdicts, verdict_families
 from scorer.runtime.health import HealthServer
 from scorer.runtime.process import tune_gc
 
@@ -92,6 +93,9 @@ class Monitor:
         self.topics = (s.decisions_topic, f"{s.decisions_topic}-shadow", s.labels_topic)
         self.store = LiveQuality(
             s.quality_max_decisions, s.quality_window_days + 2 * DEFAULT_LABEL_DELAY_DAYS
+        )
+        self.verdicts = Verdicts(
+            s.quality_window_days + 2 * DEFAULT_LABEL_DELAY_DAYS, s.quality_max_decisions
         )
         self.registry = registry or CollectorRegistry()
         self.snapshot = QualitySnapshot()
@@ -171,6 +175,7 @@ class Monitor:
         if decoded.rejected:
             self.bad.labels(self.settings.labels_topic).inc(len(decoded.rejected))
         self.store.add_labels(decoded.batch)
+        self.verdicts.add_labels(decoded.batch)
 
     def _decisions(self, topic: str, values: Sequence[bytes | None]) -> None:
         docs = read_decisions(values)
@@ -183,6 +188,8 @@ class Monitor:
             docs = [docs[i] for i in keep.tolist()]
         for rows in decision_rows(docs, ms[keep]):
             self.store.add(rows)
+        if topic == self.settings.decisions_topic:  # served: what the analysts' queue showed
+            self.verdicts.add_decisions(docs, ms[keep])
 
     def catch_up(self, timeout_s: float) -> None:
         """Read until every assigned partition is at its end (for `scorer report`)."""
@@ -190,7 +197,10 @@ class Monitor:
 
     def refresh(self) -> None:
         """Recompute every figure and swap the gauges in."""
-        self.snapshot.families = families(self.store, self.models, self.settings)
+        self.snapshot.families = [
+            *families(self.store, self.models, self.settings),
+            *verdict_families(self.verdicts, self.settings.quality_window_days),
+        ]
 
 
 def drain(consumer: Consumer, step: Callable[[], int], timeout_s: float) -> None:

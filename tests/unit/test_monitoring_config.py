@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from scorer.config import Settings
 from scorer.monitoring.livequality import LiveQuality
 from scorer.monitoring.monitor import Models, Monitor, families
+from scorer.monitoring.verdicts import Verdicts, verdict_families
 from scorer.runtime.metrics import AggregatorMetrics, Metrics
 from scorer.serve.metrics import ServeMetrics
 from scorer.store.metrics import StoreMetrics
@@ -58,6 +59,7 @@ def exported() -> set[str]:
     Monitor(Settings(brokers="127.0.0.1:1"), registries[2])
     fams = [f for r in registries for f in r.collect()]
     fams += families(LiveQuality(10, 1), Models(Settings()), Settings())
+    fams += verdict_families(Verdicts(1, 10), 7)
     return {f.name + s for f in fams for s in SUFFIXES.get(f.type, ("",))} | {"up"}
 
 

@@ -168,3 +168,20 @@ def test_the_embedded_scorer_takes_a_duplicate_once_and_applies_a_reversal(tiny_
     scorer.label([label(3, "analyst", False, "2026-03-11T15:00:00Z")])  # reversed
     scorer.score(tx[11:])  # the 12th: closes the 11th
     assert frauds_on(state, "T1", int(day(3))) == 0.0 and frauds_on(state, "T1", int(day(2))) == 1.0
+
+
+def test_label_records_of_the_older_layout_still_count_and_unknown_tails_are_skipped() -> None:
+    part = PartitionAgg(TerminalFeatures(CONFIG))
+    tx_ms, reported = DAY * MS_PER_DAY + 5, (DAY + 1) * MS_PER_DAY + 5
+    older = label_record("T", reported, tx_ms, True, 0, 1)  # no transaction id: 30 bytes, as before
+    newer = label_record("T", reported, tx_ms, True, 0, 2, "tx9", "analyst")
+    unknown = {
+        "key": b"T",
+        "value": newer["value"][:30] + b"?tx8",
+    }  # a source byte this version does not know
+    records = [transaction_record("T", tx_ms, 1, 0), older, newer, unknown]
+    assert len(older["value"]) == 30 and newer["value"].endswith(b"atx9")
+    folded = part.fold([(i, r["key"], r["value"]) for i, r in enumerate(records)], closed_day=DAY - 1)
+    assert folded.labels == 2
+    part.close(DAY + 1, terminal_codec(CONFIG))
+    assert frauds_on(part.terminals, "T", DAY) == 2.0

@@ -9,7 +9,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import orjson
 import psycopg
 import pytest
@@ -284,10 +286,41 @@ def test_an_unreachable_database_at_start_is_one_line_and_exit_1(settings: Setti
     assert "127.0.0.1:9" in err and "secret" not in err
 
 
+def analyst_verdicts(
+    docs: list[dict[str, Any]], fraud: Any, reported_ms: Any, stamps: list[str]
+) -> list[bytes]:
+    """Analysts' labels beside the chargebacks, in the order the console publishes them: a fraud verdict an
+    hour before the chargeback of 60 frauds (counted once), a fraud verdict reversed an hour later on 40
+    genuine transactions (genuine again, and dating no card), and a standing fraud verdict on 30 more."""
+    from scorer.events.timestamps import rfc3339_ms
+
+    frauds, genuine = np.flatnonzero(fraud)[:60].tolist(), np.flatnonzero(~fraud)[:70].tolist()
+    out = []
+    for i, fraud_at, genuine_at in (
+        [(i, reported_ms[i] - 3_600_000, None) for i in frauds]
+        + [(i, reported_ms[i], reported_ms[i] + 3_600_000) for i in genuine[:40]]
+        + [(i, reported_ms[i], None) for i in genuine[40:]]
+    ):
+        base = {k: docs[i][k] for k in ("transaction_id", "customer_id", "terminal_id")} | {
+            "timestamp": stamps[i], "source": "analyst", "analyst_id": "alice", "case_id": docs[i]["customer_id"],
+        }  # fmt: skip
+        out.append(
+            orjson.dumps(base | {"is_fraud": True, "reported_at": rfc3339_ms(np.asarray([fraud_at]))[0]})
+        )
+        if genuine_at is not None:
+            out.append(
+                orjson.dumps(
+                    base | {"is_fraud": False, "reported_at": rfc3339_ms(np.asarray([genuine_at]))[0]}
+                )
+            )
+    return out
+
+
 def test_quality_by_day_gives_the_monitors_figures(database_url: str) -> None:
     """The same decisions and labels through `scorer monitor`'s LiveQuality and into the database: the view
     gives each day's precision, recall, Average Precision (ties grouped) and Card Precision@100 (cards
-    reported compromised before the day left out) as the monitor computes them."""
+    reported compromised before the day left out) as the monitor computes them, with analysts' verdicts
+    beside the chargebacks (a duplicate counts once, a reversed verdict is genuine and dates no card)."""
     import numpy as np
     from confluent_kafka import Message
 
@@ -320,6 +353,7 @@ def test_quality_by_day_gives_the_monitors_figures(database_url: str) -> None:
                      | {"is_fraud": True, "reported_at": reports[i], "timestamp": stamps[i]})
         for i in np.flatnonzero(fraud).tolist()
     ]  # fmt: skip
+    labels += analyst_verdicts(docs, fraud, reported_ms, stamps)  # duplicates, reversals, standing verdicts
     msgs = [
         Message(topic=s.decisions_topic, partition=0, offset=i, value=orjson.dumps(d))
         for i, d in enumerate(docs)

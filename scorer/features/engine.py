@@ -183,7 +183,8 @@ class TerminalFeatures:
     and the fraud labels reported before D began (labels wait in a buffer until the close after their
     report time). A transaction counts as one fraud however many labels say so, and a later label that
     makes it genuine (a reversed verdict) takes it back at the close after its report: days already
-    closed keep the features they were scored with (no day's published state is rewritten). `term_*` windows end `label_delay_days` before D (their labels are complete);
+    closed keep the features they were scored with (no day's published state is rewritten).
+    `term_*` windows end `label_delay_days` before D (their labels are complete);
     `term_fresh_risk_*` windows end at D-1 with whatever labels had arrived. Because the state a day
     sees is fixed at its close, a remote aggregator can publish it and every scorer gets the same value.
     """

@@ -92,7 +92,7 @@ class TransactionFrauds:
         )
 
     def load(self, transaction_id: str, value: bytes) -> None:
-        """An entry as `encode` wrote it; a value that is not one raises ValueError (the snapshot is corrupt)."""
+        """An entry as `encode` wrote it; a value that is not one raises ValueError (a corrupt snapshot)."""
         try:
             doc: Any = orjson.loads(value)
             self.where[transaction_id] = Counted(

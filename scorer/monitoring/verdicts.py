@@ -195,7 +195,7 @@ def verdict_families(verdicts: Verdicts, window_days: int) -> list[GaugeMetricFa
         cases.add_metric([analyst, _day(day)], n)
     wait = GaugeMetricFamily(
         "scorer_verdict_wait_seconds",
-        "Time to verdict: the first verdict's reported_at minus the alert's scored_at, quantiles over the window.",
+        "Time to verdict: the first verdict's reported_at minus the alert's scored_at (quantiles, window).",
         labels=["quantile"],
     )
     for q, seconds in f.wait_s.items():

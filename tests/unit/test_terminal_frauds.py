@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from scorer import Scorer
@@ -17,6 +18,8 @@ from scorer.events.labelstate import fraud_as_of
 from scorer.events.timestamps import MS_PER_DAY
 from scorer.features.engine import FeatureConfig, TerminalFeatures
 from scorer.features.rows import LABEL_MEMORY_PREFIX, PartitionLog
+from tests.unit.fakes import Crash
+from tests.unit.test_aggregate import drain, table
 
 CONFIG = FeatureConfig()
 DAY = 20_500
@@ -185,3 +188,99 @@ def test_label_records_of_the_older_layout_still_count_and_unknown_tails_are_ski
     assert folded.labels == 2
     part.close(DAY + 1, terminal_codec(CONFIG))
     assert frauds_on(part.terminals, "T", DAY) == 2.0
+
+
+def with_verdicts(crash: bool) -> tuple[dict[bytes, bytes | None], list[int]]:
+    """The real Aggregator on the fake broker (tests/unit/test_aggregate.py) over the same history with
+    analysts' labels added: a fraud verdict a day after every chargeback (the same fraud twice), and on genuine
+    transactions a fraud verdict reversed a day later (counted at one close, taken back at a later one).
+    With `crash`, the re-key stage dies mid-stream and the process restarts from the topics."""
+    from tests.unit.test_aggregate import COUNTS, FakeBroker, history, start
+
+    broker = FakeBroker(counts=dict(COUNTS))
+    events = history()
+    tx_docs = [orjson.loads(v) for t, _, _, v in events if t == "tx"]
+    flipped = {d["transaction_id"]: d for d in reversed_ones(tx_docs)}
+    extra: list[tuple[int, bytes]] = []
+    for doc in flipped.values():
+        at = stamp_ms(doc["timestamp"]) + 3_600_000
+        base = {k: doc[k] for k in ("transaction_id", "customer_id", "terminal_id", "timestamp")} | {
+            "source": "analyst", "analyst_id": "alice", "case_id": doc["customer_id"],
+        }  # fmt: skip
+        for fraud, when in ((True, at), (False, at + MS_PER_DAY)):
+            extra.append((when, orjson.dumps(base | {"is_fraud": fraud, "reported_at": iso(when)})))
+    # a fraud verdict a day after each chargeback (at another close), but for the last days: labels reported
+    # after the clean run's last one would let this run close days that one never closes
+    last = max(stamp_ms(orjson.loads(v)["reported_at"]) for t, _, _, v in events if t == "labels")
+    for topic, _, _, value in events:
+        doc = orjson.loads(value)
+        when = stamp_ms(doc["reported_at"]) + MS_PER_DAY if topic == "labels" else last
+        if topic == "labels" and doc["transaction_id"] not in flipped and when < last - MS_PER_DAY:
+            analyst = doc | {"source": "analyst", "analyst_id": "bob", "case_id": doc["customer_id"]}
+            extra.append((when, orjson.dumps(analyst | {"reported_at": iso(when)})))
+    extra.sort(key=lambda e: e[0])
+    for topic, p, key, value in events:
+        if topic == "labels":
+            doc = orjson.loads(value)
+            if doc["transaction_id"] in flipped:
+                continue  # a chargeback too would keep it fraud: leave these to the analyst alone
+            while extra and extra[0][0] <= stamp_ms(doc["reported_at"]):
+                broker.put("labels", 0, b"", extra.pop(0)[1])
+            broker.put(topic, p, key, value)
+        else:
+            broker.put(topic, p, key, value)
+    for _, value in extra:
+        broker.put("labels", 0, b"", value)
+    if crash:
+        agg = start(broker)
+        agg.rekey.crash_after = 10  # type: ignore[attr-defined]
+        with pytest.raises(Crash):
+            drain(agg)
+    agg = start(broker)
+    drain(agg)
+    agg.close()
+    return table(broker)
+
+
+def reversed_ones(tx_docs: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Every 37th transaction, but for the last 3 days (whose reversal would come after the last close)."""
+    end = max(stamp_ms(d["timestamp"]) for d in tx_docs) - 3 * MS_PER_DAY
+    return [d for d in tx_docs[::37] if stamp_ms(d["timestamp"]) < end]
+
+
+def stamp_ms(text: str) -> int:
+    return int(np.datetime64(text.rstrip("Z"), "ms").astype(np.int64))
+
+
+def iso(ms: int) -> str:
+    return str(np.datetime64(ms, "ms")) + "Z"
+
+
+@pytest.mark.parametrize("crash", [False, True])
+def test_the_aggregator_counts_duplicates_once_and_applies_reversals(crash: bool) -> None:
+    """Against the clean run without analysts' labels, minus the chargebacks of the reversed transactions:
+    every terminal row ends equal."""
+    from tests.unit.test_aggregate import COUNTS, FakeBroker, history, start
+
+    broker = FakeBroker(counts=dict(COUNTS))
+    tx_docs = [orjson.loads(v) for t, _, _, v in history() if t == "tx"]
+    flipped = {d["transaction_id"] for d in reversed_ones(tx_docs)}
+    for topic, p, key, value in history():
+        if topic != "labels" or orjson.loads(value)["transaction_id"] not in flipped:
+            broker.put(topic, p, key, value)
+    agg = start(broker)
+    drain(agg)
+    agg.close()
+    want, want_days = terminal_rows(*table(broker))
+    got, got_days = terminal_rows(*with_verdicts(crash))
+    assert len(got) == len(want) > 20 and got_days == want_days
+    assert got == want
+
+
+def terminal_rows(
+    rows: dict[bytes, bytes | None], days: list[int]
+) -> tuple[dict[bytes, bytes | None], list[int]]:
+    """The terminals' rows of a table, without the label memory beside them (which must be there)."""
+    kept = {k: v for k, v in rows.items() if not k.startswith(LABEL_MEMORY_PREFIX)}
+    assert len(kept) < len(rows)
+    return kept, days

@@ -5,11 +5,12 @@ the same decision (at-least-once delivery) replaces the earlier one. Labels mark
 they arrive, before or after their decision, by the rule of scorer/events/labelstate.py: per (transaction,
 source) the latest label wins and a transaction is fraud when any source's latest says so. So a second
 chargeback for a transaction counts once, and a reversed verdict (fraud, then genuine) unmarks its rows.
-From the rows of any set of event days the same figures as `scorer evaluate` follow, computed by the same functions in scorer.quality: precision and recall at the
-threshold the decision used, Average Precision and Card Precision@100 (cards with a fraud reported
-before the day are left out: dated by the earliest report among the labels that are their (transaction,
-source)'s latest and say fraud, as the store's `quality_by_day` view dates them). A transaction without a
-fraud label counts as genuine, as in training.
+From the rows of any set of event days the same figures as `scorer evaluate` follow, computed by the
+same functions in scorer.quality: precision and recall at the threshold the decision used, Average
+Precision and Card Precision@100 (cards with a fraud reported before the day are left out: dated by the
+earliest report among the labels that are their (transaction, source)'s latest and say fraud, as the
+store's `quality_by_day` view dates them). A transaction without a fraud label counts as genuine, as in
+training.
 
 The store is bounded: rows older than the retention and, past `max_rows`, the oldest days are dropped.
 """

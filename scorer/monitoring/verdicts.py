@@ -64,9 +64,8 @@ class Verdicts:
     def __init__(self, keep_days: int, max_alerts: int) -> None:
         self.keep_days, self.max_alerts = keep_days, max_alerts
         self.alerts: dict[str, Alert] = {}  # transaction id -> its served alert
-        self.latest: dict[
-            str, tuple[int, bool]
-        ] = {}  # transaction id -> analysts' latest (reported ms, fraud)
+        # transaction id -> the analysts' latest verdict on it (reported ms, fraud)
+        self.latest: dict[str, tuple[int, bool]] = {}
         self.first_ms: dict[str, int] = {}  # transaction id -> its first verdict's report time
         self.cases: dict[tuple[str, int], set[str]] = {}  # (analyst, report day) -> case ids
         self.newest_day = NEVER  # of the alerts' event times and the verdicts' reports

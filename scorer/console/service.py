@@ -35,7 +35,7 @@ from scorer.db import accounts
 from scorer.db.accounts import Principal
 from scorer.db.cases import BandFigures, PostgresCases
 from scorer.errors import ScorerError
-from scorer.kafka.verdicts import rule_id_for
+from scorer.kafka.verdicts import RuleRefused, rule_id_for
 
 logger = logging.getLogger(__name__)
 MAX_RULE_DAYS = 365
@@ -191,6 +191,9 @@ class ConsoleService:
             reported_at = newest if self.label_time == "event" else None
             try:
                 self.publisher.publish(verdict.labels, requests, reported_at)
+            except RuleRefused as exc:
+                self.metrics.refused.labels("invalid").inc()
+                raise CaseError(f"the verdict's rule was refused, nothing changed: {exc}") from exc
             except ScorerError as exc:
                 self.metrics.refused.labels("unavailable").inc()
                 raise Unavailable(f"the verdict was not published, nothing changed: {exc}") from exc

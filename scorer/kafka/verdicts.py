@@ -42,6 +42,11 @@ POLL_S = 0.05  # how long one wait for delivery reports lasts (another thread's 
 GRACE_S = 1.0  # past the producer's own delivery timeout, the longest a report may take to come back
 
 
+class RuleRefused(ScorerError):
+    """The rule a verdict asks for cannot join those in force (it contradicts one, or is malformed):
+    nothing was sent, and retrying will not help (the console answers 409 with the reason)."""
+
+
 class Producing(Protocol):
     """The confluent-kafka Producer methods the publisher calls (tests pass fakes that refuse or hold)."""
 
@@ -191,11 +196,17 @@ class KafkaVerdictPublisher:
                 "block_customer", request.customer_id, request.expires_at, request.case_id, ""
             )
             records.append((self.settings.rules_topic, *rule_record(rule_id_for(block), None)))
-        new_rules = [rule_for(r, now_ms) for r in rules if r.kind != UNBLOCK]
+        try:
+            new_rules = [rule_for(r, now_ms) for r in rules if r.kind != UNBLOCK]
+        except ScorerError as exc:
+            raise RuleRefused(str(exc)) from exc
         if new_rules:
             in_force = self._in_force()
             for rule in new_rules:  # a retried verdict replaces its own rule (same id)
-                check_rule(rule, in_force, replace=True)
+                try:
+                    check_rule(rule, in_force, replace=True)
+                except ScorerError as exc:
+                    raise RuleRefused(str(exc)) from exc
             records += [(self.settings.rules_topic, *rule_record(r.rule_id, r)) for r in new_rules]
         if records:
             self._send(records)

@@ -25,6 +25,7 @@ from scorer.console.service import ConsoleMetrics, ConsoleService
 from scorer.db import accounts
 from scorer.db.migrate import migrate
 from scorer.errors import ScorerError
+from scorer.kafka.verdicts import RuleRefused
 
 PASSWORD = "correct horse battery"  # noqa: S105 (the test accounts' password)
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -38,6 +39,7 @@ class RecordingPublisher:
         self.labels: list[LabelOut] = []
         self.rules: list[RuleRequest] = []
         self.refuse = False
+        self.contradict = False
         self.reported_at: list[datetime | None] = []
 
     def publish(
@@ -45,6 +47,8 @@ class RecordingPublisher:
     ) -> None:
         if self.refuse:
             raise ScorerError("the broker refused a delivery: test")
+        if self.contradict and rules:
+            raise RuleRefused("rule case-C1-block refused: 'C1' is already allowed and blocked in rule vip")
         self.labels += labels
         self.rules += rules
         self.reported_at.append(reported_at)

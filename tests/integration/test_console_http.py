@@ -131,6 +131,19 @@ def test_a_refused_publish_leaves_the_case_open(port: int, publisher: RecordingP
     assert 'id="case-status">open' in page
 
 
+def test_a_block_that_contradicts_a_rule_in_force_is_refused_with_its_reason(
+    port: int, publisher: RecordingPublisher
+) -> None:
+    client = Client(port)
+    client.sign_in("anna")
+    publisher.contradict = True
+    form = {"csrf": client.csrf("/case?id=C1"), "case_id": "C1", "outcome": "fraud", "block_days": "7"}
+    status, _, body = client.request("POST", "/case/close", form)
+    assert status == 409 and "already allowed" in body and "nothing changed" in body
+    _, _, page = client.request("GET", "/case?id=C1")
+    assert 'id="case-status">open' in page and publisher.labels == []
+
+
 def test_roles_an_analyst_cannot_take_anothers_case_or_bulk_close(
     port: int, publisher: RecordingPublisher
 ) -> None:

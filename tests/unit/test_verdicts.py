@@ -16,7 +16,7 @@ from scorer.config import Settings
 from scorer.errors import ScorerError
 from scorer.events.decode import decode_labels
 from scorer.kafka.rules import parse_rule, rule_record
-from scorer.kafka.verdicts import KafkaVerdictPublisher, rule_for, rule_id_for
+from scorer.kafka.verdicts import KafkaVerdictPublisher, RuleRefused, rule_for, rule_id_for
 from scorer.policy.rules import EXEMPTION, RULE_ID, Rule
 
 S = Settings(labels_topic="labels", rules_topic="rules")
@@ -114,12 +114,12 @@ def test_a_malformed_or_contradicted_rule_sends_nothing() -> None:
     vip = Rule("vip", "allow_customer", "approve", ("C1",))
     broker = FakeBroker()
     pub, _ = publisher(broker, in_force={"vip": vip})
-    with pytest.raises(ScorerError, match="'C1' is already allowed and blocked in rule vip"):
-        pub.publish([label("tx1")], [BLOCK])
+    with pytest.raises(RuleRefused, match="'C1' is already allowed and blocked in rule vip"):
+        pub.publish([label("tx1")], [BLOCK])  # a refusal retrying cannot fix: the console answers 409
     naive = RuleRequest("block_customer", "C1", datetime(2026, 3, 9), case_id="C1", analyst_id="ana")
     for bad, why in [(naive, "no time zone"), (replace(PAST, past_rule_id=None), "needs past_rule"),
                      (RuleRequest("block_card", "C1", UNTIL, "C1", "ana"), "kind 'block_card'")]:  # fmt: skip
-        with pytest.raises(ScorerError, match=why):
+        with pytest.raises(RuleRefused, match=why):
             pub.publish([label("tx1")], [bad])
     assert broker.log == {}
 

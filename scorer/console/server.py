@@ -22,6 +22,7 @@ from scorer.config import Settings
 from scorer.console.app import ConsoleApp
 from scorer.console.service import ConsoleMetrics, ConsoleService
 from scorer.db.connect import connect
+from scorer.db.deadline import Deadline, DeadlineExceeded
 from scorer.db.migrate import migrate
 from scorer.errors import ScorerError
 from scorer.runtime.health import serve_health
@@ -30,6 +31,7 @@ from scorer.serve.server import listen
 from scorer.serve.tls import server_context
 
 logger = logging.getLogger(__name__)
+VERDICT_TIMEOUT_S = 10.0  # how long a verdict waits for the broker to acknowledge its labels and rules
 POOL_SIZE = 8  # connections: pages are short queries, verdicts hold one while the broker acknowledges
 
 
@@ -58,8 +60,7 @@ def open_pool(settings: Settings) -> ConnectionPool[psycopg.Connection[psycopg.r
             "application_name": "scorer-console",
             "connect_timeout": max(2, int(settings.database_timeout_s)),
         },
-        check=ConnectionPool.check_connection,
-        open=False,
+        open=False,  # no check on borrowing: it could hang on a frozen server; each request has a deadline
     )
     pool.open(wait=False)
     return pool
@@ -94,7 +95,7 @@ def run_console(settings: Settings) -> int:
         stack.callback(sock.close)
         pool = open_pool(settings)
         stack.callback(pool.close)
-        publisher = KafkaVerdictPublisher(settings)
+        publisher = KafkaVerdictPublisher(settings, timeout_s=VERDICT_TIMEOUT_S)
         stack.callback(publisher.close)
         service = ConsoleService(
             pool, publisher, metrics, settings.console_sla_hours, settings.console_daily_capacity
@@ -133,9 +134,9 @@ class Readiness:
 
     def __call__(self) -> bool:
         try:
-            with self.pool.connection(timeout=1.0) as conn:
+            with self.pool.connection(timeout=1.0) as conn, Deadline(conn, 1.0, what="the readiness check"):
                 conn.execute("select 1")
-        except (psycopg.Error, TimeoutError) as exc:
+        except (psycopg.Error, TimeoutError, DeadlineExceeded) as exc:
             logger.warning("database_not_ready", extra={"error": str(exc).strip().splitlines()[0]})
             return False
         return True

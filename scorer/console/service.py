@@ -34,6 +34,7 @@ from scorer.cases.model import (
 from scorer.db import accounts
 from scorer.db.accounts import Principal
 from scorer.db.cases import BandFigures, PostgresCases
+from scorer.db.deadline import Deadline, DeadlineExceeded
 from scorer.errors import ScorerError
 from scorer.kafka.verdicts import RuleRefused, rule_id_for
 
@@ -94,8 +95,14 @@ class ConsoleService:
         sla_hours: float,
         daily_capacity: int,
         label_time: str = "now",
+        deadline_s: float = 10.0,
+        publish_s: float = 12.0,
     ) -> None:
         self.pool = pool
+        # a request's database work ends within deadline_s even against a frozen server (then 503); a
+        # verdict's transaction also waits for the broker's acknowledgement, up to publish_s more
+        self.deadline_s = deadline_s
+        self.publish_s = publish_s
         self.label_time = label_time  # "now", or "event": a label is reported at the card's newest event time
         self.publisher = publisher
         self.metrics = metrics
@@ -103,12 +110,18 @@ class ConsoleService:
         self.daily_capacity = daily_capacity
 
     @contextmanager
-    def _cases(self) -> Iterator[tuple[psycopg.Connection[TupleRow], PostgresCases]]:
-        """A connection in a transaction (committed when the block ends, rolled back on an error)."""
+    def _cases(self, extra_s: float = 0.0) -> Iterator[tuple[psycopg.Connection[TupleRow], PostgresCases]]:
+        """A connection in a transaction, committed when the block ends (rolled back on an error), all
+        within the request's deadline: a server that stops answering costs the request a 503, never a
+        thread held for ever (db/deadline.py shuts the socket; the pool then drops the connection)."""
         try:
-            with self.pool.connection() as conn:
+            with (
+                self.pool.connection() as conn,
+                Deadline(conn, self.deadline_s + extra_s, what="a console request"),
+            ):
                 yield conn, PostgresCases(conn, self.sla_hours)
-        except (psycopg.OperationalError, TimeoutError) as exc:
+                conn.commit()  # inside the deadline: a commit can hang on a frozen server too
+        except (psycopg.OperationalError, TimeoutError, DeadlineExceeded) as exc:
             self.metrics.refused.labels("unavailable").inc()
             raise Unavailable(f"the database did not answer: {str(exc).strip().splitlines()[0]}") from exc
 
@@ -178,7 +191,7 @@ class ConsoleService:
         """Close (or reverse) a case, publish its labels and rules, then commit; on a refused or
         unacknowledged publish the transaction rolls back (Unavailable) and the case is as it was."""
         rules = _rule_days(closing)
-        with self._cases() as (conn, cases):
+        with self._cases(extra_s=self.publish_s) as (conn, cases):
             current = cases.summary(closing.case_id)
             if current is None:
                 raise CaseError(f"no case {closing.case_id!r}")

@@ -110,7 +110,7 @@ def free_port() -> int:
 
 @contextmanager
 def served_console(
-    database_url: str, publisher: RecordingPublisher, trusted_proxies: str = ""
+    database_url: str, publisher: RecordingPublisher, trusted_proxies: str = "", deadline_s: float = 10.0
 ) -> Iterator[int]:
     """The console app on uvicorn in a thread, users anna (analyst), bob (analyst), lena (lead); its port."""
     with psycopg.connect(database_url) as conn:
@@ -121,7 +121,9 @@ def served_console(
         database_url=database_url, database_timeout_s=5.0, console_trusted_proxies=trusted_proxies
     )
     pool = open_pool(settings)
-    service = ConsoleService(pool, publisher, ConsoleMetrics(CollectorRegistry()), 4.0, 50)
+    service = ConsoleService(
+        pool, publisher, ConsoleMetrics(CollectorRegistry()), 4.0, 50, deadline_s=deadline_s
+    )
     app = ConsoleApp(service, secure_cookies=False, ready=Readiness(pool))
     port = free_port()
     options = uvicorn_options(settings) | {"loop": "asyncio"}  # the test's thread runs its own loop

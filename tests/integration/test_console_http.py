@@ -3,6 +3,7 @@ throttling), escaping, verdicts publishing labels and rules, and a refused publi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import orjson
@@ -12,6 +13,7 @@ from consolekit import Client, RecordingPublisher, served_console
 from test_cases_db import add_decision
 
 from scorer.db import accounts
+from scorer.db.embedded import EmbeddedPostgres
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -218,3 +220,23 @@ def test_without_trusted_proxies_a_forwarded_address_is_ignored(port: int, datab
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("select remote_addr from console_login_failures").fetchall()
     assert rows == [("127.0.0.1",)]  # a client cannot choose the address it is throttled by
+
+
+def test_a_database_that_stops_answering_is_503_within_the_deadline_then_served_again(
+    database_url: str, postgres: EmbeddedPostgres
+) -> None:
+    with served_console(database_url, RecordingPublisher(), deadline_s=2.0) as port:
+        client = Client(port)
+        assert client.sign_in("anna") == 303
+        postgres.pause()  # SIGSTOP: the server holds every connection without a word
+        try:
+            status, _, body = client.request("GET", "/")
+            assert status == 503 and "did not answer" in body
+            assert client.request("GET", "/readyz")[0] == 503
+        finally:
+            postgres.resume()
+        deadline = time.monotonic() + 30
+        while client.request("GET", "/")[0] != 200:  # the pool replaces the connections it dropped
+            assert time.monotonic() < deadline, "the console did not recover"
+            time.sleep(0.2)
+        assert client.request("GET", "/readyz")[0] == 200

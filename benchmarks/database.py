@@ -212,7 +212,7 @@ def pages(conn: psycopg.Connection[Any], customers: int, repetitions: int, seed:
         flt = QueueFilter()
         html = env.get_template("queue.html").render(
             who=who, csrf="x", message=None, message_kind="info", cases=cases.queue(flt),
-            capacity=cases.capacity(100), alerts_24h={}, figures=cases.verdict_figures(), flt=flt, outcomes=OUTCOMES,
+            capacity=cases.capacity(100), alerts_24h={}, figures=cases.verdict_figures(), policy="bench", flt=flt, outcomes=OUTCOMES,
             page_link=str,
         )  # fmt: skip
         seconds["queue page"].append(time.perf_counter() - t0)

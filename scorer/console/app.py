@@ -71,8 +71,15 @@ def templates() -> jinja2.Environment:
 class ConsoleApp:
     """Builds the Starlette application over a ConsoleService."""
 
-    def __init__(self, service: ConsoleService, secure_cookies: bool, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        service: ConsoleService,
+        secure_cookies: bool,
+        ready: Callable[[], bool],
+        policy: Callable[[], str],
+    ) -> None:
         self.service = service
+        self.policy = policy  # the decision policy in force, as words (scorer-control, refreshed apart)
         self.secure = secure_cookies
         self.ready = ready
         self.env = templates()
@@ -171,7 +178,8 @@ class ConsoleApp:
             return "/?" + urlencode({**args, "offset": max(0, offset)})
 
         return self._page(
-            "queue.html", who, cases=cases, capacity=capacity, alerts_24h=alerts, figures=figures, flt=flt, outcomes=OUTCOMES,
+            "queue.html", who, cases=cases, capacity=capacity, alerts_24h=alerts, figures=figures, policy=self.policy(),
+            flt=flt, outcomes=OUTCOMES,
             page_link=page_link, message=flash(request),
         )  # fmt: skip
 

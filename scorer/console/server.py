@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import uvicorn
+from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry
 from psycopg_pool import ConnectionPool
 
@@ -25,6 +26,7 @@ from scorer.db.connect import connect
 from scorer.db.deadline import Deadline, DeadlineExceeded
 from scorer.db.migrate import migrate
 from scorer.errors import ScorerError
+from scorer.kafka.control import read_deployment
 from scorer.runtime.health import serve_health
 from scorer.runtime.process import install_signal_handlers
 from scorer.serve.server import listen
@@ -101,12 +103,12 @@ def run_console(settings: Settings) -> int:
             pool, publisher, metrics, settings.console_sla_hours, settings.console_daily_capacity
         )
         ready = Readiness(pool)
+        policy = PolicyText(settings).start()
+        stack.callback(policy.close)
         health = serve_health(registry, settings.metrics_host, settings.metrics_port, ready)
         if health is not None:
             stack.callback(health.stop)
-        app = ConsoleApp(
-            service, secure_cookies=settings.console_secure_cookies or tls is not None, ready=ready
-        )
+        app = ConsoleApp(service, settings.console_secure_cookies or tls is not None, ready, policy)
         config = uvicorn.Config(app.starlette(), **uvicorn_options(settings))
         config.load()
         config.ssl = tls
@@ -124,6 +126,47 @@ def run_console(settings: Settings) -> int:
             )
     logger.info("stopped")
     return 0
+
+
+class PolicyText:
+    """The decision policy in force as one line for the queue page, read from `scorer-control` by a thread
+    of its own every REFRESH_S (a page never waits on the broker; an unreadable topic says so)."""
+
+    REFRESH_S = 60.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.text = "not read yet"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="policy-text", daemon=True)
+
+    def start(self) -> PolicyText:
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+    def __call__(self) -> str:
+        return self.text
+
+    def _run(self) -> None:
+        while True:
+            self.text = self.read()
+            if self.stop.wait(self.REFRESH_S):
+                return
+
+    def read(self) -> str:
+        try:
+            deployment = read_deployment(self.settings, timeout_s=5.0)
+        except (ScorerError, KafkaException) as exc:
+            return (
+                f"unknown: {self.settings.control_topic} could not be read ({str(exc).splitlines()[0][:120]})"
+            )
+        if deployment is None:
+            return "none published: each model's own threshold flags for review"
+        return f"{deployment.policy.describe()} (champion {deployment.champion})"
 
 
 class Readiness:

@@ -124,7 +124,7 @@ def served_console(
     service = ConsoleService(
         pool, publisher, ConsoleMetrics(CollectorRegistry()), 4.0, 50, deadline_s=deadline_s
     )
-    app = ConsoleApp(service, secure_cookies=False, ready=Readiness(pool))
+    app = ConsoleApp(service, False, Readiness(pool), lambda: "review from threshold:0.5 (test)")
     port = free_port()
     options = uvicorn_options(settings) | {"loop": "asyncio"}  # the test's thread runs its own loop
     config = uvicorn.Config(app.starlette(), host="127.0.0.1", port=port, **options)

@@ -58,7 +58,13 @@ def test_an_analyst_closes_the_top_case_as_fraud_with_a_block_in_a_real_browser(
 
     # an amount over 1,000 goes to review, so the test knows which card alerts whatever the tiny model says
     write_rule(settings, "big-amount", Rule("big-amount", "amount_limit", "review", max_amount=1000.0))
-    env = env_for(settings, tiny_model, SCORER_DATABASE_URL=database_url)
+    registry = str(tiny_model.parent.parent)
+    env = env_for(settings, tiny_model, SCORER_DATABASE_URL=database_url, SCORER_REGISTRY=registry)
+    policy = subprocess.run(
+        [sys.executable, "-m", "scorer", "models", "--registry", registry, "policy", "--review", "threshold:0.9",
+         "--decline", "threshold:0.97"], env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert policy.returncode == 0, policy.stderr
     added = subprocess.run(
         [sys.executable, "-m", "scorer", "console", "users", "add", "lena", "--role", "lead"],
         input=PASSWORD + "\n", env=env, capture_output=True, text=True, timeout=60, check=False,
@@ -86,6 +92,7 @@ def test_an_analyst_closes_the_top_case_as_fraud_with_a_block_in_a_real_browser(
         page.fill("input[name=password]", PASSWORD)
         page.click("button[type=submit]")
         page.wait_for_selector("#queue")
+        assert "review from threshold:0.9, decline from threshold:0.97" in page.inner_text("#policy")
         page.screenshot(path=str(shots / "queue.png"), full_page=True)
         page.click("#queue a.case-link >> nth=0")  # the top case
         assert page.inner_text("#case-id") == "C1"

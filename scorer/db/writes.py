@@ -83,6 +83,8 @@ class Table:
     columns: tuple[Column, ...]
     key: tuple[str, ...]
     copy: bool = False
+    # what else a newer record must be to replace a stored row (SQL over the table and `excluded`)
+    also_newer: str = ""
 
     def copy_statement(self) -> sql.Composed:
         return sql.SQL("copy {table} ({names}) from stdin (format binary)").format(
@@ -108,12 +110,14 @@ class Table:
             for c in self.columns
             if c.name not in self.key
         )
+        also = sql.SQL(f" and ({self.also_newer})" if self.also_newer else "")  # a constant of TABLES
         return sql.SQL(
             "insert into {table} ({names}) select {values} from unnest({arrays}) as u({inputs}) "
             "on conflict ({key}) do update set {updates}, stored_at = now() "
-            "where {table}.source_offset < excluded.source_offset "
-            "or {table}.source_partition <> excluded.source_partition"
+            "where ({table}.source_offset < excluded.source_offset "
+            "or {table}.source_partition <> excluded.source_partition){also}"
         ).format(
+            also=also,
             table=sql.Identifier(self.name),
             names=names,
             values=values,
@@ -173,6 +177,9 @@ TABLES = {
             _ms("event_time", "event_ms"), Column("analyst", "text"), Column("case_id", "text"), *_origin(),
         ),
         ("transaction_id", "source"),
+        # the label rule every consumer applies (events/labelstate.py): per (transaction, source) the latest
+        # reported_at wins, a tie going to the later record
+        also_newer="labels.reported_at <= excluded.reported_at",
     ),
     "dead_letters": Table(
         "dead_letters",

@@ -106,3 +106,25 @@ def test_the_copy_and_the_upsert_statement_store_the_same_rows(database_url: str
         assert scores == {0.75}
         assert write(conn, batch(60, 10), "copy") == [True, True]  # new rows again: the COPY
         assert conn.execute("select count(*) from decisions").fetchone() == (70,)
+
+
+def test_a_label_replaces_the_stored_one_only_when_reported_no_earlier(database_url: str) -> None:
+    """The label rule every consumer applies: per (transaction, source) the latest reported_at wins (a tie:
+    the later record), even when an older report arrives later (another partition, a late producer)."""
+
+    def label(fraud: bool, reported_ms: int, partition: int, offset: int) -> dict[str, list[Any]]:
+        return {
+            "transaction_id": ["tx-1"], "source": ["analyst"], "customer_id": ["C1"], "terminal_id": ["T1"],
+            "is_fraud": [fraud], "reported_ms": [reported_ms], "event_ms": [1_772_000_000_000],
+            "analyst": ["ana"], "case_id": ["C1"], "source_partition": [partition], "source_offset": [offset],
+        }  # fmt: skip
+
+    with psycopg.connect(database_url) as conn:
+        migrate(conn)
+        writes.upsert(conn, "labels", label(True, 2_000, 0, 5))
+        writes.upsert(conn, "labels", label(False, 1_000, 1, 9))  # an older report, arriving later
+        assert conn.execute("select is_fraud from labels").fetchall() == [(True,)]
+        writes.upsert(conn, "labels", label(False, 2_000, 0, 6))  # the same time, a later record: it wins
+        assert conn.execute("select is_fraud from labels").fetchall() == [(False,)]
+        writes.upsert(conn, "labels", label(True, 3_000, 0, 4))  # a replay of an older offset: nothing
+        assert conn.execute("select is_fraud from labels").fetchall() == [(False,)]

@@ -76,8 +76,10 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 @contextmanager
 def _accounts(args: argparse.Namespace) -> Iterator[Any]:
-    """A migrated database connection, committed when the block succeeds."""
+    """A migrated database connection, committed when the block succeeds; a change the accounts refuse
+    (AccountError) becomes one line and exit 1."""
     from scorer.console.server import migrate_database
+    from scorer.db.accounts import AccountError
     from scorer.db.connect import connect
 
     settings = settings_from(args)
@@ -92,12 +94,10 @@ def _accounts(args: argparse.Namespace) -> Iterator[Any]:
     try:
         yield conn
         conn.commit()
+    except AccountError as exc:  # a change the accounts refuse: its reason, one line, exit 1
+        raise ScorerError(str(exc)) from None
     finally:
         conn.close()
-
-
-def _refused(exc: ValueError) -> ScorerError:
-    return ScorerError(str(exc))
 
 
 def _users_add(args: argparse.Namespace) -> int:
@@ -109,10 +109,7 @@ def _users_add(args: argparse.Namespace) -> int:
     if problem:
         raise ConfigError(problem)
     with _accounts(args) as conn:
-        try:
-            accounts.add_user(conn, args.name, args.role, password)
-        except accounts.AccountError as exc:
-            raise _refused(exc) from None
+        accounts.add_user(conn, args.name, args.role, password)
     print(f"added {args.role} {args.name}")
     return 0
 
@@ -121,10 +118,7 @@ def _set_disabled(args: argparse.Namespace, disabled: bool) -> int:
     from scorer.db import accounts
 
     with _accounts(args) as conn:
-        try:
-            accounts.set_disabled(conn, args.name, disabled)
-        except accounts.AccountError as exc:
-            raise _refused(exc) from None
+        accounts.set_disabled(conn, args.name, disabled)
     print(f"{'disabled' if disabled else 'enabled'} {args.name}")
     return 0
 
@@ -150,10 +144,7 @@ def _tokens_add(args: argparse.Namespace) -> int:
     from scorer.db import accounts
 
     with _accounts(args) as conn:
-        try:
-            token = accounts.add_token(conn, args.name, args.user)
-        except accounts.AccountError as exc:
-            raise _refused(exc) from None
+        token = accounts.add_token(conn, args.name, args.user)
     print(token)
     print(f"(token {args.name!r} for {args.user}: shown once, stored only as its hash)", file=sys.stderr)
     return 0
@@ -163,9 +154,6 @@ def _tokens_revoke(args: argparse.Namespace) -> int:
     from scorer.db import accounts
 
     with _accounts(args) as conn:
-        try:
-            accounts.revoke_token(conn, args.name)
-        except accounts.AccountError as exc:
-            raise _refused(exc) from None
+        accounts.revoke_token(conn, args.name)
     print(f"revoked {args.name}")
     return 0

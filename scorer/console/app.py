@@ -170,17 +170,16 @@ class ConsoleApp:
         if who is None:
             return RedirectResponse("/login", status_code=303)
         flt = queue_filter(request.query_params, who.name)
-        cases, capacity, alerts = await run_in_threadpool(self.service.queue, flt)
-        figures = await run_in_threadpool(self.service.figures)
+        content = await run_in_threadpool(self.service.queue, flt)
         args = dict(request.query_params)
 
         def page_link(offset: int) -> str:
             return "/?" + urlencode({**args, "offset": max(0, offset)})
 
         return self._page(
-            "queue.html", who, cases=cases, capacity=capacity, alerts_24h=alerts, figures=figures, policy=self.policy(),
-            flt=flt, outcomes=OUTCOMES,
-            page_link=page_link, message=flash(request),
+            "queue.html", who, cases=content.cases, capacity=content.capacity, alerts_24h=content.alerts_24h,
+            figures=content.figures, policy=self.policy(), flt=flt, outcomes=OUTCOMES, page_link=page_link,
+            message=flash(request),
         )  # fmt: skip
 
     async def case_page(self, request: Request) -> Response:
@@ -263,10 +262,10 @@ class ConsoleApp:
         who = await self._bearer(request)
         if who is None:
             return unauthorized()
-        cases, capacity, _ = await run_in_threadpool(
-            self.service.queue, queue_filter(request.query_params, who.name)
+        content = await run_in_threadpool(self.service.queue, queue_filter(request.query_params, who.name))
+        return json_response(
+            {"cases": [asdict(c) for c in content.cases], "capacity": asdict(content.capacity)}
         )
-        return json_response({"cases": [asdict(c) for c in cases], "capacity": asdict(capacity)})
 
     async def api_case(self, request: Request) -> Response:
         who = await self._bearer(request)

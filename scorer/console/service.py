@@ -63,6 +63,17 @@ class Closing:
     allow_days: int = 0  # ... for this many days
 
 
+@dataclass(frozen=True, slots=True)
+class QueuePage:
+    """The cases, the team's capacity, the last 24 hours' alerts by action, and what the last 7 days'
+    verdicts say of each action band."""
+
+    cases: list[CaseSummary]
+    capacity: Capacity
+    alerts_24h: dict[str, int]
+    figures: BandFigures
+
+
 class ConsoleMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.verdicts = Counter(
@@ -156,18 +167,16 @@ class ConsoleService:
 
     # reads ----------------------------------------------------------------------------------------------
 
-    def queue(self, flt: QueueFilter) -> tuple[list[CaseSummary], Capacity, dict[str, int]]:
-        """The cases, the team's capacity, and the last 24 hours' alerts by action."""
+    def queue(self, flt: QueueFilter) -> QueuePage:
+        """The queue page's content, read in one transaction."""
         with self._cases() as (conn, cases):
             rows = conn.execute(
                 "select action, count(*) from case_alerts where alerted_at > now() - interval '1 day' group by action"
             ).fetchall()
-            return cases.queue(flt), cases.capacity(self.daily_capacity), {str(a): int(n) for a, n in rows}
-
-    def figures(self) -> BandFigures:
-        """What the verdicts of the last 7 days say of each action band."""
-        with self._cases() as (_, cases):
-            return cases.verdict_figures()
+            return QueuePage(
+                cases.queue(flt), cases.capacity(self.daily_capacity), {str(a): int(n) for a, n in rows},
+                cases.verdict_figures(),
+            )  # fmt: skip
 
     def case(self, case_id: str) -> CaseDetail | None:
         with self._cases() as (_, cases):

@@ -13,6 +13,7 @@ name anywhere in deploy/ must be a setting.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -52,6 +53,7 @@ LONG_RUNNING = {
     "scorer-store",
     "scorer-console",
 }
+RETRAIN = "scorer-retrain"  # a CronJob, not long-running: scraped in compose, in Kubernetes while a run lasts
 LOCAL_STACK_PASSWORD = "local-stack-only"  # noqa: S105 - compose.yaml's public default, marked as such there
 CHOSEN_PASSWORD = "chosen-elsewhere"  # noqa: S105 - a stand-in
 BUILTIN_GROUPS = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1"}
@@ -222,6 +224,28 @@ def test_the_image_is_slim_runs_as_the_user_it_creates_and_carries_the_package_v
     assert copies and all(words[0].startswith(f"--chown={user}:") for words in copies)
 
 
+def test_the_train_extra_is_a_build_argument_that_defaults_to_none() -> None:
+    # scorer retrain needs LightGBM (the train extra) and its OpenMP runtime: the same Dockerfile builds that
+    # image with --build-arg EXTRAS=train, and without it the steps are no-ops, so the scorer image stays as
+    # the tests above check it
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "train" in extras
+    for stage in stages(DEPLOY / "Dockerfile"):
+        assert 'EXTRAS=""' in stage.all("ARG")
+        uses = [run for run in stage.all("RUN") if "$EXTRAS" in run]
+        assert len(uses) == 1 and uses[0].startswith('if [ -n "$EXTRAS" ]; then '), uses
+    install = stages(DEPLOY / "Dockerfile")[-1].all("RUN")
+    assert "libgomp1" in next(run for run in install if "$EXTRAS" in run)
+
+
+def retrain_cli(args: list[str]) -> None:
+    """The CLI must take args, once it has a retrain command (it comes with the retraining itself)."""
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001
+    if "retrain" in commands.choices:
+        parser.parse_args(args)  # exits on an unknown flag
+
+
 # -- compose -----------------------------------------------------------------------------------------------
 
 
@@ -253,6 +277,7 @@ def test_compose_file_is_accepted_by_docker_compose() -> None:
         "postgres",
         "store",
         "console",
+        "retrain",
         "prometheus",
         "grafana",
     } <= set(resolved)
@@ -266,7 +291,7 @@ def test_compose_file_is_accepted_by_docker_compose() -> None:
     assert resolved["topics"]["command"] == ["topics", "--partitions", "4"]
     assert resolved["serve"]["command"] == ["serve"]
     assert resolved["serve"]["ports"][0]["target"] == 8080
-    for name in ("aggregator", "scorer", "monitor", "serve", "simulator", "store", "console"):
+    for name in ("aggregator", "scorer", "monitor", "serve", "simulator", "store", "console", "retrain"):
         assert resolved[name]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
 
 
@@ -326,6 +351,32 @@ def test_compose_runs_the_console_on_the_stores_database_published_on_loopback_o
     assert urlsplit(chosen["console"]["environment"]["SCORER_DATABASE_URL"]).password == CHOSEN_PASSWORD
 
 
+def test_compose_retrains_every_week_on_the_stores_database_from_the_train_image() -> None:
+    resolved = compose_config()
+    retrain, store = resolved["retrain"], resolved["store"]
+    assert retrain["command"] == [
+        "retrain",
+        "--every",
+        "7d",
+    ]  # a long-running process: it sleeps between cycles
+    retrain_cli(retrain["command"])
+    settings = load_settings(environ=retrain["environment"])
+    assert settings.database_url == store["environment"]["SCORER_DATABASE_URL"]
+    assert settings.brokers == load_settings(environ=store["environment"]).brokers
+    # its own image, the same Dockerfile with the train extra; the scorers' image keeps none
+    assert retrain["build"]["args"] == {"VERSION": __version__, "EXTRAS": "train"}
+    assert retrain["image"] == f"scorer-train:{__version__}"
+    assert "EXTRAS" not in store["build"]["args"] and store["image"] == f"scorer:{__version__}"
+    assert "ports" not in retrain  # only Prometheus, on the stack's network, reads its metrics
+    assert retrain["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert retrain["depends_on"]["store"]["condition"] == "service_started"  # the store migrates first
+    jobs = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    ((target,),) = [j["dns_sd_configs"] for j in jobs if j["job_name"] == RETRAIN]
+    assert target["names"] == ["retrain"] and target["port"] == settings.metrics_port
+    chosen = compose_config(POSTGRES_PASSWORD=CHOSEN_PASSWORD)
+    assert urlsplit(chosen["retrain"]["environment"]["SCORER_DATABASE_URL"]).password == CHOSEN_PASSWORD
+
+
 def test_prometheus_config_and_grafana_provisioning() -> None:
     done = subprocess.run(
         [tool("promtool", "apt-get install prometheus"), "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
@@ -336,7 +387,7 @@ def test_prometheus_config_and_grafana_provisioning() -> None:
         j["job_name"]
         for j in yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
     }
-    assert jobs == LONG_RUNNING  # the job names the alert rules use
+    assert jobs == LONG_RUNNING | {RETRAIN}  # the job names the alert rules use, and the retraining's
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     for mount in compose["services"]["grafana"]["volumes"] + compose["services"]["prometheus"]["volumes"]:
         assert (DEPLOY / mount.split(":")[0]).exists(), mount
@@ -441,6 +492,7 @@ def test_the_example_manifests_are_valid_and_the_migration_job_reads_the_stores_
         "store-database.example.yaml",
         "store-migrate-job.example.yaml",
         "console-ingress.example.yaml",
+        "retrain-deployment.example.yaml",
     }
     for path in examples:
         kustomization = yaml.safe_load((path.parent / "kustomization.yaml").read_text())
@@ -520,6 +572,90 @@ def test_the_console_runs_on_the_stores_secret_behind_its_ingress_and_network_po
     assert rule["host"] in tls["hosts"] and tls["secretName"]
 
 
+def test_the_retraining_cronjob_runs_once_a_week_alone_on_the_stores_secret(
+    base: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    cron, store = find(base, "CronJob", RETRAIN), find(base, "Deployment", "scorer-store")
+    spec = cron["spec"]
+    _, _, day_of_month, month, day_of_week = spec["schedule"].split()
+    assert (day_of_month, month) == ("*", "*") and day_of_week.isdigit()  # once a week
+    assert spec["concurrencyPolicy"] == "Forbid"  # never two runs (the database lock is the other guard)
+    job = spec["jobTemplate"]["spec"]
+    assert 0 <= job["backoffLimit"] <= 2 and 0 < job["activeDeadlineSeconds"] <= 6 * 3600
+    assert job.get("parallelism", 1) == 1 and job.get("completions", 1) == 1
+    pod = job["template"]["spec"]
+    assert job["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == RETRAIN
+    (c,) = pod["containers"]
+    assert c["args"][:2] == ["retrain", "--once"] and "--every" not in c["args"]
+    retrain_cli(c["args"])
+    assert c["image"] == f"scorer-train:{__version__}"  # the image with the train extra
+    assert {containers(d)[0]["image"] for d in base if d["kind"] == "Deployment"} == {f"scorer:{__version__}"}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    workdir = c["args"][c["args"].index("--workdir") + 1]
+    assert "emptyDir" in volumes[mounts[workdir]["name"]]  # the root filesystem is read-only
+    # the store's database URL, from the store's Secret at the store's path, as the console reads it
+    (store_c,) = containers(store)
+    url_file = {e["name"]: e["value"] for e in store_c["env"]}["SCORER_DATABASE_URL_FILE"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["SCORER_DATABASE_URL_FILE"] == url_file
+    mount = mounts[str(Path(url_file).parent)]
+    assert mount["readOnly"] and "subPath" not in mount
+    (store_secret,) = [v["secret"] for v in store["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert volumes[mount["name"]]["secret"] == store_secret
+    assert c["envFrom"] == store_c["envFrom"]  # the scorers' Kafka settings
+    # resources, and the store's non-root security context (its fsGroup reads the Secret)
+    assert "cpu" in c["resources"]["requests"] and "memory" in c["resources"]["limits"]
+    assert pod["securityContext"] == store["spec"]["template"]["spec"]["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"] == store_c["securityContext"]
+    assert pod["restartPolicy"] == "Never"  # a failed run's pod stays for its logs
+    config = find(base, "ConfigMap", "scorer-config")["data"]
+    url = tmp_path / "url"
+    url.write_text("postgresql://scorer_store:not-logged@db.example.internal:5432/fraud\n")
+    settings = load_settings(environ=config | env | {"SCORER_DATABASE_URL_FILE": str(url)})
+    assert settings.database_url == url.read_text().strip()
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": settings.metrics_port}
+    # it serves its metrics port and nothing else
+    policy = find(base, "NetworkPolicy", RETRAIN)
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"].items() <= job["template"]["metadata"]["labels"].items()
+    )
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "metrics"}]}]
+
+
+def test_the_retraining_deployment_example_probes_and_exposes_its_metrics_like_the_store(
+    base: list[dict[str, Any]],
+) -> None:
+    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "base" / "retrain-deployment.example.yaml").read_text()))
+    deployment = find(docs, "Deployment", RETRAIN)
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    (c,) = containers(deployment)
+    assert c["args"][:3] == ["retrain", "--every", "7d"]
+    retrain_cli(c["args"])
+    (store_c,) = containers(find(base, "Deployment", "scorer-store"))
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == store_c[probe]["httpGet"], probe
+    (cron_c,) = find(base, "CronJob", RETRAIN)["spec"]["jobTemplate"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert (c["env"], c["envFrom"], c["volumeMounts"]) == (
+        cron_c["env"],
+        cron_c["envFrom"],
+        cron_c["volumeMounts"],
+    )
+    assert c["image"] == cron_c["image"]  # the base pins scorer-train to the package version
+    service = find(docs, "Service", RETRAIN)
+    monitor = find(base, "ServiceMonitor", "scorer")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert service["spec"]["ports"][0]["name"] == monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    policy = find(base, "NetworkPolicy", RETRAIN)
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+
+
 def test_production_overlay_wires_sasl_ssl_from_a_secret(production: list[dict[str, Any]]) -> None:
     config = find(production, "ConfigMap", "scorer-config")["data"]
     assert config["SCORER_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
@@ -544,6 +680,25 @@ def test_production_overlay_wires_sasl_ssl_from_a_secret(production: list[dict[s
         == find(production, "TriggerAuthentication", "kafka-scram")["metadata"]["name"]
     )
     assert trigger["metadata"]["bootstrapServers"] == config["SCORER_BROKERS"]
+
+
+def test_production_overlay_gives_the_retraining_its_image_and_the_kafka_secret(
+    production: list[dict[str, Any]],
+) -> None:
+    cron = find(production, "CronJob", RETRAIN)
+    assert cron["metadata"]["namespace"] == "fraud"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == f"registry.example.com/payments/scorer-train:{__version__}"
+    config = find(production, "ConfigMap", "scorer-config")["data"]
+    mount = {m["name"]: m for m in c["volumeMounts"]}["kafka-credentials"]
+    assert (
+        mount["mountPath"] == str(Path(config["SCORER_KAFKA_SASL_PASSWORD_FILE"]).parent)
+        and mount["readOnly"]
+    )
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["kafka-credentials"]["secret"]["secretName"] == "kafka-credentials"
+    assert "database" in volumes  # the patch adds to the base's volumes, it does not replace them
 
 
 # -- configuration names cannot drift ----------------------------------------------------------------------

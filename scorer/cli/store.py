@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from scorer.cli.args import HelpFormatter, add_kafka_args, settings_from
+from scorer.config import Settings
 from scorer.errors import ConfigError, ScorerError
 
 SQL_ROWS = 1000  # at most this many rows printed by `scorer sql`
@@ -89,7 +90,7 @@ def cmd_store(args: argparse.Namespace) -> int:
     return Store(settings, target).run(stop)
 
 
-def _backfill(args: argparse.Namespace, settings: Any) -> int:
+def _backfill(args: argparse.Namespace, settings: Settings) -> int:
     """Migrate, then add DIR's history (scorer/db/backfill.py) and print the counts. One line, exit 2, for a
     missing directory, a bad line or a bad --until; exit 1 when the database cannot be reached or refuses."""
     from pathlib import Path

@@ -1,4 +1,5 @@
-"""`scorer store` (the topics into PostgreSQL) and `scorer sql` (a query against the store's database)."""
+"""`scorer store` (the topics into PostgreSQL, or a recorded history: --backfill) and `scorer sql` (a query
+against the store's database)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from typing import Any
 
 from scorer.cli.args import HelpFormatter, add_kafka_args, settings_from
+from scorer.config import Settings
 from scorer.errors import ConfigError, ScorerError
 
 SQL_ROWS = 1000  # at most this many rows printed by `scorer sql`
@@ -23,6 +25,17 @@ def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--migrate",
         action="store_true",
         help="apply the schema's migrations and exit (the store also applies them when it starts)",
+    )
+    p.add_argument(
+        "--backfill",
+        metavar="DIR",
+        help="write the history in DIR (transactions.jsonl, labels.jsonl: a `scorer simulate` directory) "
+        "into the tables, leaving every row already stored as it is, and exit",
+    )
+    p.add_argument(
+        "--until",
+        metavar="RFC3339",
+        help="with --backfill: only the transactions up to this event time and the labels reported by then",
     )
     p.set_defaults(func=cmd_store)
     q = sub.add_parser(
@@ -57,6 +70,8 @@ def cmd_store(args: argparse.Namespace) -> int:
     from scorer.store.database import PostgresTarget
 
     settings = _database_url(args)
+    if args.backfill is not None or args.until is not None:
+        return _backfill(args, settings)
     logs.configure(settings.log_level)
     target = PostgresTarget(settings.database_url, settings.store_group, settings.database_timeout_s)
     try:
@@ -73,6 +88,50 @@ def cmd_store(args: argparse.Namespace) -> int:
     stop = threading.Event()
     install_signal_handlers(stop)
     return Store(settings, target).run(stop)
+
+
+def _backfill(args: argparse.Namespace, settings: Settings) -> int:
+    """Migrate, then add DIR's history (scorer/db/backfill.py) and print the counts. One line, exit 2, for a
+    missing directory, a bad line or a bad --until; exit 1 when the database cannot be reached or refuses."""
+    from pathlib import Path
+
+    import psycopg
+
+    from scorer.db.backfill import backfill
+    from scorer.db.connect import connect
+    from scorer.db.migrate import migrate
+    from scorer.errors import DataError, Rejected
+    from scorer.events.timestamps import parse_rfc3339_ms
+    from scorer.training.dataset import load_history
+
+    if args.backfill is None:
+        raise ConfigError("--until needs --backfill DIR")
+    try:
+        until_ms = None if args.until is None else parse_rfc3339_ms(args.until)
+    except Rejected as exc:
+        raise ConfigError(f"--until: {exc.detail}") from None
+    data = Path(args.backfill)
+    if not data.is_dir():  # before connecting: a typo costs no database round trip
+        raise ConfigError(
+            f"--backfill {data}: no such directory (expected transactions.jsonl and labels.jsonl)"
+        )
+    conn = connect(
+        settings.database_url,
+        application_name="scorer-backfill",
+        connect_timeout_s=settings.database_timeout_s,
+    )
+    try:
+        history = load_history(data)  # after connecting: an unreachable database is told before a long read
+        migrate(conn)
+        done = backfill(conn, history.transactions, history.labels, until_ms)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None  # the input is wrong, as a bad flag is: exit 2
+    except psycopg.Error as exc:
+        raise ScorerError(f"the backfill failed: {str(exc).strip().splitlines()[0]}") from None
+    finally:
+        conn.close()
+    print(done)
+    return 0
 
 
 def cmd_sql(args: argparse.Namespace) -> int:

@@ -75,13 +75,15 @@ def cache_root(settings: Settings) -> Path:
 
 def pack(directory: Path) -> bytes:
     """The bundle of the version in `directory`. ModelError when it is not a model version (model.json,
-    model.onnx or MODEL_CARD.md missing), ScorerError when the bundle is over MAX_BUNDLE_BYTES."""
+    model.onnx or MODEL_CARD.md missing, or a label that cannot be a cache directory), ScorerError when
+    the bundle is over MAX_BUNDLE_BYTES. The same files give the same bytes (with the same zlib)."""
     return _bundle(directory)[0]
 
 
 def _bundle(directory: Path) -> tuple[bytes, dict[str, Any]]:
     directory = resolve_artefact(directory)
     label = read_meta(directory).label
+    _label_parts(label)  # refused here, not by every scorer that fetches it
     names = [*REQUIRED, *(n for n in OPTIONAL if (directory / n).is_file())]
     contents: dict[str, bytes] = {}
     for name in names:

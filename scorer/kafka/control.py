@@ -92,8 +92,9 @@ class DeploymentLoader:
 
     def build(self, table: Mapping[bytes, Deployment]) -> Serving | None:
         """The Serving of the deployment in `table` (None when there is none). ScorerError when a model
-        cannot be loaded, its windows or label delay differ from what this scorer's state was built for,
-        or the policy cannot be resolved on it: the models in use then stay."""
+        cannot be loaded (nor fetched, or its fetched bundle fails verification), its windows or label
+        delay differ from what this scorer's state was built for, or the policy cannot be resolved on it:
+        the models in use then stay."""
         deployment = table.get(DEPLOYMENT_KEY)
         if deployment is None:
             return None

@@ -148,6 +148,12 @@ def test_a_bundle_over_the_limit_is_refused(tmp_path: Path, monkeypatch: pytest.
     assert len(pack(version)) > 900_000  # the same version under a larger limit: the limit was the reason
 
 
+def test_a_version_whose_label_cannot_be_a_directory_is_refused_at_pack(tmp_path: Path) -> None:
+    version = copy_version("2 beta", tmp_path / "models")
+    with pytest.raises(ModelError, match=r"'default/2 beta': not a name/version label"):
+        pack(version)
+
+
 def deploy(champion: str) -> Mapping[bytes, Deployment]:
     return {DEPLOYMENT_KEY: Deployment(champion)}
 

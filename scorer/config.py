@@ -51,6 +51,8 @@ class Settings:
     rules_topic: str = "scorer-rules"  # compacted: the rules beside the model (key = rule id)
     monitoring_topic: str = "scorer-monitoring"  # hourly binned feature/score counts for `scorer report`
     registry: str = "models"  # model registry root: deployments name models as name/version in it
+    models_topic: str = "scorer-models"  # compacted: versions a scorer without the registry fetches
+    model_cache: str = ""  # where fetched versions are unpacked (empty: <tmp>/scorer-models-<uid>)
     challenger_timeout_s: float = 1.0  # a challenger slower than this (after the champion) falls back
     aggregator_group: str = "fraud-scorer-aggregator"
     monitor_group: str = "fraud-scorer-monitor"
@@ -63,9 +65,7 @@ class Settings:
     model: str = str(DEFAULT_MODEL)
     batch_max: int = 2000  # records per consume() call
     batch_wait_s: float = 0.02  # how long consume() may wait to fill a batch
-    commit_interval_s: float = (
-        1.0  # state snapshot + offset commit cadence (a transaction each, exactly_once)
-    )
+    commit_interval_s: float = 1.0  # state snapshot + offset commit cadence (exactly_once: a transaction)
     processing_guarantee: str = "at_least_once"  # or "exactly_once": Kafka transactions (see README)
     transactional_id_prefix: str = ""  # exactly_once: <prefix>-<input topic>-<partition>; default: the group
     fetch_wait_max_ms: int = 10  # broker-side fetch wait: latency vs CPU (see README)
@@ -81,9 +81,7 @@ class Settings:
     store_batch_max: int = 5000  # scorer store: records per database transaction at most
     store_batch_wait_s: float = 0.2  # scorer store: how long a batch may wait to fill
     store_overlap: bool = True  # scorer store: write a batch on a thread of its own while reading the next
-    store_retention_days: int = (
-        0  # scorer store: event days kept behind the newest (0: all), whole partitions
-    )
+    store_retention_days: int = 0  # scorer store: event days kept behind the newest (0: all), by partition
     http_host: str = "0.0.0.0"  # noqa: S104 - scorer serve: the scoring API listens here
     http_port: int = 8080  # scorer serve
     reply_topic: str = ""  # scorer serve: its reply topic (default: scorer-replies-<hostname>)

@@ -1,7 +1,8 @@
 """`scorer models ...`: the registry, its validation gate and the deployment on the control topic.
 
 list / show / validate read the registry only. plan / promote / finish / rollback read and write the
-deployment record on `scorer-control` (kafka/control.py); promote runs the gate first.
+deployment record on `scorer-control` (kafka/control.py); promote runs the gate first. publish puts a
+version on `scorer-models` (kafka/artefacts.py), where scorers without the registry's disk fetch it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from scorer.cli.args import HelpFormatter, add_kafka_args, settings_from
 from scorer.config import DEFAULT_MODEL, Settings
 from scorer.errors import ConfigError, ScorerError
+from scorer.kafka.artefacts import publish_model
 from scorer.kafka.control import publish, read_deployment
 from scorer.kafka.topics import reach
 from scorer.model.curve import Curve
@@ -31,7 +33,7 @@ METRICS_SHOWN = ("roc_auc", "average_precision", "card_precision_at_100", "preci
 def add_models_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "models", formatter_class=HelpFormatter,
-        help="the model registry (list, show, validate) and deployments (plan, promote, finish, rollback)",
+        help="the model registry (list, show, validate, publish) and deployments (plan, promote, finish, rollback)",
     )  # fmt: skip
     p.add_argument(
         "--registry", type=Path, default=None,
@@ -105,6 +107,15 @@ def add_deployment_parsers(models: argparse._SubParsersAction[argparse.ArgumentP
     )
     add_kafka_args(q, "models")
     q.set_defaults(func=cmd_rollback)
+    q = models.add_parser(
+        "publish", formatter_class=HelpFormatter,
+        help="put a version on the models topic, for scorers without the registry's disk (again: replaces it)",
+    )  # fmt: skip
+    q.add_argument(
+        "directory", type=Path, metavar="DIR", help="the version's directory, e.g. models/default/2"
+    )
+    add_kafka_args(q, "models")
+    q.set_defaults(func=cmd_publish)
 
 
 def _policy_args(q: argparse.ArgumentParser) -> None:
@@ -272,6 +283,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
         when = datetime.datetime.fromtimestamp(at / 1000, datetime.UTC).isoformat(timespec="seconds")
         extra = f" of customers {plan.share:.0%}" if plan.strategy == "canary" else ""
         print(f"  from {when}  challenger weight {weight:.2f}{extra}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """One line: label, the ONNX file's sha256 and the bundle's size; exit 1 with the reason otherwise."""
+    settings = settings_from(args)
+    reach(settings)  # one clear line when the brokers cannot be reached
+    published = publish_model(settings, args.directory)
+    print(
+        f"published {published.label} to {settings.models_topic}: model.onnx sha256 {published.onnx_sha256}, "
+        f"{published.bundle_bytes:,} bytes"
+    )
     return 0
 
 

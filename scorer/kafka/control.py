@@ -4,13 +4,14 @@ in a thread (control_watcher) that loads the models of each new deployment, read
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from scorer.config import Settings
-from scorer.errors import ScorerError
+from scorer.errors import ModelError, ScorerError
 from scorer.kafka import clients
+from scorer.kafka.artefacts import cache_root, fetch_model
 from scorer.kafka.compacted import CompactedWatcher, read_compacted
 from scorer.kafka.tables import TopicReader
 from scorer.model.onnx import OnnxModel
@@ -46,9 +47,14 @@ def read_deployment(settings: Settings, timeout_s: float = 10.0) -> Deployment |
 def control_watcher(
     settings: Settings, threads: int, initial: Serving, metrics: Metrics
 ) -> CompactedWatcher[Deployment, Serving]:
-    """The watcher of `scorer-control`: each new deployment, models loaded, as a Serving to swap in."""
+    """The watcher of `scorer-control`: each new deployment, models loaded, as a Serving to swap in. A model
+    the registry does not have is fetched from `scorer-models` (kafka/artefacts.py) into the cache."""
     config = settings.consumer_config(group=f"{settings.group}-control", background=True)
-    loader = DeploymentLoader(Registry(Path(settings.registry)), threads, initial)
+
+    def fetch(label: str) -> Path:
+        return fetch_model(settings, label, cache_root(settings))
+
+    loader = DeploymentLoader(Registry(Path(settings.registry)), threads, initial, fetch)
     return CompactedWatcher(
         "control",
         lambda: TopicReader(config, settings.control_topic),
@@ -67,18 +73,28 @@ def parse_deployment(key: bytes, value: bytes) -> Deployment:
 
 class DeploymentLoader:
     """Builds the Serving of a deployment. Loaded models are kept only while the newest deployment built
-    names them: one named again later is loaded from the registry again."""
+    names them: one named again later is loaded from the registry again. A model the registry does not
+    have is asked of `fetch` (label -> its version directory, ModelError when it cannot be had), when given:
+    the models topic, in a scorer without the registry's disk."""
 
-    def __init__(self, registry: Registry, threads: int, initial: Serving) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        threads: int,
+        initial: Serving,
+        fetch: Callable[[str], Path] | None = None,
+    ) -> None:
         self.registry = registry
+        self.fetch = fetch
         self.threads = threads
         self.models: dict[str, OnnxModel] = {initial.champion.label: initial.champion}
         self.running = initial.champion.meta.feature_config  # what the scorer's state was built for
 
     def build(self, table: Mapping[bytes, Deployment]) -> Serving | None:
         """The Serving of the deployment in `table` (None when there is none). ScorerError when a model
-        cannot be loaded, its windows or label delay differ from what this scorer's state was built for,
-        or the policy cannot be resolved on it: the models in use then stay."""
+        cannot be loaded (nor fetched, or its fetched bundle fails verification), its windows or label
+        delay differ from what this scorer's state was built for, or the policy cannot be resolved on it:
+        the models in use then stay."""
         deployment = table.get(DEPLOYMENT_KEY)
         if deployment is None:
             return None
@@ -99,9 +115,20 @@ class DeploymentLoader:
     def _load(self, label: str, loaded: dict[str, OnnxModel]) -> OnnxModel:
         model = loaded.get(label) or self.models.get(label)
         if model is None:
-            model = OnnxModel(self.registry.get(label).path, threads=self.threads)
+            model = OnnxModel(self._locate(label), threads=self.threads)
         why = self.running.state_difference(model.meta.feature_config)
         if why is not None:
             raise ScorerError(f"{label} cannot be served by this scorer: {why}")
         loaded[label] = model
         return model
+
+    def _locate(self, label: str) -> Path:
+        """The version's directory: in the registry, else fetched (ModelError from either when neither has
+        it; the registry's error when there is nothing to fetch from)."""
+        try:
+            return self.registry.get(label).path
+        except ModelError:
+            if self.fetch is None:
+                raise
+        logger.info("model_fetch", extra={"model": label})
+        return self.fetch(label)

@@ -28,6 +28,7 @@ def topic_specs(settings: Settings, partitions: int) -> list[TopicSpec]:
         TopicSpec(settings.terminal_topic, partitions, compacted=True),
         TopicSpec(settings.control_topic, 1, compacted=True),
         TopicSpec(settings.rules_topic, 1, compacted=True),
+        TopicSpec(settings.models_topic, 1, compacted=True),  # kafka/artefacts.py: key name/version
         TopicSpec(f"{settings.decisions_topic}-shadow", partitions),
         TopicSpec(settings.monitoring_topic, 1),
     ]

@@ -35,6 +35,24 @@ def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--analyst-capacity", type=int, default=20,
         help="cards the automatic analyst answers per simulated day (0: none, the queue is yours alone)",
     )  # fmt: skip
+    p.add_argument("--live-days", type=int, default=7, help="the last days of the history streamed live")
+    g = p.add_argument_group("continuous learning (docs/models.md)")
+    g.add_argument(
+        "--retrain", action="store_true",
+        help="write the history before the live days into the database and run `scorer retrain` beside the scorer",
+    )  # fmt: skip
+    g.add_argument(
+        "--shadow-days", type=float, default=2.0, help="--retrain: event-time days of shadow at least"
+    )
+    g.add_argument("--min-frauds", type=int, default=10, help="--retrain: labelled frauds a shadow needs")
+    g.add_argument(
+        "--gate-tolerance", type=float, default=0.01,
+        help="--retrain: how far below the champion a candidate may score on the validation week",
+    )  # fmt: skip
+    g.add_argument(
+        "--corrupt-labels", type=float, default=0.0,
+        help="--retrain: this share of the history's fraud labels become lies (a broken label feed)",
+    )  # fmt: skip
     p.add_argument("--offline", action="store_true", help="run simulate -> train -> evaluate instead")
     p.add_argument("--workdir", default="demo-data", help="--offline: where data and the demo model go")
     add_simulation_args(p)
@@ -51,11 +69,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return run_offline_demo(params, Path(args.workdir))
     check_rate(args)
     from scorer.demo.live import LiveDemo, run_live_demo
+    from scorer.demo.retrain import RetrainDemo
 
     if args.analyst_capacity < 0:
         raise ConfigError("--analyst-capacity must not be negative")
+    if not 0 < args.live_days < params.days:
+        raise ConfigError(
+            f"--live-days must be between 1 and {params.days - 1} (the simulated days less one)"
+        )
+    if not 0.0 <= args.corrupt_labels <= 1.0:
+        raise ConfigError("--corrupt-labels must be a share between 0 and 1")
+    if args.shadow_days <= 0 or args.min_frauds < 0 or args.gate_tolerance < 0:
+        raise ConfigError("--shadow-days must be positive, --min-frauds and --gate-tolerance not negative")
+    retrain = (
+        RetrainDemo(
+            args.shadow_days,
+            args.min_frauds,
+            gate_tolerance=args.gate_tolerance,
+            corrupt_labels=args.corrupt_labels,
+        )
+        if args.retrain
+        else None
+    )
     options = LiveDemo(
         params, args.model, args.brokers, args.rate, args.duration, args.metrics_port, args.database_url,
-        args.console_port, args.analyst_capacity,
+        args.console_port, args.analyst_capacity, args.live_days, retrain,
     )  # fmt: skip
     return run_live_demo(options)

@@ -28,6 +28,7 @@ from scorer.cli.console import add_console_parser
 from scorer.cli.demo import add_demo_parser
 from scorer.cli.models import add_models_parser
 from scorer.cli.postgres import add_postgres_parser
+from scorer.cli.retrain import add_retrain_parser
 from scorer.cli.rules import add_rules_parser
 from scorer.cli.score import add_score_parser
 from scorer.cli.store import add_store_parser
@@ -172,12 +173,23 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return Monitor(settings).run(stop)
 
 
+def _retrain_runs(database_url: str) -> list[dict[str, object]]:
+    """The retrain runs for the report, newest first ([] without a database)."""
+    if not database_url:
+        return []
+    from scorer.db import retrainruns
+    from scorer.db.connect import connect
+
+    with connect(database_url, application_name="scorer-report", connect_timeout_s=10.0) as conn:
+        return [run.to_dict() for run in retrainruns.runs(conn, 50)]
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from scorer.monitoring.report import build_report, write_report
 
     settings = settings_from(args)
     out = Path(args.out or f"scorer-report-{args.start}-{args.end}.html")
-    write_report(out, build_report(settings, args.start, args.end))
+    write_report(out, build_report(settings, args.start, args.end, _retrain_runs(settings.database_url)))
     print(f"wrote {out}")
     return 0
 
@@ -336,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_postgres_parser(sub)
     add_store_parser(sub)
     add_console_parser(sub)
+    add_retrain_parser(sub)
     add_api_keys_parser(sub)
     return parser
 

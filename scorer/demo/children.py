@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +20,16 @@ from scorer.demo.database import DemoDatabase
 
 
 def child(
-    command: str, settings: Settings, model: str, metrics_port: int, log: Path, **extra: str
+    command: str,
+    settings: Settings,
+    model: str,
+    metrics_port: int,
+    log: Path,
+    argv: Sequence[str] = (),
+    **extra: str,
 ) -> subprocess.Popen[bytes]:
-    """A `scorer run` / `aggregate` / `store` child process configured through SCORER_* variables (and `extra`)."""
+    """A `scorer run` / `aggregate` / `store` ... child process configured through SCORER_* variables (and
+    `extra`), with `argv` after the command (the flags that are not settings)."""
     env = {
         **os.environ,
         "SCORER_BROKERS": settings.brokers,
@@ -38,7 +45,7 @@ def child(
         # the decisions in flight and then stops its children (a child stopped by the same Ctrl-C raced the
         # demo's summary and could not decide what was in flight).
         return subprocess.Popen(  # noqa: S603 - our own CLI
-            [sys.executable, "-m", "scorer", command],
+            [sys.executable, "-m", "scorer", command, *argv],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -56,10 +63,12 @@ class Running:
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
-    def start(self, command: str, settings: Settings, model: str, port: int, **extra: str) -> None:
-        """`scorer <command>` with its metrics on `port`, logging to <command>.log (`run`: scorer.log)."""
+    def start(
+        self, command: str, settings: Settings, model: str, port: int, argv: Sequence[str] = (), **extra: str
+    ) -> None:
+        """`scorer <command> [argv]` with its metrics on `port`, logging to <command>.log (`run`: scorer.log)."""
         log = self.logs / f"{'scorer' if command == 'run' else command}.log"
-        self.children[command] = child(command, settings, model, port, log, **extra)
+        self.children[command] = child(command, settings, model, port, log, argv, **extra)
         self.ports[command] = port
 
 
@@ -101,7 +110,7 @@ def port_free(port: int) -> bool:
 def last_lines(logs: Path) -> str:
     """The last line of each child's log: why it stopped."""
     lines = []
-    for name in ("scorer.log", "aggregate.log", "store.log", "console.log"):
+    for name in ("scorer.log", "aggregate.log", "store.log", "console.log", "retrain.log"):
         text = (
             (logs / name).read_text(errors="replace").strip().splitlines() if (logs / name).exists() else []
         )

@@ -38,6 +38,7 @@ from scorer.demo.database import (
     sql_command,
     wait_stored,
 )
+from scorer.demo.retrain import RetrainDemo, first_candidate, start_retrain, summary_rows
 from scorer.demo.stream import Streamer
 from scorer.demo.tally import VERDICT_RULES, Tally
 from scorer.demo.warm import live_start, warm_state
@@ -68,6 +69,8 @@ class LiveDemo:
     database_url: str | None = None  # default: start the embedded PostgreSQL
     console_port: int = 8090  # the analysts' console (another free port when this one is taken)
     analyst_capacity: int = 20  # cards the automatic analyst answers per simulated day
+    live_days: int = LIVE_DAYS  # the last days streamed live; the ones before warm the state
+    retrain: RetrainDemo | None = None  # run `scorer retrain` on the history and the live days
 
 
 def run_live_demo(args: LiveDemo) -> int:
@@ -87,7 +90,7 @@ def run_live_demo(args: LiveDemo) -> int:
             flush=True,
         )
         data = simulate(params)
-        start = live_start(data, LIVE_DAYS)
+        start = live_start(data, args.live_days)
         index = {tx: i for i, tx in enumerate(data.transaction_id)}
         settings = _broker(args, logs, stack)
         running = Running(logs, database)
@@ -112,17 +115,23 @@ def run_live_demo(args: LiveDemo) -> int:
         late = wait_ready(running.ports, running.children)
         if not late:  # the store has migrated the database: the console's accounts can be made
             console = _start_console(args, settings, model, running)
+            if args.retrain is not None:
+                start_retrain(running, settings, model, data, start, args.retrain, params.seed)
             late = wait_ready(running.ports, running.children)
         if late:
             names = " and ".join(f"scorer {command}" for command in late)
             print(f"scorer demo: {names} did not get ready: {last_lines(logs)}", file=sys.stderr)
+            return 1
+        if args.retrain is not None and not first_candidate(running):
             return 1
         print(f"query the database from another terminal:\n  {sql_command(database.url())}")
         print(
             f"analysts' console: {console.url()}  sign in as {console.login} / {console.password}; an automatic "
             f"analyst answers the top {args.analyst_capacity} cases of each simulated day"
         )
-        print(f"streaming the last {LIVE_DAYS} days live at {args.rate:,.0f} transactions/s; Ctrl-C to stop")
+        print(
+            f"streaming the last {args.live_days} days live at {args.rate:,.0f} transactions/s; Ctrl-C to stop"
+        )
         return _loop(args, settings, data, start, index, running, console)
 
 
@@ -206,6 +215,19 @@ def _loop(
         restore()
         reader.close()
     _summary(tally, streamer, running, stored, analyst.answered)
+    if args.retrain is not None and streamer.next_tx > start:
+        span = (int(data.event_ts_ms[start]), int(data.event_ts_ms[streamer.next_tx - 1]))
+        drift = args.params.drift
+        drift_ms = (
+            int(data.event_ts_ms[0]) // MS_PER_DAY * MS_PER_DAY + drift.from_day * MS_PER_DAY
+            if drift
+            else None
+        )
+        print(
+            table(
+                ["scorer retrain", "value"], summary_rows(running.database.url(), data, index, span, drift_ms)
+            )
+        )
     return 1 if failed else 0
 
 

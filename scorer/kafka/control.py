@@ -17,7 +17,7 @@ from scorer.kafka.tables import TopicReader
 from scorer.model.onnx import OnnxModel
 from scorer.model.registry import Registry
 from scorer.policy.actions import PolicyError
-from scorer.rollout.deployment import DEPLOYMENT_KEY, Deployment
+from scorer.rollout.deployment import DEPLOYMENT_KEY, RETRAIN_KEY, Deployment, RetrainSwitch
 from scorer.rollout.serving import Serving
 from scorer.runtime.metrics import Metrics
 
@@ -26,6 +26,16 @@ logger = logging.getLogger(__name__)
 
 def publish(settings: Settings, deployment: Deployment, timeout_s: float = 10.0) -> None:
     """Write the deployment and wait for the broker to acknowledge it."""
+    _publish(settings, DEPLOYMENT_KEY, deployment.to_json(), timeout_s)
+
+
+def publish_retrain_switch(settings: Settings, switch: RetrainSwitch, timeout_s: float = 10.0) -> None:
+    """Write the retrain kill switch (`scorer retrain pause|resume`) and wait for the acknowledgement."""
+    _publish(settings, RETRAIN_KEY, switch.to_json(), timeout_s)
+
+
+def _publish(settings: Settings, key: bytes, value: bytes, timeout_s: float) -> None:
+    """One record on the control topic, acknowledged; ScorerError when the broker refuses or times out."""
     producer = clients.producer(settings.producer_config())
     failures: list[str] = []
 
@@ -33,20 +43,31 @@ def publish(settings: Settings, deployment: Deployment, timeout_s: float = 10.0)
         if err is not None:
             failures.append(str(err))
 
-    producer.produce(settings.control_topic, deployment.to_json(), DEPLOYMENT_KEY, on_delivery=delivered)
+    producer.produce(settings.control_topic, value, key, on_delivery=delivered)
     if producer.flush(timeout_s) != 0 or failures:
         raise ScorerError(f"could not publish to {settings.control_topic}: {failures or 'timed out'}")
 
 
 def read_deployment(settings: Settings, timeout_s: float = 10.0) -> Deployment | None:
     """The newest deployment on the control topic, or None when nothing was ever published."""
-    latest = read_compacted(settings, settings.control_topic, timeout_s).get(DEPLOYMENT_KEY)
-    return Deployment.from_json(latest) if latest else None
+    return read_control(settings, timeout_s)[0]
+
+
+def read_control(
+    settings: Settings, timeout_s: float = 10.0
+) -> tuple[Deployment | None, RetrainSwitch | None]:
+    """The newest deployment and retrain switch on the control topic (None: never published)."""
+    table = read_compacted(settings, settings.control_topic, timeout_s)
+    deployment, switch = table.get(DEPLOYMENT_KEY), table.get(RETRAIN_KEY)
+    return (
+        Deployment.from_json(deployment) if deployment else None,
+        RetrainSwitch.from_json(switch) if switch else None,
+    )
 
 
 def control_watcher(
     settings: Settings, threads: int, initial: Serving, metrics: Metrics
-) -> CompactedWatcher[Deployment, Serving]:
+) -> CompactedWatcher[Deployment | None, Serving]:
     """The watcher of `scorer-control`: each new deployment, models loaded, as a Serving to swap in. A model
     the registry does not have is fetched from `scorer-models` (kafka/artefacts.py) into the cache."""
     config = settings.consumer_config(group=f"{settings.group}-control", background=True)
@@ -64,8 +85,11 @@ def control_watcher(
     )
 
 
-def parse_deployment(key: bytes, value: bytes) -> Deployment:
-    """The deployment a control record holds; ScorerError when it is unreadable or under another key."""
+def parse_deployment(key: bytes, value: bytes) -> Deployment | None:
+    """The deployment a control record holds (None for the retrain switch, which is not the scorers'
+    business); ScorerError when it is unreadable or under an unknown key."""
+    if key == RETRAIN_KEY:
+        return None
     if key != DEPLOYMENT_KEY:
         raise ScorerError(f"unknown key {key.decode('utf-8', 'replace')!r} on the control topic")
     return Deployment.from_json(value)
@@ -90,7 +114,7 @@ class DeploymentLoader:
         self.models: dict[str, OnnxModel] = {initial.champion.label: initial.champion}
         self.running = initial.champion.meta.feature_config  # what the scorer's state was built for
 
-    def build(self, table: Mapping[bytes, Deployment]) -> Serving | None:
+    def build(self, table: Mapping[bytes, Deployment | None]) -> Serving | None:
         """The Serving of the deployment in `table` (None when there is none). ScorerError when a model
         cannot be loaded (nor fetched, or its fetched bundle fails verification), its windows or label
         delay differ from what this scorer's state was built for, or the policy cannot be resolved on it:

@@ -50,7 +50,7 @@ def render_card(meta: Mapping[str, Any]) -> str:
         f"- Created: {meta['created']} with code {training['code_version']}",
         "",
         "## Training data",
-        f"- Directory `{training['data_dir']}`, sha256 `{training['data_sha256']}`",
+        f"- Source `{training['data_dir']}`, sha256 `{training['data_sha256']}`",
         f"- {training['n_transactions']:,} transactions, {training['n_labels']:,} labels",
         *(f"- {name} period: {span[0]} .. {span[1]}" for name, span in training["periods"].items()),
         f"- ONNX vs the trained model, max |delta score|: {training['onnx_parity_max_abs_delta']:.2e}",
@@ -66,5 +66,31 @@ def render_card(meta: Mapping[str, Any]) -> str:
         )
     lines += ["", "## Known faults", *(f"- {f}" for f in meta["known_faults"])]
     lines += ["", "## Limits", *(f"- {f}" for f in meta["limits"])]
+    lines += _retraining(meta.get("retrain"))
     lines += ["", "## Features", *(f"- `{n}`" for n in meta["feature_names"]), ""]
     return "\n".join(lines)
+
+
+def _retraining(retrain: Mapping[str, Any] | None) -> list[str]:
+    """The card's section on a version `scorer retrain` made: its window, labels, alarms and fate."""
+    if not retrain:
+        return []
+    labels = ", ".join(f"{n:,} {source}" for source, n in sorted(retrain["labels_by_source"].items()))
+    lines = [
+        "",
+        "## Retraining",
+        f"- Trained by `scorer retrain` (run {retrain['run_id']}) against champion {retrain['champion']}",
+        f"- Window: transactions {retrain['window'][0]} .. {retrain['window'][1]}; labels reported before "
+        f"{retrain['cutoff']} (the cut-off), none later",
+        f"- Labels by source: {labels or 'none'}",
+    ]
+    alarms = retrain.get("alarms") or []
+    if alarms:
+        lines.append("- **Trained across alarms** (the window's inputs differ from the champion's training):")
+        lines += [f"  - {a}" for a in alarms]
+    else:
+        lines.append("- No input-check or drift alarm in the window")
+    lines += [f"- Gate: {c}" for c in retrain.get("gate", [])]
+    decision = retrain.get("decision")
+    lines.append(f"- Decision: {decision}" if decision else "- Decision: pending (in shadow)")
+    return lines

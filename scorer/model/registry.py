@@ -101,7 +101,7 @@ def validate(
     if champion is not None:
         running = read_meta(resolve_artefact(champion))
         checks.append(_against_champion(model.meta, running, tolerance))
-        checks.append(_servable(model.meta, running))
+        checks.append(servable(model.meta, running))
     return checks
 
 
@@ -131,7 +131,7 @@ def _card(model: OnnxModel) -> Check:
     return Check("model_card", True, f"{len(raw['known_faults'])} known faults, {len(raw['limits'])} limits")
 
 
-def _servable(candidate: ModelMeta, champion: ModelMeta) -> Check:
+def servable(candidate: ModelMeta, champion: ModelMeta) -> Check:
     """Can the scorers that serve the champion serve the candidate? Its vocabulary may differ (each
     model's codes are its own), its state-shaping features may not (features/engine.py)."""
     why = champion.feature_config.state_difference(candidate.feature_config)

@@ -101,8 +101,14 @@ def _add_drift(out: DriftCounts, raw: bytes | None, first: int, last: int) -> No
         out.skipped += 1
 
 
-def build_report(settings: Settings, start: datetime.date, end: datetime.date) -> str:
-    """Read the topics and render the page for the event days start..end (inclusive)."""
+def build_report(
+    settings: Settings,
+    start: datetime.date,
+    end: datetime.date,
+    retrain_runs: Sequence[Mapping[str, Any]] = (),
+) -> str:
+    """Read the topics and render the page for the event days start..end (inclusive); `retrain_runs` (the
+    store's retrain_runs rows, newest first, read by the caller when it has the database) add a section."""
     if end < start:
         raise ScorerError(f"--to {end} is before --from {start}")
     first, last = (_epoch_day(d) for d in (start, end))
@@ -115,7 +121,7 @@ def build_report(settings: Settings, start: datetime.date, end: datetime.date) -
     finally:
         monitor.consumer.close()
     drift = read_drift(settings, first, last)
-    return render(monitor.store, drift, monitor.models, first, last)
+    return render(monitor.store, drift, monitor.models, first, last, retrain_runs)
 
 
 def _epoch_day(d: datetime.date) -> int:
@@ -126,7 +132,14 @@ def _iso(day: int) -> str:
     return (datetime.date(1970, 1, 1) + datetime.timedelta(days=day)).isoformat()
 
 
-def render(store: LiveQuality, drift: DriftCounts, models: Models, first: int, last: int) -> str:
+def render(
+    store: LiveQuality,
+    drift: DriftCounts,
+    models: Models,
+    first: int,
+    last: int,
+    retrain_runs: Sequence[Mapping[str, Any]] = (),
+) -> str:
     """The HTML page."""
     days = list(range(first, last + 1))
     labels = [_iso(d) for d in days]
@@ -135,6 +148,8 @@ def render(store: LiveQuality, drift: DriftCounts, models: Models, first: int, l
         _quality_section(store, models, days, labels),
         _volume_section(store, days, labels),
     ]
+    if retrain_runs:
+        sections.append(retrain_section(retrain_runs))
     notes = []
     if drift.skipped:
         notes.append(f"{drift.skipped} drift record(s) could not be read or had another layout; left out.")
@@ -272,3 +287,26 @@ def write_report(path: Path, html: str) -> None:
         path.write_text(html, encoding="utf-8")
     except OSError as exc:
         raise ScorerError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def retrain_section(runs: Sequence[Mapping[str, Any]]) -> str:
+    """What `scorer retrain` did, run by run: the candidate, its fate and why, its labels and alarms."""
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("run", "cut-off", "champion", "candidate", "status", "labels", "alarms", "why")
+    )
+    rows = []
+    for run in runs:
+        labels = ", ".join(
+            f"{n:,} {source}" for source, n in sorted((run.get("labels_by_source") or {}).items())
+        )
+        cells = (
+            run["run_id"], run["cutoff"], run["champion"], run.get("candidate") or "-", run["status"], labels or "-",
+            "; ".join(run.get("alarms") or []) or "none", run.get("reasons") or "",
+        )  # fmt: skip
+        rows.append("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>")
+    return (
+        "<h2>Retraining</h2><p>Each run of <code>scorer retrain</code>: the candidate it trained on the store's "
+        "window (labels reported before the cut-off only), and whether the gate refused it or the live labels "
+        f"promoted or retired it.</p><table><tr>{head}</tr>{''.join(rows)}</table>"
+    )

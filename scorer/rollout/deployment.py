@@ -55,3 +55,35 @@ class Deployment:
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, PlanError) as exc:
             raise ScorerError(f"unreadable deployment record on the control topic: {exc}") from exc
+
+
+RETRAIN_KEY = b"retrain"  # the retrain kill switch's key on the control topic (scorers leave it alone)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainSwitch:
+    """`scorer retrain pause|resume`: whether retraining may train, shadow and promote, who said so and why.
+    Paused, a retrain instance does nothing at all (a running shadow stays as it is, undecided)."""
+
+    paused: bool
+    by: str = ""
+    reason: str = ""
+    at_ms: int = 0
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {"paused": self.paused, "by": self.by, "reason": self.reason, "at_ms": self.at_ms}
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> RetrainSwitch:
+        try:
+            doc: Mapping[str, Any] = orjson.loads(raw)
+            return cls(
+                bool(doc["paused"]),
+                str(doc.get("by", "")),
+                str(doc.get("reason", "")),
+                int(doc.get("at_ms", 0)),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ScorerError(f"unreadable retrain switch on the control topic: {exc}") from exc

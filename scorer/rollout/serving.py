@@ -145,9 +145,16 @@ class Serving:
         challenger = None if pending is None else _wait_for(pending, self.challenger.label, timeout_s)
         skipped = pending is None
         if self.plan.strategy == "shadow":
+            # the decisions carry the shadow score too (weight 0), so the store's decisions table holds both
+            # models' scores of every event: `scorer retrain` compares them there once the labels arrive
+            n = len(champion)
+            zero = np.zeros(n)
+            extra = RolloutFields(
+                self.challenger.label, zero, challenger, zero + review, np.zeros(n, dtype=bool)
+            )
             flagged = champion >= review
             return Outcome(
-                champion, flagged, None, challenger, 0, champion, challenger, review, decline, skipped
+                champion, flagged, extra, challenger, 0, champion, challenger, review, decline, skipped
             )
         weight = challenger_weight(self.plan, batch.event_ts_ms, batch.customer_id)
         mixed = combine(weight, champion, challenger)

@@ -6,6 +6,7 @@ Only labels reported by a cut-off count as known, exactly as a live system would
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,26 @@ def load_history(data_dir: Path) -> History:
     labels = read_labels_jsonl(data_dir / "labels.jsonl")
     order = np.argsort(tx.event_ts_ms, kind="stable")
     return History(take_transactions(tx, order), labels)
+
+
+def history_hash(history: History) -> str:
+    """sha256 of a history's rows in a fixed layout: the same rows give the same hash wherever they were
+    read from (the store's database holds them in no particular order, so rows are ordered here first)."""
+    tx, labels = history.transactions, history.labels
+    digest = hashlib.sha256()
+    order = np.lexsort((np.asarray(tx.transaction_id), tx.event_ts_ms))
+    for i in order.tolist():
+        digest.update(
+            f"t|{tx.transaction_id[i]}|{tx.event_ts_ms[i]}|{tx.customer_id[i]}|{tx.terminal_id[i]}|"
+            f"{tx.amount[i]!r}|{tx.currency[i]}|{tx.channel[i]}|{tx.merchant_category[i]}\n".encode()
+        )
+    order = np.lexsort((np.asarray(labels.source), np.asarray(labels.transaction_id), labels.reported_ts_ms))
+    for i in order.tolist():
+        digest.update(
+            f"l|{labels.transaction_id[i]}|{labels.source[i]}|{bool(labels.is_fraud[i])}|"
+            f"{labels.reported_ts_ms[i]}\n".encode()
+        )
+    return digest.hexdigest()
 
 
 def vocabulary(tx: TransactionBatch, until_ms: int) -> dict[str, list[str]]:

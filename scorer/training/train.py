@@ -141,6 +141,19 @@ def data_hash(data_dir: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class DataSource:
+    """Where a model's training data came from, for its card: a directory or a database window, and the
+    sha256 that identifies exactly those rows (a directory's files; a window's rows, dataset.history_hash)."""
+
+    description: str
+    sha256: str
+
+    @classmethod
+    def of_directory(cls, data_dir: Path) -> DataSource:
+        return cls(str(data_dir), data_hash(data_dir))
+
+
 def code_version() -> str:
     """Package version plus the git commit when run from a checkout (for the record, not for logic)."""
     try:
@@ -165,12 +178,21 @@ class TrainResult:
     meta: dict[str, Any]
     validation: dict[str, float | int]
     covers: F64  # each ONNX node's training rows (LightGBM's counts), for TreeSHAP: covers.npz
+    # the selected hyper-parameters' model fitted before the validation week, scored on it: out of sample,
+    # unlike `validation` (the final model is refit on the validation week too). What a gate compares.
+    selection: dict[str, float | int]
+    features: F32  # every transaction's replayed features (rows as in the history)
+    targets: B  # fraud by the labels known at the cut-off
+    train_rows: B  # the final fit's rows
+    validation_rows: B  # the validation week's rows
 
 
 def train(
-    history: History, data_dir: Path, params: TrainParams, say: Say, progress: Any = None
+    history: History, data: Path | DataSource, params: TrainParams, say: Say, progress: Any = None
 ) -> TrainResult:
-    """Replay, split, select, refit, export, verify: everything but writing files."""
+    """Replay, split, select, refit, export, verify: everything but writing files. `data` is the history's
+    directory or, for a history read elsewhere (`scorer retrain`: the store's database), its DataSource."""
+    source = data if isinstance(data, DataSource) else DataSource.of_directory(data)
     periods = plan_periods(history, params)
     vocab = vocabulary(history.transactions, periods.cutoff_ms)
     config = FeatureConfig(label_delay_days=params.label_delay_days, categories=vocab)
@@ -180,14 +202,14 @@ def train(
     days = day_index(history)
     fold, val, full = (in_days(days, p) for p in (periods.fold_train, periods.validation, periods.train))
     n_val_days = periods.validation[1] - periods.validation[0]
-    best, best_ap = params.grid[0], -1.0
+    best, best_ap, selection = params.grid[0], -1.0, {}
     for number, hyper in enumerate(params.grid, 1):
         say(f"fitting candidate {number}/{len(params.grid)} on {int(fold.sum()):,} transactions ...")
         model = fit(X[fold], y[fold], hyper, params.seed, params.negative_share)
         report = _report(history, days, y, val, predict(model, X[val]), 0.5)
         say(f"candidate {hyper}: validation AP {report['average_precision']:.4f} AUC {report['roc_auc']:.4f}")
         if report["average_precision"] > best_ap:
-            best, best_ap = hyper, float(report["average_precision"])
+            best, best_ap, selection = hyper, float(report["average_precision"]), report
     say(f"refitting the best, {best}, on {int(full.sum()):,} transactions ...")
     model = fit(X[full], y[full], best, params.seed, params.negative_share)
     say("exporting to ONNX and checking it against the trained model on every row ...")
@@ -198,11 +220,11 @@ def train(
     threshold = choose_threshold(params.policy, val_scores, y[val], float(n_val_days))
     validation = _report(history, days, y, val, val_scores, threshold)
     train_scores = onnx_scores(onnx_bytes, X[full])
-    meta = _meta(history, data_dir, params, periods, config, best, threshold, validation, delta)
+    meta = _meta(history, source, params, periods, config, best, threshold, validation, delta)
     meta["reference"] = build_reference(X[full], train_scores, FEATURE_NAMES, params.seed)
     meta["feature_importances"] = dict(zip(FEATURE_NAMES, importances(model).round(6).tolist(), strict=True))
     meta["validation_curve"] = validation_curve(val_scores, y[val], float(n_val_days)).to_dict()
-    return TrainResult(onnx_bytes, meta, validation, covers)
+    return TrainResult(onnx_bytes, meta, validation, covers, selection, X, y, full, val)
 
 
 def _report(
@@ -215,7 +237,7 @@ def _report(
 
 def _meta(
     history: History,
-    data_dir: Path,
+    source: DataSource,
     params: TrainParams,
     periods: Periods,
     config: FeatureConfig,
@@ -248,8 +270,8 @@ def _meta(
         "threshold_policy": {**p["policy"], "description": params.policy.describe()},
         "estimator": {"type": ESTIMATOR, "hyperparameters": hyper},
         "training": {
-            "data_dir": str(data_dir),
-            "data_sha256": data_hash(data_dir),
+            "data_dir": source.description,
+            "data_sha256": source.sha256,
             "code_version": code_version(),
             "params": p,
             "periods": {

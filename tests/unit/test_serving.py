@@ -92,8 +92,13 @@ def test_shadow_never_decides(tiny_model: Path, inputs: tuple[Any, Any]) -> None
     champion, challenger = OnnxModel(tiny_model), OnnxModel(tiny_model)
     challenger.predict = lambda X: np.ones(len(X))  # type: ignore[method-assign]
     out = Serving(champion, challenger, plan("shadow", 0)).score(X, batch, lambda *_: None)
-    assert np.array_equal(out.scores, champion.predict(X)) and out.extra is None
+    assert np.array_equal(out.scores, champion.predict(X))
+    assert np.array_equal(out.flagged, out.scores >= out.review)
     assert out.shadow_scores is not None and (out.shadow_scores == 1.0).all()
+    # the decisions carry the shadow score at weight 0 (the store keeps both for `scorer retrain`)
+    assert out.extra is not None and out.extra.challenger_score is not None
+    assert (out.extra.blend_weight == 0).all() and (out.extra.challenger_score == 1.0).all()
+    assert (out.extra.threshold == out.review).all() and not out.extra.fallback.any()
 
 
 def test_a_slow_challenger_times_out_and_falls_back(tiny_model: Path, inputs: tuple[Any, Any]) -> None:

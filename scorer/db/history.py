@@ -136,9 +136,11 @@ def shadow_rows(conn: Connection, challenger: str, from_ms: int, to_ms: int, cut
 
 
 def decided_actions(conn: Connection, from_ms: int, to_ms: int) -> list[tuple[str, int, str]]:
-    """(transaction_id, event time ms, action) of every stored decision with event time in [from_ms, to_ms]."""
+    """(transaction_id, event time ms, action) of every stored decision with event time in [from_ms, to_ms],
+    the action being the model's (`approve` where a rule, such as an analyst's block, decided instead)."""
     rows = conn.execute(
-        "select transaction_id, (extract(epoch from event_time) * 1000)::bigint, action from decisions "
+        "select transaction_id, (extract(epoch from event_time) * 1000)::bigint, "
+        "case when action_source = 'model' then action else 'approve' end from decisions "
         "where event_day between (to_timestamp(%(lo)s / 1000.0) at time zone 'UTC')::date "
         "and (to_timestamp(%(hi)s / 1000.0) at time zone 'UTC')::date "
         "and event_time between to_timestamp(%(lo)s / 1000.0) and to_timestamp(%(hi)s / 1000.0)",

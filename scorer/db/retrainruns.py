@@ -103,6 +103,11 @@ def active_run(conn: Connection) -> Run | None:
     return rows[0] if rows else None
 
 
+def interrupted(conn: Connection) -> list[int]:
+    """Runs left in `training` by an instance that stopped mid-way (only meaningful under the lock)."""
+    return [int(row[0]) for row in conn.execute("select run_id from retrain_runs where status = 'training'")]
+
+
 def latest_run(conn: Connection) -> Run | None:
     """The newest run that trained something or failed to (the schedule counts from its cut-off)."""
     rows = _select(conn, "order by run_id desc limit 1", ())

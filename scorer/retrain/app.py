@@ -9,6 +9,7 @@ database left it), and `--once` exits 1. Nothing here retries in a tight loop.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import threading
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from scorer.rollout.deployment import Deployment, RetrainSwitch
 from scorer.runtime.health import serve_health
 
 logger = logging.getLogger(__name__)
+RETRAIN_NICENESS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,9 @@ def default_champion(settings: Settings) -> str:
 
 def run_retrain(settings: Settings, options: RetrainOptions, stop: threading.Event) -> int:
     """Migrate, then cycle once or until `stop`. Exit 0, or 1 when `--once` failed."""
+    # training is a background job: on a machine it shares with scorers (the demo, a small VM), their
+    # latency comes first; in a pod of its own this changes nothing
+    os.nice(RETRAIN_NICENESS)
     connect_db = _connector(settings)
     with connect_db() as conn:
         migrate(conn)

@@ -121,6 +121,10 @@ class Retrainer:
             if now_ms is None:
                 return "no_data"
             self.metrics.stream_time.set(now_ms / 1000)
+            for run_id in runs.interrupted(conn):  # this instance holds the lock: nobody else is training
+                self._end(
+                    conn, run_id, "failed", "interrupted: the instance stopped while it was training", {}
+                )
             active = runs.active_run(conn)
             if active is not None:
                 return self._advance(conn, active, deployment, now_ms)

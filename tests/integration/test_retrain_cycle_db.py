@@ -268,7 +268,7 @@ def test_the_kill_switch_and_the_lock_stop_a_cycle_before_it_touches_anything(
     assert retrainruns.runs(conn) == [] and control.published == []
 
 
-def test_too_little_history_fails_the_run_with_its_reason(
+def test_too_little_history_fails_the_run_and_a_run_left_training_is_closed_as_interrupted(
     database_url: str, tiny_model: Path, tmp_path: Path
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as c:
@@ -278,10 +278,12 @@ def test_too_little_history_fails_the_run_with_its_reason(
             "insert into transactions (event_day, transaction_id, event_time, customer_id, terminal_id, amount, "
             "source_partition, source_offset) values ('2026-01-01', 't1', '2026-01-01T10:00:00Z', 'C', 'T', 1, 0, 0)"
         )
+        stale = retrainruns.open_run(c, "tiny/1", 0)  # an instance killed while it trained
         r, control, _ = retrainer(database_url, tiny_model, tmp_path)
         assert r.cycle() == "failed"
-        run = retrainruns.runs(c, 1)[0]
+        run, left = retrainruns.runs(c, 2)
         assert run.status == "failed" and "not enough history" in (run.reasons or "")
+        assert left.run_id == stale and left.status == "failed" and "interrupted" in (left.reasons or "")
         assert control.published == []
 
 

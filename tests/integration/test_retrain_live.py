@@ -68,7 +68,8 @@ def test_after_a_drift_retrain_shadows_promotes_and_the_scorer_adopts_the_new_mo
     ]
     assert actions[:2] == ["retrain_shadow", "retrain_promoted"]
     before, after = (
-        float(x.rstrip("%")) for x in cell(proc.stdout, "card testing: recall before / after").split(" / ")
+        float(x.rstrip("%"))
+        for x in cell(proc.stdout, "card testing: model recall before / after").split(" / ")
     )
     assert after > before + 20, proc.stdout[-2000:]  # percentage points on the pattern the champion missed
     assert "drift start to promotion" in proc.stdout and "analysts' verdicts" in proc.stdout

@@ -174,9 +174,14 @@ class Retrainer:
                 candidate.directory, f"refused at run {run_id}: {candidate.refusals()}", publish=False
             )
             return self._end(conn, run_id, "refused", reason, {"candidate": candidate.label})
-        self.models.publish(candidate.directory)
         plan = Plan(f"retrain-{run_id}", "shadow", champion.label, candidate.label, now_ms)
-        self.control.publish(_with(deployment, champion.label, plan))
+        try:
+            self.models.publish(candidate.directory)
+            self.control.publish(_with(deployment, champion.label, plan))
+        except ScorerError as exc:  # the broker refused: no shadow started, the next due cycle trains again
+            return self._end(
+                conn, run_id, "failed", f"could not publish: {exc}", {"candidate": candidate.label}
+            )
         runs.update_run(conn, run_id, status="shadow", shadow_from=_dt(now_ms))
         runs.audit(
             conn, "retrain_shadow", {"run_id": run_id, "candidate": candidate.label, "plan": plan.to_dict()}

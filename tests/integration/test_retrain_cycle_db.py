@@ -20,6 +20,7 @@ from scorer.db import retrainruns
 from scorer.db.backfill import backfill
 from scorer.db.history import read_history, stream_time_ms
 from scorer.db.migrate import migrate
+from scorer.errors import ScorerError
 from scorer.events.timestamps import MS_PER_DAY
 from scorer.model.onnx import OnnxModel, read_meta
 from scorer.retrain.candidate import CandidateSpec, train_candidate
@@ -253,6 +254,21 @@ def test_a_candidate_the_gate_refuses_is_recorded_with_its_reasons_and_nothing_i
     assert control.published == [] and models.published == []
     assert "Decision: refused" in (models.directory(run.candidate) / "MODEL_CARD.md").read_text()
     assert audit_actions(conn) == ["retrain_refused"]
+
+
+def test_a_broker_that_refuses_the_candidate_fails_the_run_and_starts_no_shadow(
+    conn: psycopg.Connection[TupleRow], database_url: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    r, control, models = retrainer(database_url, tiny_model, tmp_path)
+
+    def refuse(directory: Path) -> None:
+        raise ScorerError("could not publish to scorer-models: timed out")
+
+    models.publish = refuse  # type: ignore[method-assign]
+    assert r.cycle() == "failed"
+    run = retrainruns.runs(conn, 1)[0]
+    assert run.status == "failed" and "could not publish" in (run.reasons or "") and run.candidate is not None
+    assert control.published == [] and retrainruns.active_run(conn) is None
 
 
 def test_the_kill_switch_and_the_lock_stop_a_cycle_before_it_touches_anything(

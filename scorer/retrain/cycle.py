@@ -16,6 +16,7 @@ deployment changed by hand under a run in flight (a rollback) retires the run ra
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -162,6 +163,9 @@ class Retrainer:
                 raise DataError(f"the store holds no transactions between {window[0]} and {window[1]}")
             info = {"run_id": run_id, "window": list(window), "cutoff": _iso(now_ms)}
             out = self.workdir / self.spec.name / str(run_id)
+            if out.exists():  # run ids are the database's: what is there is left from another database
+                logger.warning("retrain_workdir_replaced", extra={"path": str(out)})
+                shutil.rmtree(out)
             candidate = train_candidate(history, champion, self.spec, out, info, logger.info)
         except DataError as exc:
             return self._end(conn, run_id, "failed", f"cannot train: {exc}", {})

@@ -248,7 +248,11 @@ def test_a_candidate_the_gate_refuses_is_recorded_with_its_reasons_and_nothing_i
 ) -> None:
     strict = CandidateSpec(train_days=14, tolerance=-1.0)  # it would have to beat the champion by 1.0 AP
     r, control, models = retrainer(database_url, tiny_model, tmp_path, spec=strict)
+    stale = tmp_path / "work" / "retrained" / "1"  # left by a run of another database with the same id
+    stale.mkdir(parents=True)
+    (stale / "model.onnx").write_bytes(b"stale")
     assert r.cycle() == "refused"
+    assert (stale / "model.onnx").read_bytes() != b"stale"
     run = retrainruns.runs(conn, 1)[0]
     assert run.status == "refused" and "metrics" in (run.reasons or "") and run.candidate is not None
     assert control.published == [] and models.published == []

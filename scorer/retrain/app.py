@@ -117,6 +117,7 @@ def run_retrain(settings: Settings, options: RetrainOptions, stop: threading.Eve
         workdir,
         default_champion(settings),
         metrics,
+        settings.database_timeout_s,
     )
     try:
         while True:

@@ -15,6 +15,7 @@ deployment changed by hand under a run in flight (a rollback) retires the run ra
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -31,6 +32,7 @@ from psycopg.rows import TupleRow
 
 from scorer.db import history as store
 from scorer.db import retrainruns as runs
+from scorer.db.deadline import Deadline
 from scorer.errors import DataError, ScorerError
 from scorer.events.timestamps import MS_PER_DAY
 from scorer.model.onnx import OnnxModel
@@ -43,6 +45,7 @@ from scorer.training.train import WARM_UP_DAYS
 
 logger = logging.getLogger(__name__)
 Connection = psycopg.Connection[TupleRow]
+READ_FACTOR = 30.0  # a training window or a shadow's decisions: up to 30 database timeouts (300 s by default)
 
 
 class ControlPort(Protocol):
@@ -90,8 +93,12 @@ class Retrainer:
         workdir: Path,
         default_champion: str,
         metrics: RetrainMetrics,
+        db_timeout_s: float = 10.0,
     ) -> None:
         self.connect = connect
+        self.db_timeout_s = (
+            db_timeout_s  # each database step; reading a window or a shadow: READ_FACTOR times
+        )
         self.control = control
         self.models = models
         self.spec = spec
@@ -118,19 +125,22 @@ class Retrainer:
         with self._locked() as conn:
             if conn is None:
                 return "locked"
-            now_ms = store.stream_time_ms(conn)
+            with self._db(conn, "reading the stream's time"):
+                now_ms = store.stream_time_ms(conn)
             if now_ms is None:
                 return "no_data"
             self.metrics.stream_time.set(now_ms / 1000)
-            for run_id in runs.interrupted(conn):  # this instance holds the lock: nobody else is training
+            with self._db(conn, "reading the runs"):
+                stale = runs.interrupted(conn)
+            for run_id in stale:  # this instance holds the lock: nobody else is training
                 self._end(
                     conn, run_id, "failed", "interrupted: the instance stopped while it was training", {}
                 )
-            active = runs.active_run(conn)
+            with self._db(conn, "reading the runs"):
+                active, latest = runs.active_run(conn), runs.latest_run(conn)
             if active is not None:
                 return self._advance(conn, active, deployment, now_ms)
             self.metrics.set_state("none")
-            latest = runs.latest_run(conn)
             every = self.schedule.every_ms
             if every is not None and latest is not None and now_ms - _ms(latest.cutoff) < every:
                 return "not_due"
@@ -140,25 +150,38 @@ class Retrainer:
     def _locked(self) -> Iterator[Connection | None]:
         """A connection holding the retrain lock, or None when another instance holds it."""
         with self.connect() as conn:
-            if not runs.try_lock(conn):
+            with self._db(conn, "taking the retrain lock"):
+                locked = runs.try_lock(conn)
+            if not locked:
                 yield None
                 return
             try:
                 yield conn
             finally:
-                runs.unlock(conn)
+                # a connection lost to a deadline took its lock with it: nothing left to release
+                with contextlib.suppress(psycopg.Error, ScorerError), self._db(conn, "releasing the lock"):
+                    runs.unlock(conn)
+
+    @contextmanager
+    def _db(self, conn: Connection, what: str, factor: float = 1.0) -> Iterator[None]:
+        """A deadline on the database calls of the body (db/deadline.py): a server that stops answering
+        fails the cycle with DeadlineExceeded (a ScorerError) instead of holding it, and the lock, for ever."""
+        with Deadline(conn, self.db_timeout_s * factor, what=what):
+            yield
 
     # training -----------------------------------------------------------------------------------------
 
     def _train(self, conn: Connection, deployment: Deployment | None, now_ms: int) -> str:
         started = time.monotonic()
         champion = self.models.load(deployment.champion if deployment else self.default_champion)
-        run_id = runs.open_run(conn, champion.label, now_ms)
         since_ms = now_ms - (self.spec.train_days + _history_days(champion, self.spec)) * MS_PER_DAY
         window = (_iso(since_ms), _iso(now_ms))
-        runs.update_run(conn, run_id, window_from=_dt(since_ms), window_to=_dt(now_ms))
+        with self._db(conn, "opening a run"):
+            run_id = runs.open_run(conn, champion.label, now_ms)
+            runs.update_run(conn, run_id, window_from=_dt(since_ms), window_to=_dt(now_ms))
         try:
-            history = store.read_history(conn, since_ms, now_ms)
+            with self._db(conn, "reading the training window", READ_FACTOR):
+                history = store.read_history(conn, since_ms, now_ms)
             if len(history.transactions) == 0:
                 raise DataError(f"the store holds no transactions between {window[0]} and {window[1]}")
             info = {"run_id": run_id, "window": list(window), "cutoff": _iso(now_ms)}
@@ -186,14 +209,21 @@ class Retrainer:
             return self._end(
                 conn, run_id, "failed", f"could not publish: {exc}", {"candidate": candidate.label}
             )
-        runs.update_run(conn, run_id, status="shadow", shadow_from=_dt(now_ms))
-        runs.audit(
-            conn, "retrain_shadow", {"run_id": run_id, "candidate": candidate.label, "plan": plan.to_dict()}
-        )
+        with self._db(conn, "recording the shadow"):
+            runs.update_run(conn, run_id, status="shadow", shadow_from=_dt(now_ms))
+            runs.audit(
+                conn,
+                "retrain_shadow",
+                {"run_id": run_id, "candidate": candidate.label, "plan": plan.to_dict()},
+            )
         self.metrics.set_state("shadow")
         return "trained"
 
     def _record(self, conn: Connection, run_id: int, candidate: Candidate) -> None:
+        with self._db(conn, "recording the candidate"):
+            self._record_candidate(conn, run_id, candidate)
+
+    def _record_candidate(self, conn: Connection, run_id: int, candidate: Candidate) -> None:
         runs.update_run(
             conn,
             run_id,
@@ -218,12 +248,14 @@ class Retrainer:
             return self._finish_blend(conn, run, deployment, now_ms)
         self.metrics.set_state("shadow")
         shadow_from = _ms(run.shadow_from) if run.shadow_from else now_ms
-        rows = store.shadow_rows(conn, candidate, shadow_from, now_ms + 1, now_ms)
+        with self._db(conn, "reading the shadow's decisions", READ_FACTOR):
+            rows = store.shadow_rows(conn, candidate, shadow_from, now_ms + 1, now_ms)
         evidence = gather(rows, (now_ms - shadow_from) / MS_PER_DAY)
         self._show(evidence)
         s = self.schedule
         verdict = judge(evidence, s.shadow_days, s.min_frauds, s.margin)
-        runs.update_run(conn, run.run_id, evidence={**(run.evidence or {}), "live": evidence.to_dict()})
+        with self._db(conn, "recording the evidence"):
+            runs.update_run(conn, run.run_id, evidence={**(run.evidence or {}), "live": evidence.to_dict()})
         if verdict.outcome == "wait":
             return "waiting"
         if verdict.outcome == "retire":
@@ -252,22 +284,24 @@ class Retrainer:
         self._decide_card(self.models.directory(candidate), f"promoted at run {run.run_id}: {verdict.reason}")
         if self.schedule.blend_days <= 0:
             self.control.publish(Deployment(candidate, None, deployment.champion, now_ms, deployment.policy))
-            runs.update_run(conn, run.run_id, promoted_from=_dt(now_ms))
+            with self._db(conn, "recording the promotion"):
+                runs.update_run(conn, run.run_id, promoted_from=_dt(now_ms))
             return self._end(conn, run.run_id, "promoted", verdict.reason, detail)
         end_ms = now_ms + round(self.schedule.blend_days * MS_PER_DAY)
         plan = Plan(f"retrain-{run.run_id}-blend", "blend", deployment.champion, candidate, now_ms, end_ms)
         self.control.publish(
             Deployment(deployment.champion, plan, deployment.previous, now_ms, deployment.policy)
         )
-        runs.update_run(
-            conn,
-            run.run_id,
-            status="blending",
-            promoted_from=_dt(now_ms),
-            blend_to=_dt(end_ms),
-            reasons=verdict.reason,
-        )
-        runs.audit(conn, "retrain_blending", {"run_id": run.run_id, **detail, "blend_to": _iso(end_ms)})
+        with self._db(conn, "recording the blend"):
+            runs.update_run(
+                conn,
+                run.run_id,
+                status="blending",
+                promoted_from=_dt(now_ms),
+                blend_to=_dt(end_ms),
+                reasons=verdict.reason,
+            )
+            runs.audit(conn, "retrain_blending", {"run_id": run.run_id, **detail, "blend_to": _iso(end_ms)})
         self.metrics.set_state("blending")
         return "promoted"
 
@@ -284,8 +318,9 @@ class Retrainer:
 
     def _end(self, conn: Connection, run_id: int, status: str, reason: str, detail: dict[str, Any]) -> str:
         """Close a run with its status and reason, in the runs table and the audit log."""
-        runs.update_run(conn, run_id, status=status, reasons=reason, decided_at=datetime.now(UTC))
-        runs.audit(conn, f"retrain_{status}", {"run_id": run_id, "reason": reason, **detail})
+        with self._db(conn, "recording a decision"):
+            runs.update_run(conn, run_id, status=status, reasons=reason, decided_at=datetime.now(UTC))
+            runs.audit(conn, f"retrain_{status}", {"run_id": run_id, "reason": reason, **detail})
         self.metrics.set_state("none")
         logger.info("retrain_decided", extra={"run_id": run_id, "status": status, "reason": reason})
         return status

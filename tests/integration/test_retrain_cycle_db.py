@@ -5,6 +5,7 @@ kill switch, the lock, a refused candidate and a deployment changed by hand."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,8 @@ from psycopg.rows import TupleRow
 
 from scorer.db import retrainruns
 from scorer.db.backfill import backfill
+from scorer.db.deadline import DeadlineExceeded
+from scorer.db.embedded import EmbeddedPostgres
 from scorer.db.history import read_history, stream_time_ms
 from scorer.db.migrate import migrate
 from scorer.errors import ScorerError
@@ -344,3 +347,37 @@ def test_a_label_reported_after_the_cut_off_changes_nothing(
     )
     changed = trained("known")  # reported before the cut-off, the same labels change the data and the model
     assert changed[0] != before[0] and changed[1] != before[1]
+
+
+def test_a_database_that_stops_answering_fails_the_cycle_at_its_deadline_and_the_next_one_goes_on(
+    postgres: EmbeddedPostgres, database_url: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as c:
+        migrate(c)
+    opened = psycopg.connect(
+        database_url, autocommit=True
+    )  # before the freeze: the cycle's first call blocks
+    r, _, _ = retrainer(database_url, tiny_model, tmp_path)
+    r.connect, r.db_timeout_s = (lambda: opened), 1.0
+    outcome: dict[str, BaseException | str] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = r.cycle()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            outcome["result"] = exc
+
+    postgres.pause()  # SIGSTOP: the server holds the connection without a word
+    try:
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(60)
+        frozen = worker.is_alive()
+    finally:
+        postgres.resume()
+    worker.join(60)
+    assert not frozen, "the cycle waited on the frozen database past its deadline"
+    error = outcome["result"]
+    assert isinstance(error, DeadlineExceeded) and "taking the retrain lock" in str(error)
+    r.connect = lambda: psycopg.connect(database_url, autocommit=True)
+    assert r.cycle() == "no_data"  # the next cycle, on a new connection, goes on

@@ -48,7 +48,7 @@ test: lint typecheck tools
 	@echo "== unit and property tests (no broker; about 3 minutes on 2 cores)"
 	@$(BIN)/pytest -q -p no:cacheprovider -m "not integration"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; [ $$rc -eq 0 ] || exit $$rc
-	@echo "== integration tests (the embedded tansu broker and PostgreSQL, scorer processes, a browser; about 20 minutes, a line per test)"
+	@echo "== integration tests (the embedded tansu broker and PostgreSQL, scorer processes, a browser; about 25 minutes, a line per test)"
 	@$(BIN)/pytest -p no:cacheprovider -m integration -v --no-header -o console_output_style=count; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

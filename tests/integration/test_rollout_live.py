@@ -128,9 +128,13 @@ def test_rollback_reaches_every_instance_of_the_group(
     assert sorted(d["transaction_id"] for d in shadow) == sorted(f"tx-{i}" for i in range(40, 80))
     assert {d["model_version"] for d in shadow} == {"tiny/2"}
     decided = in_range(decisions(consume(settings, settings.decisions_topic, 80)), 40, 80)
+    # the champion decides; each decision carries the shadow's version and score at weight 0 (for the store)
     assert len(decided) == 40 and all(
-        d["model_version"] == "tiny/1" and "blend_weight" not in d for d in decided
+        d["model_version"] == "tiny/1" and d["challenger_version"] == "tiny/2" and d["blend_weight"] == 0
+        for d in decided
     )
+    scored = {d["transaction_id"]: d["score"] for d in shadow}
+    assert any(d.get("challenger_score") == scored[d["transaction_id"]] for d in decided)
     assert main([*models, "rollback"]) == 0
     for scorer in group:
         wait_for_version(scorer, "tiny/1")

@@ -248,6 +248,18 @@ def add_kafka_args(p: argparse.ArgumentParser, command: str) -> None:
     )  # fmt: skip
 
 
+def database_settings(args: argparse.Namespace) -> Settings:
+    """settings_from(args) for a command that needs the database; ConfigError (exit 2) without one."""
+    from scorer.errors import ConfigError
+
+    settings = settings_from(args)
+    if not settings.database_url:
+        raise ConfigError(
+            "no database: give --database-url (or SCORER_DATABASE_URL); `scorer postgres` runs one"
+        )
+    return settings
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     from scorer.config import load_settings, parse_kafka_opts
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from scorer.cli.args import HelpFormatter, add_kafka_args, settings_from
+from scorer.cli.args import HelpFormatter, add_kafka_args, database_settings
 from scorer.errors import ConfigError, ScorerError
 
 
@@ -59,11 +59,7 @@ def _admin(
 def cmd_console(args: argparse.Namespace) -> int:
     from scorer.runtime import logs
 
-    settings = settings_from(args)
-    if not settings.database_url:
-        raise ConfigError(
-            "no database: give --database-url (or SCORER_DATABASE_URL); `scorer postgres` runs one"
-        )
+    settings = database_settings(args)
     try:
         from scorer.console.server import run_console
     except ImportError as exc:
@@ -82,9 +78,7 @@ def _accounts(args: argparse.Namespace) -> Iterator[Any]:
     from scorer.db.accounts import AccountError
     from scorer.db.connect import connect
 
-    settings = settings_from(args)
-    if not settings.database_url:
-        raise ConfigError("no database: give --database-url (or SCORER_DATABASE_URL)")
+    settings = database_settings(args)
     migrate_database(settings)
     conn = connect(
         settings.database_url,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from scorer.cli.args import HelpFormatter, add_kafka_args, settings_from
+from scorer.cli.args import HelpFormatter, add_kafka_args, database_settings, settings_from
 from scorer.config import Settings
 from scorer.errors import ConfigError, ScorerError
 
@@ -86,12 +86,7 @@ def parse_every(text: str) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = settings_from(args)
-    if not settings.database_url:
-        raise ConfigError(
-            "no database: give --database-url (or SCORER_DATABASE_URL); `scorer postgres` runs one"
-        )
-    return settings
+    return database_settings(args)
 
 
 def _check(args: argparse.Namespace) -> None:

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from scorer.cli.args import HelpFormatter, add_kafka_args, settings_from
+from scorer.cli.args import HelpFormatter, add_kafka_args, database_settings
 from scorer.config import Settings
 from scorer.errors import ConfigError, ScorerError
 
@@ -49,12 +49,7 @@ def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _database_url(args: argparse.Namespace) -> Any:
-    settings = settings_from(args)
-    if not settings.database_url:
-        raise ConfigError(
-            "no database: give --database-url (or SCORER_DATABASE_URL); `scorer postgres` runs one"
-        )
-    return settings
+    return database_settings(args)
 
 
 def cmd_store(args: argparse.Namespace) -> int:
